@@ -1,0 +1,153 @@
+"""The `bigtrain` command: train, sample, demo (and the data/eval tools).
+
+Works the same when started by `accelerate launch -m bigtrain ...` or `torchrun -m bigtrain ...`:
+the backend reads the process group from the environment those launchers set.
+Bad input (BigtrainError) -> one line on stderr naming the culprit, exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable, Optional
+
+from bigtrain.errors import BigtrainError
+
+EXIT_BAD_INPUT = 2
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from bigtrain.config import load_config, to_yaml
+
+    cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        print(to_yaml(cfg), end="")
+        return 0
+    from bigtrain.engine.loop import train
+
+    trainer = train(cfg)
+    if trainer.backend.is_main:
+        _print_summary(trainer)
+    return 0
+
+
+def _print_summary(trainer) -> None:
+    run_dir = trainer.run_dir
+    latest = run_dir / "checkpoints" / "latest"
+    print(f"run directory:  {run_dir}")
+    if getattr(trainer, "last_grid", None):
+        print(f"sample grid:    {trainer.last_grid}")
+    print(f"tensorboard:    tensorboard --logdir {run_dir / 'tb'}")
+    if latest.is_file():
+        print(f"checkpoint:     {run_dir / 'checkpoints' / latest.read_text().strip()}")
+    print(f"metrics:        {run_dir / 'metrics.jsonl'}")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from bigtrain.engine import checkpoint, sampling
+    from bigtrain.tracking import save_png
+
+    out = Path(args.out)
+    kind = "npz" if out.suffix == ".npz" else "grid" if out.suffix == ".png" else "dir"
+    if kind != "dir" and out.exists():
+        raise BigtrainError(f"{out} already exists; refusing to overwrite it")
+    if kind == "dir" and out.exists() and any(out.iterdir()):
+        raise BigtrainError(f"{out} is a non-empty folder; refusing to write into it")
+    if args.num <= 0:
+        raise BigtrainError(f"--num must be > 0, got {args.num}")
+    loaded = checkpoint.load_generator(args.run, args.checkpoint, use_ema=not args.no_ema)
+    if args.class_idx is not None and not 0 <= args.class_idx < max(loaded.num_classes, 1):
+        raise BigtrainError(f"--class {args.class_idx} is out of range for a model with {loaded.num_classes} classes")
+    if args.class_idx is not None and loaded.num_classes == 0:
+        raise BigtrainError("--class given but the model is unconditional")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    G = loaded.G.to(device)
+    x, y = sampling.generate(G, z_dim=loaded.z_dim, num_classes=loaded.num_classes, indices=range(args.num), seed=args.seed, truncation=args.truncation, class_idx=args.class_idx, device=device)
+    is_image = loaded.info.kind == "image"
+    if kind != "npz" and not is_image:
+        raise BigtrainError(f"{out}: the model generates vectors; write them to a .npz file")
+    if kind == "npz":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"x": sampling.to_uint8(x).permute(0, 2, 3, 1).numpy() if is_image else x.numpy().astype(np.float32)}
+        if y is not None:
+            arrays["y"] = y.numpy()
+        np.savez(out, **arrays)
+    elif kind == "grid":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cols = math.ceil(math.sqrt(args.num))
+        save_png(sampling.image_grid(sampling.to_uint8(x), math.ceil(args.num / cols), cols), out)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        images = sampling.to_uint8(x).permute(0, 2, 3, 1).numpy()
+        for i, image in enumerate(images):
+            name = f"{i:06d}" + (f"_class{int(y[i])}" if y is not None else "")
+            save_png(image, out / f"{name}.png")
+    print(f"wrote {args.num} samples from {loaded.path} ({'G_ema' if loaded.ema else 'G'}, {loaded.kimg:g} kimg) to {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bigtrain.demo import run_demo
+
+    return run_demo(args.out_dir, args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bigtrain", description="Distributed, large-batch GAN training.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train (or resume) a GAN from a YAML config")
+    p.add_argument("config", help="YAML experiment config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.total_kimg=100")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="generate samples from a run's checkpoint")
+    p.add_argument("--run", help="run directory (its latest checkpoint is used)")
+    p.add_argument("--checkpoint", help="a checkpoint folder (instead of the run's latest)")
+    p.add_argument("--num", type=int, required=True, help="number of samples")
+    p.add_argument("--out", required=True, help="FILE.npz (x uint8 N,H,W,C; y), GRID.png, or a folder of PNGs")
+    p.add_argument("--truncation", type=float, default=None, help="redraw |z| > PSI (truncation trick)")
+    p.add_argument("--class", dest="class_idx", type=int, default=None, help="generate only this class")
+    p.add_argument("--no-ema", action="store_true", help="use G's raw weights instead of G_ema")
+    p.add_argument("--seed", type=int, default=0, help="sample i depends only on (seed, i)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("demo", help="train a class-conditional DCGAN on the scikit-learn digits (a few CPU minutes)")
+    p.add_argument("--out-dir", default="runs", help="parent folder of the demo's run directory")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the demo config")
+    p.set_defaults(func=cmd_demo)
+
+    for name, help_text, add_args, run in _tool_commands():
+        p = sub.add_parser(name, help=help_text)
+        add_args(p)
+        p.set_defaults(func=run)
+    return parser
+
+
+def _tool_commands() -> list[tuple[str, str, Callable, Callable]]:
+    """Commands whose arguments and work live next to their code (data and eval tools)."""
+    return []
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
+    return f"bigtrain: warning: {message}\n"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    warnings.formatwarning = _one_line_warning
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except BigtrainError as exc:
+        print(f"bigtrain: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("bigtrain: interrupted", file=sys.stderr)
+        return 130

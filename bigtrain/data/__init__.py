@@ -1,0 +1,61 @@
+"""Training data: every source yields the same thing to the loop.
+
+A source streams micro-batches for one rank: `x` is uint8 [B, C, H, W] for images (the loop
+moves it to the device and maps it to [-1, 1] there) or float32 [B, D] for vectors; `y` is
+int64 [B] class labels, or None for unlabelled data. Streams are infinite and deterministic in
+(run seed, rank, position): `batches(start)` resumes right after the first `start` micro-batches,
+which is all the loop needs to save for an exact resume.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional, Protocol
+
+import torch
+
+from bigtrain.config import DataConfig
+from bigtrain.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    kind: str  # "image" | "vector"
+    shape: tuple[int, ...]  # (C, H, W) for images, (D,) for vectors, as the loop receives them
+    num_classes: int  # 0 when the data has no labels
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "shape": list(self.shape), "num_classes": self.num_classes}
+
+    @staticmethod
+    def from_dict(data: dict) -> "DataInfo":
+        return DataInfo(data["kind"], tuple(data["shape"]), int(data["num_classes"]))
+
+
+Batch = tuple[torch.Tensor, Optional[torch.Tensor]]
+
+
+class Source(Protocol):
+    info: DataInfo
+
+    def batches(self, start: int = 0) -> Iterator[Batch]:
+        """Infinite micro-batches for this rank, beginning after the first `start` ones."""
+        ...
+
+    def stats(self) -> dict[str, float]:
+        """Cumulative counters for metrics.jsonl (e.g. `data/skipped`); may be empty."""
+        ...
+
+
+def build_source(cfg: DataConfig, *, micro_batch: int, rank: int, world_size: int, seed: int) -> Source:
+    """The data source named by `data.source`."""
+    if not cfg.path:
+        raise ConfigError("data.path", "is empty; point it at the training data")
+    if cfg.source == "npz":
+        from bigtrain.data.npz import NpzSource
+
+        return NpzSource(cfg, micro_batch=micro_batch, rank=rank, seed=seed)
+    if cfg.source == "shards":
+        from bigtrain.data.shards import ShardSource
+
+        return ShardSource(cfg, micro_batch=micro_batch, rank=rank, world_size=world_size, seed=seed)
+    raise ConfigError("data.source", f"unknown source {cfg.source!r}")

@@ -1,0 +1,220 @@
+"""Checkpoint files: the only module that reads or writes them.
+
+Layout inside `RUN_DIR/checkpoints/`:
+    step-00001200/trainer.pt   players' weights, optimizer and scaler states, G_ema, counters,
+                               resolved config, data info (written by rank 0)
+    step-00001200/rank0.pt     one per rank: RNG states, latent generator, data position
+    latest                     text file naming the newest complete checkpoint folder
+A checkpoint is written into `.tmp-step-...` and renamed when every rank has finished, so a
+folder without the temp prefix is always complete. Files are read with
+`torch.load(weights_only=True)`: loading a checkpoint never runs code.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from bigtrain.errors import CheckpointError
+
+TRAINER_FILE = "trainer.pt"
+LATEST = "latest"
+BEST = "best"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def save(
+    ckpt_root: Path,
+    name: str,
+    *,
+    trainer_state: Optional[dict],
+    rank_state: dict,
+    rank: int,
+    barrier: Callable[[], None],
+    keep_last: int,
+) -> Path:
+    """Write one checkpoint from every rank (collective: all ranks call it); returns its folder.
+
+    `trainer_state` is only needed on rank 0. Older checkpoints beyond `keep_last` are deleted.
+    """
+    ckpt_root = Path(ckpt_root)
+    final = ckpt_root / name
+    tmp = ckpt_root / f".tmp-{name}"
+    if rank == 0:
+        if final.exists():
+            # only after resuming from an older checkpoint (a fallback or an explicit PATH):
+            # keep the later one of the abandoned timeline aside instead of overwriting it
+            aside = _free_name(ckpt_root, f"replaced-{name}")
+            os.replace(final, aside)
+            warnings.warn(f"{final} already existed; moved it to {aside.name}", stacklevel=2)
+        shutil.rmtree(tmp, ignore_errors=True)  # leftover of an interrupted save
+        tmp.mkdir(parents=True)
+    barrier()
+    torch.save(rank_state, tmp / f"rank{rank}.pt")
+    if rank == 0:
+        torch.save(trainer_state, tmp / TRAINER_FILE)
+    barrier()
+    if rank == 0:
+        os.replace(tmp, final)
+        _write_pointer(ckpt_root / LATEST, name)
+        _prune(ckpt_root, keep_last)
+    barrier()
+    return final
+
+
+def _free_name(folder: Path, stem: str) -> Path:
+    candidate, k = folder / stem, 1
+    while candidate.exists():
+        candidate, k = folder / f"{stem}-{k}", k + 1
+    return candidate
+
+
+def _write_pointer(path: Path, name: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(name + "\n")
+    os.replace(tmp, path)
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first."""
+    if not Path(ckpt_root).is_dir():
+        return []
+    return sorted(p for p in Path(ckpt_root).iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def _prune(ckpt_root: Path, keep_last: int) -> None:
+    for old in list_checkpoints(ckpt_root)[:-keep_last]:
+        shutil.rmtree(old)
+
+
+def keep_as_best(ckpt_root: Path, name: str) -> None:
+    """Copy checkpoint `name` to `best/` (replacing the previous best), atomically."""
+    src, dst, tmp = ckpt_root / name, ckpt_root / BEST, ckpt_root / f".tmp-{BEST}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    old = ckpt_root / f".old-{BEST}"
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_file(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file missing; the checkpoint is incomplete")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip/pickle errors: truncated, corrupt or not a checkpoint
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: unreadable checkpoint ({first})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a bigtrain checkpoint")
+    return state
+
+
+def load(folder: Path, rank: int) -> tuple[dict, dict]:
+    """(trainer_state, rank_state) of a checkpoint folder, for `rank`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: checkpoint folder not found")
+    trainer_state = _load_file(folder / TRAINER_FILE)
+    for key in ("players", "counters", "config", "data_info"):
+        if key not in trainer_state:
+            raise CheckpointError(f"{folder / TRAINER_FILE}: missing '{key}'; not a bigtrain checkpoint")
+    return trainer_state, _load_file(folder / f"rank{rank}.pt")
+
+
+def latest(ckpt_root: Path) -> Optional[Path]:
+    """The folder the `latest` pointer names (or the newest folder if the pointer is missing)."""
+    pointer = Path(ckpt_root) / LATEST
+    if pointer.is_file():
+        folder = Path(ckpt_root) / pointer.read_text().strip()
+        if folder.is_dir():
+            return folder
+    found = list_checkpoints(ckpt_root)
+    return found[-1] if found else None
+
+
+def load_for_resume(ckpt_root: Path, resume: str, rank: int) -> Optional[tuple[Path, dict, dict]]:
+    """Resolve `train.resume` (auto | none | PATH) and load the checkpoint for `rank`.
+
+    With `auto`, an unreadable newest checkpoint is skipped with a warning in favour of the one
+    before it; an explicitly named checkpoint that cannot be read is an error.
+    """
+    if resume == "none":
+        return None
+    if resume != "auto":
+        folder = Path(resume)
+        return (folder, *load(folder, rank))
+    newest = latest(ckpt_root)
+    candidates = [p for p in reversed(list_checkpoints(ckpt_root))]
+    if newest is not None and newest in candidates:
+        candidates = candidates[candidates.index(newest):]
+    for folder in candidates:
+        try:
+            return (folder, *load(folder, rank))
+        except CheckpointError as exc:
+            warnings.warn(f"skipping checkpoint: {exc}", stacklevel=2)
+    if candidates:
+        raise CheckpointError(f"{ckpt_root}: no readable checkpoint to resume from")
+    return None
+
+
+@dataclass
+class LoadedGenerator:
+    G: nn.Module  # in eval mode, on CPU
+    z_dim: int
+    num_classes: int
+    info: "object"  # bigtrain.data.DataInfo
+    kimg: float
+    path: str  # the checkpoint folder
+    ema: bool  # True when G holds the EMA weights
+
+
+def resolve_folder(run_dir: Optional[str], checkpoint: Optional[str]) -> Path:
+    """The checkpoint folder named by --checkpoint, else the run's latest."""
+    if checkpoint:
+        return Path(checkpoint)
+    if not run_dir:
+        raise CheckpointError("give --run RUN_DIR or --checkpoint PATH")
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"{run_dir}: run directory not found")
+    folder = latest(Path(run_dir) / "checkpoints")
+    if folder is None:
+        raise CheckpointError(f"{run_dir}: the run has no checkpoint yet")
+    return folder
+
+
+def load_generator(run_dir: Optional[str], checkpoint: Optional[str] = None, use_ema: bool = True) -> LoadedGenerator:
+    """G (or G_ema) of a checkpoint, rebuilt from the config stored in it; needs no data."""
+    from bigtrain.config import config_from_dict
+    from bigtrain.data import DataInfo
+    from bigtrain.models import build_generator
+
+    folder = resolve_folder(run_dir, checkpoint)
+    state = _load_file(folder / TRAINER_FILE)
+    for key in ("config", "data_info", "players"):
+        if key not in state:
+            raise CheckpointError(f"{folder / TRAINER_FILE}: missing '{key}'; not a bigtrain checkpoint")
+    cfg = config_from_dict(state["config"])
+    info = DataInfo.from_dict(state["data_info"])
+    G = build_generator(cfg.model, info)
+    weights = state.get("G_ema") if use_ema else None
+    ema = weights is not None
+    if weights is None:
+        weights = state["players"]["G"]["net"]
+    try:
+        G.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{folder}: weights do not fit the stored config ({str(exc).splitlines()[0]})") from None
+    kimg = state["counters"]["nimg"] / 1000
+    return LoadedGenerator(G.eval(), cfg.model.z_dim, cfg.model.num_classes, info, kimg, str(folder), ema)

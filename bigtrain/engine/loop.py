@@ -1,0 +1,253 @@
+"""The training loop: build players and phases, then iterate until `train.total_kimg`.
+
+Reads top to bottom: setup -> resume -> for each iteration, every phase of the objective runs
+its accumulation rounds and steps its player; G_ema follows G; statistics, sample grids and
+checkpoints happen when their kimg interval is crossed. The loop never does GAN maths
+(engine/gan.py) and never touches the distributed engine directly (engine/backend.py).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from bigtrain import config as config_mod
+from bigtrain.config import Config
+from bigtrain.data import Batch, DataInfo, Source, build_source
+from bigtrain.engine import checkpoint, sampling
+from bigtrain.engine.backend import build_backend
+from bigtrain.engine.gan import Objective, Phase, RoundInputs
+from bigtrain.engine.players import EMA, Player
+from bigtrain.errors import CheckpointError, ConfigError
+from bigtrain.losses import LOSSES
+from bigtrain.models import build_discriminator, build_generator
+from bigtrain.seeding import derive_seed, generator
+from bigtrain.tracking import Tracker
+
+LATENT_STREAM = 1  # seed-part that keeps the latent stream apart from data streams
+
+
+@dataclass
+class Counters:
+    step: int = 0  # iterations done (each: d_steps D updates + one G update)
+    nimg: int = 0  # images trained on: batch_size per iteration
+    data_pos: int = 0  # micro-batches this rank has taken from its data stream
+
+
+def crossed(nimg: int, batch: int, every_kimg: float) -> bool:
+    """True when going from nimg - batch to nimg passes a multiple of every_kimg."""
+    every = max(int(round(every_kimg * 1000)), 1)
+    return nimg // every > (nimg - batch) // every
+
+
+class Trainer:
+    """One training run: owns the backend, players, data stream, tracker and counters."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.backend = build_backend(cfg.backend, cfg.train)
+        backend = self.backend
+        if cfg.loss.type not in LOSSES:
+            raise ConfigError("loss.type", f"unknown loss {cfg.loss.type!r}; choose one of {', '.join(sorted(LOSSES))}")
+
+        resumed = checkpoint.load_for_resume(self.ckpt_root, cfg.train.resume, backend.rank)
+        if resumed is None and checkpoint.list_checkpoints(self.ckpt_root):
+            raise ConfigError("train.resume", f"{self.run_dir} already holds checkpoints; use train.resume=auto to continue, or another run.name")
+
+        self.source: Source = build_source(cfg.data, micro_batch=backend.micro_batch, rank=backend.rank, world_size=backend.world_size, seed=cfg.run.seed)
+        self.info: DataInfo = self.source.info
+        self.conditional = cfg.model.num_classes > 0
+        _check_labels(cfg, self.info)
+
+        torch.manual_seed(derive_seed(cfg.run.seed))  # identical initial weights on every rank
+        self.G: Player = backend.make_player("G", build_generator(cfg.model, self.info), cfg.optim.g)
+        D_net = build_discriminator(cfg.model, self.info)
+        _check_no_batchnorm_in_d(D_net)
+        self.D: Player = backend.make_player("D", D_net, cfg.optim.d)
+        self.players = [self.G, self.D]
+        self.ema: Optional[EMA] = EMA(self.G.net, cfg.ema) if cfg.ema.enabled else None
+        self.objective = Objective(self.G, self.D, LOSSES[cfg.loss.type], cfg.train.d_steps)
+        self.counters = Counters()
+        self.latent_gen = generator(cfg.run.seed, backend.rank, LATENT_STREAM)
+        if resumed is not None:
+            self._restore(*resumed)
+        torch.manual_seed(derive_seed(cfg.run.seed, backend.rank, self.counters.step))
+        self.batches: Iterator[Batch] = self.source.batches(self.counters.data_pos)
+
+    # ---- one iteration -------------------------------------------------------------------
+
+    def _real(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        x, y = next(self.batches)
+        self.counters.data_pos += 1
+        x = x.to(self.backend.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = x.float().div_(127.5).sub_(1.0)  # [B, C, H, W] in [-1, 1]
+        y = y.to(self.backend.device, non_blocking=True) if (self.conditional and y is not None) else None
+        return x, y
+
+    def _fakes(self, n: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        # drawn for a whole phase at once, so micro-batch 8 x 2 rounds sees the same latents as 16 x 1
+        z = torch.randn(n, self.cfg.model.z_dim, generator=self.latent_gen)
+        y = torch.randint(self.cfg.model.num_classes, (n,), generator=self.latent_gen) if self.conditional else None
+        device = self.backend.device
+        return z.to(device), (y.to(device) if y is not None else None)
+
+    def run_phase(self, phase: Phase, tracker: Tracker) -> None:
+        backend, micro = self.backend, self.backend.micro_batch
+        for p in phase.frozen:
+            p.freeze(True)
+        z_all, y_all = self._fakes(micro * backend.rounds)
+        for r in range(backend.rounds):
+            real, y_real = self._real() if phase.needs_real else (None, None)
+            sl = slice(r * micro, (r + 1) * micro)
+            inputs = RoundInputs(real, y_real, z_all[sl], y_all[sl] if y_all is not None else None)
+            with backend.accumulate(self.players):
+                with backend.autocast():
+                    loss, stats = phase.compute(inputs)
+                backend.backward(phase.player, loss)
+            for name, value in stats.items():
+                tracker.report(name, value)
+        skipped = backend.step(phase.player)
+        if skipped is not None:
+            tracker.report(f"fp16/{phase.player.name}_skipped", skipped)
+        for p in phase.frozen:
+            p.freeze(False)
+
+    def iteration(self, tracker: Tracker) -> None:
+        for phase in self.objective.phases:
+            for _ in range(phase.repeats):
+                self.run_phase(phase, tracker)
+        self.counters.step += 1
+        self.counters.nimg += self.cfg.train.batch_size
+        if self.ema is not None:
+            with self.backend.full_parameters(self.G) as G:
+                self.ema.update(G, self.counters.nimg, self.cfg.train.batch_size)
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def train(self) -> Path:
+        cfg, backend, counters = self.cfg, self.backend, self.counters
+        total_img = int(round(cfg.train.total_kimg * 1000))
+        batch = cfg.train.batch_size
+        if backend.is_main:
+            self._write_config()
+        tracker = Tracker(self.run_dir, is_main=backend.is_main, reduce_mean=backend.reduce_mean, total_img=total_img, start_img=counters.nimg, progress_bar=cfg.log.progress_bar)
+        grid_path = None
+        try:
+            if counters.nimg == 0:
+                grid_path = self.save_grid(tracker)
+            while counters.nimg < total_img:
+                self.iteration(tracker)
+                tracker.advance(counters.nimg)
+                done = counters.nimg >= total_img
+                if done or crossed(counters.nimg, batch, cfg.log.every_kimg):
+                    tracker.flush(step=counters.step, nimg=counters.nimg, extra=self._data_stats())
+                if done or crossed(counters.nimg, batch, cfg.log.samples_every_kimg):
+                    grid_path = self.save_grid(tracker) or grid_path
+                if done or crossed(counters.nimg, batch, cfg.checkpoint.every_kimg):
+                    self.save_checkpoint()
+        finally:
+            tracker.close()
+        backend.barrier()
+        self.last_grid = grid_path
+        return self.run_dir
+
+    def _data_stats(self) -> dict[str, float]:
+        stats = self.source.stats()
+        if not stats:
+            return {}
+        names = sorted(stats)
+        totals = self.backend.reduce_mean(torch.tensor([float(stats[n]) for n in names], device=self.backend.device))
+        return {n: v * self.backend.world_size for n, v in zip(names, totals.tolist())}
+
+    def save_grid(self, tracker: Tracker) -> Optional[Path]:
+        """Sample grid from G_ema on the fixed latents (one class per row when conditional)."""
+        if not self.backend.is_main or self.info.kind != "image":
+            return None
+        rows, cols = self.cfg.log.grid_rows, self.cfg.log.grid_cols
+        G = self.ema.module if self.ema is not None else self.G.net
+        images = []
+        for r in range(rows):
+            cls = r % self.cfg.model.num_classes if self.conditional else None
+            x, _ = sampling.generate(G, z_dim=self.cfg.model.z_dim, num_classes=self.cfg.model.num_classes, indices=range(r * cols, (r + 1) * cols), seed=self.cfg.run.seed, class_idx=cls, device=self.backend.device)
+            images.append(sampling.to_uint8(x))
+        grid = sampling.image_grid(torch.cat(images), rows, cols)
+        return tracker.image("fakes", grid, self.counters.nimg)
+
+    # ---- checkpoints -----------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        backend, c = self.backend, self.counters
+        trainer_state = None
+        if backend.is_main:
+            trainer_state = {
+                "players": {p.name: backend.player_state(p) for p in self.players},
+                "G_ema": self.ema.state_dict() if self.ema is not None else None,
+                "counters": {"step": c.step, "nimg": c.nimg},
+                "config": config_mod.to_dict(self.cfg),
+                "data_info": self.info.to_dict(),
+            }
+        rank_state = {
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "latent_gen": self.latent_gen.get_state(),
+            "data_pos": c.data_pos,
+        }
+        return checkpoint.save(self.ckpt_root, checkpoint.checkpoint_name(c.step), trainer_state=trainer_state, rank_state=rank_state, rank=backend.rank, barrier=backend.barrier, keep_last=self.cfg.checkpoint.keep_last)
+
+    def _restore(self, folder: Path, trainer_state: dict, rank_state: dict) -> None:
+        try:
+            for p in self.players:
+                self.backend.load_player_state(p, trainer_state["players"][p.name])
+            if self.ema is not None and trainer_state.get("G_ema") is not None:
+                self.ema.load_state_dict(trainer_state["G_ema"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{folder}: does not fit this config ({str(exc).splitlines()[0]})") from None
+        self.counters = Counters(step=trainer_state["counters"]["step"], nimg=trainer_state["counters"]["nimg"], data_pos=rank_state["data_pos"])
+        self.latent_gen.set_state(rank_state["latent_gen"])
+        torch.set_rng_state(rank_state["torch_rng"])
+        if rank_state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rank_state["cuda_rng"])
+        self.resumed_from = folder
+
+    def _write_config(self) -> None:
+        """config.yaml = the resolved config; a different earlier one is kept, not overwritten."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / "config.yaml"
+        text = config_mod.to_yaml(self.cfg)
+        if path.exists() and path.read_text() != text:
+            path.rename(self.run_dir / f"config-before-step{self.counters.step:08d}.yaml")
+        path.write_text(text)
+
+
+def _check_no_batchnorm_in_d(D: torch.nn.Module) -> None:
+    # D's update forwards cat([real, fake]) once (one buffer update per step, see DESIGN.md), so
+    # batch statistics would mix real and fake there but see only fakes in G's update: D's
+    # scores for G would mean something else than what D learned.
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in D.modules()):
+        raise ConfigError("model.d.norm", "batch norm in D is not supported (real and fake share its batch statistics); use none")
+
+
+def _check_labels(cfg: Config, info: DataInfo) -> None:
+    if cfg.model.num_classes == 0:
+        return
+    if info.num_classes == 0:
+        raise ConfigError("model.num_classes", f"is {cfg.model.num_classes} but {cfg.data.path} has no labels")
+    if info.num_classes > cfg.model.num_classes:
+        raise ConfigError("model.num_classes", f"is {cfg.model.num_classes} but the data has labels up to {info.num_classes - 1}")
+
+
+def train(cfg: Config) -> Trainer:
+    """Run (or continue) training as configured; returns the finished Trainer."""
+    trainer = Trainer(cfg)
+    try:
+        trainer.train()
+    finally:
+        with contextlib.suppress(Exception):
+            trainer.backend.close()
+    return trainer

@@ -1,0 +1,72 @@
+"""Players (one network + its optimizer + its loss scaler) and the EMA of G's weights."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from bigtrain.config import EmaConfig, OptimConfig
+
+
+@dataclass
+class Player:
+    name: str  # "G", "D", ... (also the key of its state in checkpoints)
+    net: nn.Module  # the plain module: frozen forwards, EMA, saving
+    engine: nn.Module  # what the backend trains through (DDP wrapper, DeepSpeed engine, or net)
+    optimizer: torch.optim.Optimizer
+    scaler: Optional[torch.amp.GradScaler] = None  # fp16 only; one per player
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+
+    def freeze(self, frozen: bool) -> None:
+        """Stop (or restart) gradients into this player's parameters."""
+        self.net.requires_grad_(not frozen)
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimizer named by `optim.<player>.type`."""
+    params = list(params)
+    if cfg.type == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.type == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.type!r}")
+
+
+def ema_beta(cfg: EmaConfig, nimg: int, batch_size: int) -> float:
+    """Decay per update so that old weights' share halves every `half_life_kimg` images.
+
+    With `rampup`, the half-life is at most rampup x images seen, so the average forgets the
+    random initialisation quickly early in training (stylegan2-ada's ramp-up).
+    """
+    half_life = cfg.half_life_kimg * 1000
+    if cfg.rampup is not None:
+        half_life = min(half_life, nimg * cfg.rampup)
+    return 0.5 ** (batch_size / max(half_life, 1e-8))
+
+
+class EMA:
+    """A frozen copy of G whose parameters track an exponential moving average of G's."""
+
+    def __init__(self, G: nn.Module, cfg: EmaConfig):
+        self.cfg = cfg
+        self.module = copy.deepcopy(G).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, G: nn.Module, nimg: int, batch_size: int) -> float:
+        """Blend G's current weights in (buffers such as BN statistics are copied); returns beta."""
+        beta = ema_beta(self.cfg, nimg, batch_size)
+        ema_params = list(self.module.parameters())
+        params = [p.detach().to(e.dtype) for p, e in zip(G.parameters(), ema_params)]
+        torch._foreach_lerp_(ema_params, params, 1.0 - beta)  # e = beta*e + (1-beta)*p
+        for b_ema, b in zip(self.module.buffers(), G.buffers()):
+            b_ema.copy_(b)
+        return beta
+
+    def state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state)

@@ -1,0 +1,125 @@
+"""Statistics and images out of a run: metrics.jsonl, TensorBoard, sample PNGs, progress bar.
+
+`report(name, value)` keeps running sums on the device, so reporting never waits for the
+accelerator; `flush` averages every statistic across ranks in one reduction and one host copy.
+Only the main process writes files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+ReduceMean = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Tracker:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        is_main: bool,
+        reduce_mean: ReduceMean,
+        total_img: int,
+        start_img: int = 0,
+        progress_bar: bool = True,
+    ):
+        self.run_dir = Path(run_dir)
+        self.is_main = is_main
+        self.reduce_mean = reduce_mean
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.writer = None
+        self.bar = None
+        self.jsonl = None
+        self._last_time = time.perf_counter()
+        self._last_img = start_img
+        if is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(str(self.run_dir / "tb"))
+            self.jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+            if progress_bar:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total_img, initial=start_img, unit="img", unit_scale=True, dynamic_ncols=True, smoothing=0.1)
+
+    def report(self, name: str, value: torch.Tensor | float) -> None:
+        """Add one observation of a statistic (averaged over observations and ranks at flush)."""
+        value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+        if name in self.sums:
+            self.sums[name] += value
+            self.counts[name] += 1
+        else:
+            self.sums[name] = value.clone()
+            self.counts[name] = 1
+
+    def advance(self, nimg: int) -> None:
+        if self.bar is not None:
+            self.bar.update(nimg - self.bar.n)
+
+    def flush(self, *, step: int, nimg: int, extra: Optional[dict[str, float]] = None) -> dict[str, float]:
+        """Average, write one metrics.jsonl line and TensorBoard scalars; returns the record."""
+        now = time.perf_counter()
+        record: dict[str, float] = {"step": step, "kimg": round(nimg / 1000, 3)}
+        if self.sums:
+            names = sorted(self.sums)
+            means = torch.stack([self.sums[n].to(self.sums[names[0]].device) / self.counts[n] for n in names])
+            values = self.reduce_mean(means).tolist()  # the one host sync per flush
+            record.update({n: v for n, v in zip(names, values)})
+        if now > self._last_time and nimg > self._last_img:
+            record["perf/img_per_s"] = (nimg - self._last_img) / (now - self._last_time)
+        record.update(extra or {})
+        self.sums.clear()
+        self.counts.clear()
+        self._last_time, self._last_img = now, nimg
+        if self.is_main:
+            self.write(record, step)
+            if self.bar is not None:
+                shown = {k.split("/")[-1]: f"{v:.3g}" for k, v in record.items() if k.startswith("loss/")}
+                self.bar.set_postfix(shown, refresh=False)
+        return record
+
+    def write(self, record: dict, step: int) -> None:
+        """Write an already-reduced record (main process only)."""
+        if not self.is_main:
+            return
+        self.jsonl.write(json.dumps(_jsonable(record)) + "\n")
+        for name, value in record.items():
+            if name not in ("step", "kimg") and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(name, value, global_step=int(round(record["kimg"] * 1000)))
+        self.writer.flush()
+
+    def image(self, name: str, grid: np.ndarray, nimg: int) -> Optional[Path]:
+        """Save a uint8 [H, W, C] grid as samples/<name>-<kimg>.png and in TensorBoard."""
+        if not self.is_main:
+            return None
+        path = self.run_dir / "samples" / f"{name}-{nimg // 1000:06d}kimg.png"
+        save_png(grid, path)
+        self.writer.add_image(name, grid, global_step=nimg, dataformats="HWC")
+        self.writer.flush()
+        return path
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    """uint8 [H, W, C] (C = 1 or 3) -> PNG."""
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+
+
+def _jsonable(record: dict) -> dict:
+    return {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}

@@ -1,0 +1,104 @@
+"""Model, loss, data and Inception code stay free of distributed engines and device calls.
+
+Parallelism is applied from outside (engine/backend.py); see DESIGN.md, "Boundaries".
+"""
+from __future__ import annotations
+
+import ast
+import io
+import re
+import tokenize
+from pathlib import Path
+
+import pytest
+
+import bigtrain
+
+PACKAGE = Path(bigtrain.__file__).parent
+FORBIDDEN_MODULES = ("accelerate", "deepspeed", "torch.distributed")
+CUDA_CALL = re.compile(r"\.cuda\s*\(")
+
+
+def checked_files() -> list[Path]:
+    files = [p for folder in ("models", "losses", "data") for p in sorted((PACKAGE / folder).rglob("*.py"))]
+    inception = PACKAGE / "eval" / "inception.py"
+    return files + ([inception] if inception.exists() else [])
+
+
+def _is_forbidden(module: str) -> bool:
+    return any(module == name or module.startswith(name + ".") for name in FORBIDDEN_MODULES)
+
+
+def forbidden_imports(source: str) -> list[str]:
+    """Modules from FORBIDDEN_MODULES imported anywhere in `source` (also inside functions)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if _is_forbidden(alias.name)]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from torch import distributed` names the submodule only in the imported names.
+            found += [
+                name
+                for name in (node.module, *(f"{node.module}.{alias.name}" for alias in node.names))
+                if _is_forbidden(name)
+            ][:1]
+    return found
+
+
+def cuda_calls(source: str) -> list[int]:
+    """Line numbers calling `.cuda(`, ignoring comments and strings (docs may mention it)."""
+    return [i + 1 for i, line in enumerate(_blank_comments_and_strings(source)) if CUDA_CALL.search(line)]
+
+
+def _blank_comments_and_strings(source: str) -> list[str]:
+    """Source lines with comment and string text replaced by spaces, so line numbers still match."""
+    lines = [list(line) for line in source.splitlines()]
+    text_tokens = {tokenize.COMMENT, tokenize.STRING, getattr(tokenize, "FSTRING_MIDDLE", -1)}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type not in text_tokens:
+            continue
+        (row, col), (end_row, end_col) = tok.start, tok.end
+        for r in range(row, end_row + 1):
+            line = lines[r - 1]
+            stop = end_col if r == end_row else len(line)
+            line[col if r == row else 0 : stop] = " " * (stop - (col if r == row else 0))
+    return ["".join(line) for line in lines]
+
+
+def test_checked_files_exist() -> None:
+    names = {p.relative_to(PACKAGE).as_posix() for p in checked_files()}
+    assert {"models/__init__.py", "losses/__init__.py", "data/__init__.py"} <= names
+
+
+@pytest.mark.parametrize("path", checked_files(), ids=lambda p: p.relative_to(PACKAGE).as_posix())
+def test_no_distributed_imports_or_cuda_calls(path: Path) -> None:
+    source = path.read_text()
+    assert not forbidden_imports(source), f"{path} imports {forbidden_imports(source)}"
+    assert not cuda_calls(source), f"{path} calls .cuda( on lines {cuda_calls(source)}"
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "import accelerate",
+        "from accelerate import Accelerator",
+        "import deepspeed.comm as dist",
+        "import torch.distributed as dist",
+        "from torch import distributed",
+        "from torch import nn, distributed as dist",
+        "from torch.distributed import all_reduce",
+        "def f():\n    import torch.distributed.elastic\n",
+    ],
+)
+def test_checker_catches_forbidden_imports(snippet: str) -> None:
+    assert forbidden_imports(snippet)
+
+
+def test_checker_allows_ordinary_imports() -> None:
+    assert not forbidden_imports("import torch\nfrom torch import nn\nfrom . import distributed\nimport accelerated_thing")
+
+
+def test_checker_catches_cuda_calls() -> None:
+    assert cuda_calls("x = torch.zeros(1)\ny = x.cuda()\n") == [2]
+    assert cuda_calls("m.cuda (0)") == [1]
+    assert not cuda_calls('"""never call .cuda() here"""\nx = 1  # not .cuda()\ntorch.cuda.is_available()\n')
