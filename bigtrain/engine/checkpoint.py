@@ -130,7 +130,11 @@ def load(folder: Path, rank: int) -> tuple[dict, dict]:
     for key in ("players", "counters", "config", "data_info"):
         if key not in trainer_state:
             raise CheckpointError(f"{folder / TRAINER_FILE}: missing '{key}'; not a bigtrain checkpoint")
-    return trainer_state, _load_file(folder / f"rank{rank}.pt")
+    rank_file = folder / f"rank{rank}.pt"
+    if not rank_file.is_file():
+        written = len(list(folder.glob("rank*.pt")))
+        raise CheckpointError(f"{folder}: written by {written} process(es), has no state for rank {rank}; resume with the same number of processes")
+    return trainer_state, _load_file(rank_file)
 
 
 def latest(ckpt_root: Path) -> Optional[Path]:

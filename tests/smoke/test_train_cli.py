@@ -1,5 +1,6 @@
 """The real CLI on tiny data: run-directory contract, resume exactness, sampling, bad input."""
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
-from tests.conftest import run_cli, tiny_config, write_config, write_images_npz
+from tests.conftest import REPO, run_cli, tiny_config, write_config, write_images_npz
 
 
 def _losses(run_dir: Path) -> list[tuple[int, float, float]]:
@@ -158,3 +159,11 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, data):
     steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[-6:] == [5, 6, 7, 8, 9, 10]  # resumed from step 4
     assert (run / "checkpoints" / "replaced-step-00000008").is_dir()  # the unreadable one, kept
+
+
+def test_accelerate_launch_with_the_cpu_config(tmp_path, data):
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(tmp_path, data))
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch" / "cpu.yaml")]
+    out = run_cli("train", str(cfg), "train.total_kimg=0.032", launcher=launcher)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "runs" / "tiny" / "checkpoints" / "step-00000002" / "rank0.pt").is_file()

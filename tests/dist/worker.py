@@ -1,0 +1,41 @@
+"""Run by torchrun in the distributed tests: train, then compare parameters across ranks.
+
+usage: worker.py CONFIG.yaml OUT.pt [key=value ...]
+"""
+import sys
+
+import torch
+import torch.distributed as dist
+
+from bigtrain.config import load_config
+from bigtrain.engine.loop import Trainer
+
+
+def main() -> None:
+    cfg = load_config(sys.argv[1], sys.argv[3:])
+    trainer = Trainer(cfg)
+    initial = torch.cat([p.detach().flatten() for player in trainer.players for p in player.net.parameters()])
+    trainer.train()
+    world = trainer.backend.world_size
+    assert world == 2 and dist.get_world_size() == 2, f"expected 2 processes, got {world}"
+    flat = torch.cat([p.detach().flatten() for player in trainer.players for p in player.net.parameters()])
+    everyone = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(everyone, flat)
+    if trainer.backend.rank == 0:
+        torch.save(
+            {
+                "params": flat,
+                "initial": initial,
+                "max_rank_diff": max(float((everyone[0] - other).abs().max()) for other in everyone[1:]),
+                "world_size": world,
+                "rounds": trainer.backend.rounds,
+                "micro_batch": trainer.backend.micro_batch,
+                "step": trainer.counters.step,
+            },
+            sys.argv[2],
+        )
+    trainer.backend.close()
+
+
+if __name__ == "__main__":
+    main()
