@@ -132,7 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _tool_commands() -> list[tuple[str, str, Callable, Callable]]:
     """Commands whose arguments and work live next to their code (data and eval tools)."""
-    return []
+    from bigtrain.data import shard_writer
+    from bigtrain.eval import commands as ev
+
+    return [
+        ("make-shards", "write WebDataset tar shards + dataset.json from an image folder, npz or CIFAR batches", shard_writer.add_make_shards_arguments, shard_writer.run_make_shards),
+        ("eval", "FID / IS / KID of a run's checkpoint; prints one JSON object", ev.add_eval_arguments, ev.run_eval),
+        ("fid", "FID between two of: data set, samples npz, statistics npz; prints one JSON object", ev.add_fid_arguments, ev.run_fid),
+        ("ref-stats", "reference statistics (mu, sigma) of a data set for FID", ev.add_ref_stats_arguments, ev.run_ref_stats),
+    ]
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:

@@ -20,7 +20,9 @@ from bigtrain.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 BACKENDS = ("accelerate", "deepspeed")
-OPTIMIZERS = ("adam", "rmsprop")
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+COND_CHOICES = ("auto", "concat", "cbn", "projection", "acgan")
+AUGMENTS = ("color", "translation", "cutout")
 
 
 def _check_choice(key: str, value: Any, choices: tuple) -> None:
@@ -47,11 +49,17 @@ class DataConfig:
     resolution: int = 32  # images are resized to this on load; ignored for vector data
     xflip: bool = False  # random horizontal flips of real images
     num_workers: int = 0  # loader worker processes per rank (streaming sources)
+    shuffle_buffer: int = 1000  # shards: samples each loader worker shuffles among; 0 = off
+    max_skipped_fraction: float = 0.01  # shards: stop when more than this share of samples read is broken (over >= 1000 read)
+    dataset_json: str = ""  # shards: dataset.json describing a pattern or URL list; default: data.path itself or the one beside local shards
 
     def __post_init__(self) -> None:
         _check_choice("data.source", self.source, ("npz", "shards"))
         _check_positive("data.resolution", self.resolution)
         _check_positive("data.num_workers", self.num_workers, allow_zero=True)
+        _check_positive("data.shuffle_buffer", self.shuffle_buffer, allow_zero=True)
+        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+            raise ConfigError("data.max_skipped_fraction", f"must be in [0, 1], got {self.max_skipped_fraction}")
 
 
 @dataclass
@@ -59,12 +67,17 @@ class NetConfig:
     arch: str = "dcgan"  # key of bigtrain.models.MODELS
     width: int = 64  # channels of the widest conv layer (dcgan) or hidden units (mlp)
     depth: int = 2  # hidden layers (mlp only)
-    norm: str = "batch"  # batch | none: normalisation layers of conv nets (D: none, see docs/design-notes.md)
+    norm: str = "batch"  # batch | none: normalisation layers of conv nets (D: none, see README)
+    cond: str = "auto"  # class conditioning: auto (the arch's default) | concat | cbn (G) | projection | acgan (D)
+    spectral_norm: bool = False  # spectral normalisation of every weight layer (Miyato et al. 2018)
+    h_dim: int = 64  # BEGAN: size of the autoencoder's bottleneck embedding
 
     def validate(self, prefix: str) -> None:
         _check_positive(f"{prefix}.width", self.width)
         _check_positive(f"{prefix}.depth", self.depth)
         _check_choice(f"{prefix}.norm", self.norm, ("batch", "none"))
+        _check_choice(f"{prefix}.cond", self.cond, COND_CHOICES)
+        _check_positive(f"{prefix}.h_dim", self.h_dim)
 
 
 @dataclass
@@ -84,13 +97,42 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     type: str = "nonsaturating"  # key of bigtrain.losses.LOSSES
+    lsgan_abc: list[float] = field(default_factory=lambda: [0.0, 1.0, 1.0])  # LSGAN targets a (fake), b (real), c (G's)
+    gp_weight: float = 0.0  # WGAN-GP gradient penalty on real/fake interpolates (lambda; 10 in the paper); 0 = off
+    r1_gamma: float = 0.0  # R1 penalty gamma/2 * |grad D(real)|^2 (Mescheder et al. 2018); 0 = off
+    r1_interval: int = 1  # lazy R1: a separate D_reg phase every k iterations, weighted by k
+    dragan_weight: float = 0.0  # DRAGAN penalty around perturbed real data (lambda; 10 in the paper); 0 = off
+    clip_d_weights: float = 0.0  # WGAN weight clipping: D's parameters into [-c, c] after each D step; 0 = off
+    acgan_weight: float = 1.0  # weight of the auxiliary classifier's cross-entropy (D cond: acgan)
+    began_gamma: float = 0.5  # BEGAN diversity ratio gamma = E[L(G(z))] / E[L(x)]
+    began_lambda_k: float = 0.001  # BEGAN proportional gain of k_t
+    began_k0: float = 0.0  # BEGAN initial k_t
+
+    def __post_init__(self) -> None:
+        if len(self.lsgan_abc) != 3:
+            raise ConfigError("loss.lsgan_abc", f"needs three values a, b, c; got {list(self.lsgan_abc)}")
+        for name in ("gp_weight", "r1_gamma", "dragan_weight", "clip_d_weights", "acgan_weight", "began_lambda_k"):
+            _check_positive(f"loss.{name}", getattr(self, name), allow_zero=True)
+        _check_positive("loss.r1_interval", self.r1_interval)
+        if not 0.0 <= self.began_k0 <= 1.0:
+            raise ConfigError("loss.began_k0", f"must be in [0, 1], got {self.began_k0}")
+
+
+@dataclass
+class AugmentConfig:
+    policy: str = ""  # DiffAugment (Zhao et al. 2020) ops for D's inputs, comma-separated: color,translation,cutout
+
+    def __post_init__(self) -> None:
+        for op in filter(None, (p.strip() for p in self.policy.split(","))):
+            _check_choice("augment.policy", op, AUGMENTS)
 
 
 @dataclass
 class OptimConfig:
-    type: str = "adam"  # adam | rmsprop
+    type: str = "adam"  # adam | rmsprop | sgd
     lr: float = 2e-4  # learning rate
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])  # Adam betas
+    momentum: float = 0.0  # sgd / rmsprop momentum
     eps: float = 1e-8  # optimizer epsilon
     weight_decay: float = 0.0  # L2 weight decay
     grad_clip: float = 0.0  # clip the global gradient norm to this; 0 = off
@@ -146,9 +188,13 @@ class EmaConfig:
 class BackendConfig:
     kind: str = "accelerate"  # accelerate (DDP) | deepspeed (ZeRO)
     find_unused_parameters: bool = False  # DDP option; progressive growing needs it
+    zero_stage: int = 1  # deepspeed: ZeRO stage 0-3 for every player without its own JSON
+    g_config: str = ""  # deepspeed: a DeepSpeed JSON config file for G (overrides the generated one)
+    d_config: str = ""  # deepspeed: a DeepSpeed JSON config file for D
 
     def __post_init__(self) -> None:
         _check_choice("backend.kind", self.kind, BACKENDS)
+        _check_choice("backend.zero_stage", self.zero_stage, (0, 1, 2, 3))
 
 
 @dataclass
@@ -179,13 +225,24 @@ class CheckpointConfig:
 @dataclass
 class EvalConfig:
     every_kimg: float = 0.0  # periodic evaluation interval; 0 = off
-    num_samples: int = 10000  # generated images per evaluation
+    num_samples: int = 10000  # generated images per evaluation (papers report 50k: compare like with like)
     metrics: list[str] = field(default_factory=lambda: ["fid"])  # fid, is, kid
-    ref_stats: str = ""  # reference statistics npz for FID
+    ref_stats: str = ""  # reference statistics npz (`bigtrain ref-stats`), needed for fid and kid
+    inception_weights: str = ""  # FID Inception weights file; "" = $BIGTRAIN_INCEPTION_WEIGHTS, hub cache, download
+    seed: int = 0  # evaluation latents and IS/KID subsets, fixed so evaluations compare
+    batch_size: int = 64  # samples per G / Inception forward per rank
+    use_ema: bool = True  # evaluate G_ema (when kept) rather than G
 
     def __post_init__(self) -> None:
         _check_positive("eval.every_kimg", self.every_kimg, allow_zero=True)
         _check_positive("eval.num_samples", self.num_samples)
+        _check_positive("eval.batch_size", self.batch_size)
+        for metric in self.metrics:
+            _check_choice("eval.metrics", metric, ("fid", "is", "kid"))
+        if self.every_kimg > 0 and not self.metrics:
+            raise ConfigError("eval.metrics", "is empty but eval.every_kimg > 0")
+        if self.every_kimg > 0 and not self.ref_stats and {"fid", "kid"} & set(self.metrics):
+            raise ConfigError("eval.ref_stats", "fid and kid need reference statistics (make them with `bigtrain ref-stats`)")
 
 
 @dataclass
@@ -193,7 +250,8 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)  # naming, output folder, seed
     data: DataConfig = field(default_factory=DataConfig)  # training data source
     model: ModelConfig = field(default_factory=ModelConfig)  # G and D architectures
-    loss: LossConfig = field(default_factory=LossConfig)  # adversarial loss
+    loss: LossConfig = field(default_factory=LossConfig)  # adversarial loss and regularizers
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # differentiable augmentation
     optim: OptimsConfig = field(default_factory=OptimsConfig)  # one optimizer per player
     train: TrainConfig = field(default_factory=TrainConfig)  # length, batch, precision, resume
     ema: EmaConfig = field(default_factory=EmaConfig)  # moving average of G

@@ -56,3 +56,17 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300, launcher:
 @pytest.fixture
 def images_npz(tmp_path: Path) -> Path:
     return write_images_npz(tmp_path / "images.npz")
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    """A random-weights FID Inception file in the standard layout (no download in tests)."""
+    import torch
+
+    from bigtrain.eval.inception import InceptionV3
+
+    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        torch.save(InceptionV3().state_dict(), path)
+    return path

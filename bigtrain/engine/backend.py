@@ -1,27 +1,66 @@
 """The distributed engine behind the players. The ONLY module that imports accelerate/deepspeed.
 
 The loop sees a backend through a small interface: make players, enter one accumulation context
-for all players, backward and step one player, autocast, reduce statistics, barrier. Mixed
-precision is done here rather than by Accelerate so that each player owns its own loss scaler:
-Accelerate's fp16 shares one GradScaler between optimizers, and an overflow in D would then
-skip G's step too.
+for all players, backward and step one player, autocast, gather a player's full parameters,
+save and load players, reduce statistics, barrier. Two backends implement it:
+
+- `AccelerateBackend`: plain modules under DDP. Mixed precision is done here rather than by
+  Accelerate so that each player owns its own loss scaler: Accelerate's fp16 shares one
+  GradScaler between optimizers, and an overflow in D would then skip G's step too.
+- `DeepSpeedBackend`: every player is its own DeepSpeed engine (ZeRO 0-3) with its own config,
+  so each has its own partitioning, clipping and (fp16) loss scaler. deepspeed is imported
+  lazily, inside it: the Accelerate path never needs deepspeed installed.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Iterator, Optional
+import io
+import json
+import os
+import socket
+from pathlib import Path
+from typing import ContextManager, Iterator, Mapping, Optional
 
 import torch
 from torch import nn
 
 from bigtrain.config import BackendConfig, OptimConfig, TrainConfig
 from bigtrain.engine.players import Player, build_optimizer
-from bigtrain.errors import ConfigError
+from bigtrain.errors import CheckpointError, ConfigError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class AccelerateBackend:
+class Backend:
+    """What the loop may use. Subclasses set the attributes and implement the methods."""
+
+    device: torch.device
+    rank: int
+    local_rank: int
+    world_size: int
+    is_main: bool
+    micro_batch: int  # per process per accumulation round
+    rounds: int  # accumulation rounds per optimizer step
+    precision: str  # fp32 | bf16 | fp16
+
+    def autocast(self) -> ContextManager:
+        """Mixed precision for forwards: inputs stay fp32, matmuls and convs run in bf16/fp16."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
+
+    def broadcast_object(self, obj: object) -> object:
+        """`obj` as rank 0 has it, on every rank."""
+        if self.world_size == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+class AccelerateBackend(Backend):
     """Plain PyTorch modules and optimizers, DDP through Accelerate (one process or many)."""
 
     def __init__(self, backend_cfg: BackendConfig, train_cfg: TrainConfig):
@@ -51,11 +90,6 @@ class AccelerateBackend:
         """One context for every player per accumulation round: gradients are all-reduced only
         in the last round of each phase."""
         return self.accelerator.accumulate(*[p.engine for p in players])
-
-    def autocast(self) -> ContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
 
     def backward(self, player: Player, loss: torch.Tensor) -> None:
         """Backward of one round's mean loss; Accelerate divides it by the number of rounds."""
@@ -89,12 +123,20 @@ class AccelerateBackend:
         yield player.net
 
     def player_state(self, player: Player) -> dict:
+        """What goes into trainer.pt for this player (rank 0 writes it)."""
         state = {"net": player.net.state_dict(), "optimizer": player.optimizer.state_dict()}
         if player.scaler is not None:
             state["scaler"] = player.scaler.state_dict()
         return state
 
-    def load_player_state(self, player: Player, state: dict) -> None:
+    def save_engine_files(self, players: list[Player], folder: Path) -> None:
+        """Collective: engines that keep their own checkpoint files write them into `folder`.
+        DDP players live entirely in trainer.pt, so there is nothing to do here."""
+
+    def load_player(self, player: Player, state: dict, folder: Path) -> None:
+        """Restore a player from its trainer.pt entry (and its own files in `folder`, if any)."""
+        if state.get("engine") == "deepspeed":
+            raise CheckpointError(f"{folder}: {player.name} was saved by the deepspeed backend; resume with backend.kind=deepspeed")
         player.net.load_state_dict(state["net"])
         player.optimizer.load_state_dict(state["optimizer"])
         if player.scaler is not None and "scaler" in state:
@@ -106,21 +148,285 @@ class AccelerateBackend:
             return tensor
         return self.accelerator.reduce(tensor, reduction="mean")
 
-    def broadcast_object(self, obj: object) -> object:
-        """`obj` as rank 0 has it, on every rank."""
-        if self.world_size == 1:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
 
     def close(self) -> None:
         self.accelerator.end_training()
+
+
+# ---- DeepSpeed ----------------------------------------------------------------------------
+
+ENGINE_TAG = "engine"  # DeepSpeed's tag inside each player's folder: step-.../G/engine/
+ACCELERATE_DS_CONFIG_FILE = "ACCELERATE_DEEPSPEED_CONFIG_FILE"  # set by `accelerate launch`
+ACCELERATE_DS_ZERO_STAGE = "ACCELERATE_DEEPSPEED_ZERO_STAGE"
+# Mirrors torch.amp.GradScaler's defaults, so fp16 behaves alike under both backends.
+FP16_LOSS_SCALING = {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 2000, "hysteresis": 1, "min_loss_scale": 1}
+
+
+class DeepSpeedBackend(Backend):
+    """Every player is its own engine from `deepspeed.initialize`, with its own config.
+
+    The loop's accumulation maps onto DeepSpeed's own: `gradient_accumulation_steps` is the
+    number of rounds, `backward` runs `engine.backward` then `engine.step` each round (DeepSpeed
+    only updates on the accumulation boundary), and `step` merely checks that the phase ended on
+    that boundary and reports an fp16 skip.
+    """
+
+    def __init__(self, backend_cfg: BackendConfig, train_cfg: TrainConfig, env: Mapping[str, str] = os.environ):
+        import deepspeed
+        import torch.distributed as dist
+        from deepspeed.accelerator import get_accelerator
+
+        self.ds = deepspeed
+        self.backend_cfg, self.train_cfg, self.env = backend_cfg, train_cfg, env
+        self.precision = train_cfg.precision
+        accel = get_accelerator()
+        on_cpu = accel.device_name() == "cpu"
+        _check_precision_supported(self.precision, accel)
+        if not dist.is_initialized():
+            if "RANK" not in os.environ:  # started without a launcher: a group of one process
+                for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
+                    os.environ.setdefault(key, value)
+            deepspeed.init_distributed(dist_backend="gloo" if on_cpu else accel.communication_backend_name(), verbose=False)
+        self.rank: int = dist.get_rank()
+        self.world_size: int = dist.get_world_size()
+        self.local_rank: int = int(os.environ.get("LOCAL_RANK", 0))
+        self.is_main: bool = self.rank == 0
+        if on_cpu:
+            self.device = torch.device("cpu")
+        else:
+            accel.set_device(self.local_rank)
+            self.device = torch.device(accel.device_name(self.local_rank))
+        self.micro_batch, self.rounds = split_batch(train_cfg, self.world_size)
+        self.zero_stages: dict[str, int] = {}
+
+    def make_player(self, name: str, net: nn.Module, opt_cfg: OptimConfig) -> Player:
+        """Wrap `net` in its own DeepSpeed engine; the optimizer is built from `optim.<name>`
+        (exactly as under Accelerate) unless the player's DeepSpeed JSON names one."""
+        ds_config, _ = deepspeed_config(name, opt_cfg, self.backend_cfg, self.train_cfg, self.world_size, self.env)
+        if "optimizer" in ds_config:
+            kwargs = {"model_parameters": [p for p in net.parameters() if p.requires_grad]}
+        else:
+            kwargs = {"optimizer": build_optimizer(net.parameters(), opt_cfg)}
+        engine, optimizer, _, _ = self.ds.initialize(model=net, config=ds_config, **kwargs)
+        dtype = next(engine.module.parameters()).dtype
+        if dtype != torch.float32:
+            # DeepSpeed casts parameters only; BatchNorm then fails on bf16 weights with fp32
+            # running statistics. Older DeepSpeed cast the whole module, buffers included.
+            for buffer in engine.module.buffers():
+                if buffer.is_floating_point():
+                    buffer.data = buffer.data.to(dtype)
+        self.zero_stages[name] = engine.zero_optimization_stage()
+        return Player(name=name, net=engine.module, engine=engine, optimizer=optimizer, scaler=None, grad_clip=float(ds_config.get("gradient_clipping", 0.0)))
+
+    def accumulate(self, players: list[Player]) -> ContextManager:
+        """DeepSpeed counts accumulation rounds itself (one `engine.step` per `backward`)."""
+        return contextlib.nullcontext()
+
+    def backward(self, player: Player, loss: torch.Tensor) -> None:
+        """engine.backward divides by the rounds and scales fp16 losses; engine.step updates
+        only on the last round of the phase (the accumulation boundary)."""
+        player.engine.backward(loss)
+        player.engine.step()
+
+    def step(self, player: Player) -> Optional[torch.Tensor]:
+        """The update already happened in the last round's `backward`. With fp16, returns a
+        0-d tensor that is 1 when the engine's own loss scaler skipped the step. DeepSpeed has
+        already synchronised to check for overflow, so reading its flag costs nothing more."""
+        engine = player.engine
+        if engine.micro_steps % engine.gradient_accumulation_steps() != 0:
+            raise RuntimeError(f"{player.name}: {engine.micro_steps} backward calls are not a whole number of {engine.gradient_accumulation_steps()}-round phases")
+        if self.precision != "fp16":
+            return None
+        return torch.tensor(0.0 if engine.was_step_applied() else 1.0, device=self.device)
+
+    @contextlib.contextmanager
+    def full_parameters(self, player: Player) -> Iterator[nn.Module]:
+        """Collective at ZeRO-3 (every rank must enter): the partitioned parameters are gathered
+        for reading and partitioned again on exit. At ZeRO 0-2 every rank holds them already."""
+        params = list(player.net.parameters())
+        with self.ds.zero.GatheredParameters(params, modifier_rank=None, enabled=self.zero_stages[player.name] == 3):
+            yield player.net
+
+    def player_state(self, player: Player) -> dict:
+        """A small record: the weights and optimizer state live in the engine's own folder."""
+        return {"engine": "deepspeed", "zero_stage": self.zero_stages[player.name], "precision": self.precision, "tag": ENGINE_TAG}
+
+    def save_engine_files(self, players: list[Player], folder: Path) -> None:
+        """Collective: each engine writes `folder/<name>/` (DeepSpeed's layout, one file per
+        rank for the ZeRO partitions); DeepSpeed waits for every rank before it returns."""
+        for p in players:
+            p.engine.save_checkpoint(str(Path(folder) / p.name), tag=ENGINE_TAG, client_state={})
+
+    def load_player(self, player: Player, state: dict, folder: Path) -> None:
+        """Collective: restore an engine from `folder/<name>/` after checking its files (see
+        `verify_deepspeed_files`)."""
+        if state.get("engine") != "deepspeed":
+            raise CheckpointError(f"{folder}: {player.name} was saved by the accelerate backend; resume with backend.kind=accelerate")
+        stage = self.zero_stages[player.name]
+        if state["zero_stage"] != stage:
+            raise CheckpointError(f"{folder}: {player.name} was saved at ZeRO-{state['zero_stage']} but this run uses ZeRO-{stage}")
+        engine_dir = Path(folder) / player.name
+        verify_deepspeed_files(engine_dir / state["tag"])
+        path, _ = player.engine.load_checkpoint(str(engine_dir), tag=state["tag"], load_optimizer_states=True, load_lr_scheduler_states=True)
+        if path is None:
+            raise CheckpointError(f"{engine_dir}: DeepSpeed found no checkpoint to load")
+
+    def reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Mean over ranks (identity on one process)."""
+        if self.world_size == 1:
+            return tensor
+        import torch.distributed as dist
+
+        total = tensor.detach().clone()
+        dist.all_reduce(total)
+        return total / self.world_size
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _check_precision_supported(precision: str, accel) -> None:
+    supported = {"bf16": accel.is_bf16_supported, "fp16": accel.is_fp16_supported}
+    if precision in supported and not supported[precision]():
+        # e.g. fp16 on most CPUs: DeepSpeed needs AVX512-FP16/AMX for it there
+        raise ConfigError("train.precision", f"DeepSpeed does not support {precision} on this device ({accel.device_name()}); use {'bf16 or ' if precision == 'fp16' else ''}fp32")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deepspeed_config(
+    name: str, opt_cfg: OptimConfig, backend_cfg: BackendConfig, train_cfg: TrainConfig, world_size: int, env: Mapping[str, str] = os.environ
+) -> tuple[dict, str]:
+    """(DeepSpeed config, where it came from) for player `name` ("G", "D", ...).
+
+    The JSON named by `backend.<name>_config` wins, else the one `accelerate launch` passes
+    (ACCELERATE_DEEPSPEED_CONFIG_FILE), else a config generated from the YAML. A JSON keeps its
+    own ZeRO, optimizer and clipping settings; missing or "auto" keys are filled from the YAML.
+    Batch sizes and precision must agree with `train.*`, which the loop follows.
+    """
+    micro, rounds = split_batch(train_cfg, world_size)
+    key = f"backend.{name.lower()}_config"
+    path = getattr(backend_cfg, f"{name.lower()}_config", "") or ""
+    if not path and env.get(ACCELERATE_DS_CONFIG_FILE):
+        key, path = ACCELERATE_DS_CONFIG_FILE, env[ACCELERATE_DS_CONFIG_FILE]
+    if path:
+        cfg = _read_json(key, path)
+    else:
+        key, cfg = "backend.zero_stage", {"zero_optimization": {"stage": backend_cfg.zero_stage}}
+        launcher_stage = env.get(ACCELERATE_DS_ZERO_STAGE)
+        if launcher_stage not in (None, "", str(backend_cfg.zero_stage)):
+            raise ConfigError("backend.zero_stage", f"is {backend_cfg.zero_stage} but accelerate launch asks for ZeRO-{launcher_stage} ({ACCELERATE_DS_ZERO_STAGE}); make them agree")
+    for ds_key, want, yaml_key in (
+        ("train_batch_size", train_cfg.batch_size, "train.batch_size"),
+        ("train_micro_batch_size_per_gpu", micro, "train.micro_batch"),
+        ("gradient_accumulation_steps", rounds, "accumulation rounds (train.batch_size / micro_batch / world size)"),
+    ):
+        got = cfg.get(ds_key, "auto")
+        if got == "auto":
+            cfg[ds_key] = want
+        elif got != want:
+            raise ConfigError(key, f"{ds_key} {got} != {yaml_key} {want}")
+    for section in ("bf16", "fp16"):
+        wanted = train_cfg.precision == section
+        block = dict(cfg.get(section) or {})
+        enabled = block.get("enabled", "auto")
+        if enabled == "auto":
+            block["enabled"] = wanted
+        elif bool(enabled) != wanted:
+            raise ConfigError(key, f"{section}.enabled is {str(enabled).lower()} but train.precision is {train_cfg.precision}")
+        if section == "fp16" and wanted:
+            block = {**FP16_LOSS_SCALING, **block}
+        cfg[section] = block
+    clip = cfg.get("gradient_clipping", "auto")
+    if clip == "auto":
+        cfg["gradient_clipping"] = opt_cfg.grad_clip
+    elif opt_cfg.grad_clip > 0 and float(clip) != opt_cfg.grad_clip:
+        raise ConfigError(key, f"gradient_clipping {clip} != optim.{name.lower()}.grad_clip {opt_cfg.grad_clip}")
+    zero = cfg.setdefault("zero_optimization", {"stage": backend_cfg.zero_stage})
+    if zero.get("stage", 0) not in (0, 1, 2, 3):
+        raise ConfigError(key, f"zero_optimization.stage {zero.get('stage')!r} is not one of 0, 1, 2, 3")
+    if "optimizer" not in cfg:
+        cfg.setdefault("zero_allow_untested_optimizer", True)  # our client RMSprop/SGD are fine under ZeRO
+    cfg.setdefault("steps_per_print", None)
+    cfg.setdefault("wall_clock_breakdown", False)
+    return cfg, key
+
+
+def _read_json(key: str, path: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(key, f"{path}: DeepSpeed config file not found") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(key, f"{path}: not a readable JSON file ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(key, f"{path}: must hold a JSON object")
+    return data
+
+
+def _deepspeed_safe_globals() -> list:
+    """The few DeepSpeed classes its checkpoint files pickle (next to tensors and plain data)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def verify_deepspeed_files(folder: Path) -> None:
+    """Refuse a DeepSpeed checkpoint folder unless each of its .pt files loads with
+    `torch.load(weights_only=True)` allowing only `_deepspeed_safe_globals()`.
+
+    DeepSpeed itself loads them with weights_only=False; after this check nothing in them can
+    name other code to run (a bounded departure from DESIGN.md, see docs/deepspeed.md).
+    """
+    folder = Path(folder)
+    files = sorted(folder.glob("*.pt"))
+    if not files:
+        raise CheckpointError(f"{folder}: no DeepSpeed checkpoint files; the checkpoint is incomplete")
+    with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+        for path in files:
+            try:
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as exc:  # an unlisted global, or a corrupt file
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CheckpointError(f"{path}: refusing to load this DeepSpeed file ({first})") from None
+
+
+def deepspeed_weights(engine_dir: Path, state: dict) -> dict[str, torch.Tensor]:
+    """Plain fp32 state dict (parameters and buffers) of one player from its DeepSpeed folder.
+
+    ZeRO 1-3: DeepSpeed's zero_to_fp32 joins the partitions (the fp32 master weights). ZeRO-0
+    has one file holding the module's weights as trained (bf16 weights under bf16). Needs no
+    process group.
+    """
+    tag_dir = Path(engine_dir) / state["tag"]
+    verify_deepspeed_files(tag_dir)
+    if state["zero_stage"] == 0:
+        weights = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its progress
+            weights = get_fp32_state_dict_from_zero_checkpoint(str(engine_dir), tag=state["tag"])
+    return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
+
+
+# ---- shared -------------------------------------------------------------------------------
 
 
 def split_batch(train_cfg: TrainConfig, world_size: int) -> tuple[int, int]:
@@ -135,8 +441,10 @@ def split_batch(train_cfg: TrainConfig, world_size: int) -> tuple[int, int]:
     return micro, batch // (micro * world_size)
 
 
-def build_backend(backend_cfg: BackendConfig, train_cfg: TrainConfig) -> AccelerateBackend:
+def build_backend(backend_cfg: BackendConfig, train_cfg: TrainConfig) -> Backend:
     """The backend named by `backend.kind`."""
-    if backend_cfg.kind == "accelerate":
-        return AccelerateBackend(backend_cfg, train_cfg)
-    raise ConfigError("backend.kind", f"{backend_cfg.kind!r} is not available yet in this version")
+    if backend_cfg.kind == "deepspeed":
+        return DeepSpeedBackend(backend_cfg, train_cfg)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise ConfigError("backend.kind", "is accelerate but accelerate launch was given a DeepSpeed config; set backend.kind=deepspeed")
+    return AccelerateBackend(backend_cfg, train_cfg)

@@ -8,9 +8,15 @@ Layout inside `RUN_DIR/checkpoints/`:
 A checkpoint is written into `.tmp-step-...` and renamed when every rank has finished, so a
 folder without the temp prefix is always complete. Files are read with
 `torch.load(weights_only=True)`: loading a checkpoint never runs code.
+
+Under the DeepSpeed backend each player's engine also writes its own folder (`G/`, `D/`, in
+DeepSpeed's layout) and trainer.pt only names it; `export` turns such a checkpoint into a plain
+one (`RUN_DIR/export/step-.../trainer.pt`, weights only) that needs no DeepSpeed to read.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import warnings
@@ -26,6 +32,7 @@ from bigtrain.errors import CheckpointError
 TRAINER_FILE = "trainer.pt"
 LATEST = "latest"
 BEST = "best"
+BEST_RECORD = "eval.json"
 
 
 def checkpoint_name(step: int) -> str:
@@ -41,10 +48,13 @@ def save(
     rank: int,
     barrier: Callable[[], None],
     keep_last: int,
+    write_engine_files: Optional[Callable[[Path], None]] = None,
 ) -> Path:
     """Write one checkpoint from every rank (collective: all ranks call it); returns its folder.
 
-    `trainer_state` is only needed on rank 0. Older checkpoints beyond `keep_last` are deleted.
+    `trainer_state` is only needed on rank 0. `write_engine_files(folder)` is called on every
+    rank for engines that save their own files (DeepSpeed). Older checkpoints beyond
+    `keep_last` are deleted.
     """
     ckpt_root = Path(ckpt_root)
     final = ckpt_root / name
@@ -62,6 +72,8 @@ def save(
     torch.save(rank_state, tmp / f"rank{rank}.pt")
     if rank == 0:
         torch.save(trainer_state, tmp / TRAINER_FILE)
+    if write_engine_files is not None:
+        write_engine_files(tmp)
     barrier()
     if rank == 0:
         os.replace(tmp, final)
@@ -96,16 +108,29 @@ def _prune(ckpt_root: Path, keep_last: int) -> None:
         shutil.rmtree(old)
 
 
-def keep_as_best(ckpt_root: Path, name: str) -> None:
-    """Copy checkpoint `name` to `best/` (replacing the previous best), atomically."""
+def keep_as_best(ckpt_root: Path, name: str, record: dict) -> None:
+    """Copy checkpoint `name` to `best/` with its evaluation in `best/eval.json` (replacing the
+    previous best), atomically."""
     src, dst, tmp = ckpt_root / name, ckpt_root / BEST, ckpt_root / f".tmp-{BEST}"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
+    (tmp / BEST_RECORD).write_text(json.dumps(record) + "\n")
     old = ckpt_root / f".old-{BEST}"
     if dst.exists():
         os.replace(dst, old)
     os.replace(tmp, dst)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def best_fid(ckpt_root: Path) -> float:
+    """The FID of the kept best checkpoint, or infinity when there is none."""
+    record = Path(ckpt_root) / BEST / BEST_RECORD
+    if not record.is_file():
+        return math.inf
+    try:
+        return float(json.loads(record.read_text())["eval/fid"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _load_file(path: Path) -> dict:
@@ -215,10 +240,54 @@ def load_generator(run_dir: Optional[str], checkpoint: Optional[str] = None, use
     weights = state.get("G_ema") if use_ema else None
     ema = weights is not None
     if weights is None:
-        weights = state["players"]["G"]["net"]
+        weights = _raw_generator_weights(folder, state)
     try:
         G.load_state_dict(weights)
     except RuntimeError as exc:
         raise CheckpointError(f"{folder}: weights do not fit the stored config ({str(exc).splitlines()[0]})") from None
     kimg = state["counters"]["nimg"] / 1000
     return LoadedGenerator(G.eval(), cfg.model.z_dim, cfg.model.num_classes, info, kimg, str(folder), ema)
+
+
+def export_folder(folder: Path) -> Path:
+    """Where `bigtrain export` writes the plain copy of checkpoint `folder` by default:
+    RUN_DIR/export/<checkpoint name> (outside checkpoints/, so pruning and resume ignore it)."""
+    folder = Path(folder)
+    return folder.parent.parent / "export" / folder.name
+
+
+def _raw_generator_weights(folder: Path, state: dict) -> dict:
+    """G's own weights: in trainer.pt, or (DeepSpeed) in the checkpoint's export."""
+    G_state = state["players"]["G"]
+    if "net" in G_state:
+        return G_state["net"]
+    exported = export_folder(folder) / TRAINER_FILE
+    if exported.is_file():
+        return _load_file(exported)["players"]["G"]["net"]
+    raise CheckpointError(f"{folder}: G's raw weights are in DeepSpeed's engine files; run `bigtrain export --checkpoint {folder}` first (G_ema, the default, needs no export)")
+
+
+def export(folder: Path, out: Path, engine_weights: Callable[[Path, dict], dict]) -> Path:
+    """Write checkpoint `folder` as a plain one into `out`: trainer.pt with every player's
+    weights (no optimizer state), G_ema, counters, config and data info. Players whose weights
+    live in engine files are read by `engine_weights(folder / name, player_state)`.
+    Returns the file written; an existing export is never overwritten."""
+    folder, out = Path(folder), Path(out)
+    state = _load_file(folder / TRAINER_FILE)
+    for key in ("players", "counters", "config", "data_info"):
+        if key not in state:
+            raise CheckpointError(f"{folder / TRAINER_FILE}: missing '{key}'; not a bigtrain checkpoint")
+    target = out / TRAINER_FILE
+    if target.exists():
+        raise CheckpointError(f"{target} already exists; refusing to overwrite it")
+    players = {}
+    for name, player_state in state["players"].items():
+        weights = player_state["net"] if "net" in player_state else engine_weights(folder / name, player_state)
+        players[name] = {"net": weights}
+    plain = {key: value for key, value in state.items() if key != "players"}
+    plain["players"] = players
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (TRAINER_FILE + ".tmp")
+    torch.save(plain, tmp)
+    os.replace(tmp, target)
+    return target

@@ -8,6 +8,7 @@ checkpoints happen when their kimg interval is crossed. The loop never does GAN 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -19,10 +20,9 @@ from bigtrain.config import Config
 from bigtrain.data import Batch, DataInfo, Source, build_source
 from bigtrain.engine import checkpoint, sampling
 from bigtrain.engine.backend import build_backend
-from bigtrain.engine.gan import Objective, Phase, RoundInputs
+from bigtrain.engine.gan import Phase, RoundInputs, build_objective
 from bigtrain.engine.players import EMA, Player
 from bigtrain.errors import CheckpointError, ConfigError
-from bigtrain.losses import LOSSES
 from bigtrain.models import build_discriminator, build_generator
 from bigtrain.seeding import derive_seed, generator
 from bigtrain.tracking import Tracker
@@ -52,8 +52,6 @@ class Trainer:
         self.ckpt_root = self.run_dir / "checkpoints"
         self.backend = build_backend(cfg.backend, cfg.train)
         backend = self.backend
-        if cfg.loss.type not in LOSSES:
-            raise ConfigError("loss.type", f"unknown loss {cfg.loss.type!r}; choose one of {', '.join(sorted(LOSSES))}")
 
         resumed = checkpoint.load_for_resume(self.ckpt_root, cfg.train.resume, backend.rank)
         if resumed is None and checkpoint.list_checkpoints(self.ckpt_root):
@@ -65,13 +63,17 @@ class Trainer:
         _check_labels(cfg, self.info)
 
         torch.manual_seed(derive_seed(cfg.run.seed))  # identical initial weights on every rank
-        self.G: Player = backend.make_player("G", build_generator(cfg.model, self.info), cfg.optim.g)
+        G_net = build_generator(cfg.model, self.info).to(backend.device)
+        # G_ema copies G before the backend wraps it: an engine may cast G to bf16 or partition it
+        self.ema: Optional[EMA] = EMA(G_net, cfg.ema) if cfg.ema.enabled else None
+        self.G: Player = backend.make_player("G", G_net, cfg.optim.g)
         D_net = build_discriminator(cfg.model, self.info)
         _check_no_batchnorm_in_d(D_net)
         self.D: Player = backend.make_player("D", D_net, cfg.optim.d)
         self.players = [self.G, self.D]
-        self.ema: Optional[EMA] = EMA(self.G.net, cfg.ema) if cfg.ema.enabled else None
-        self.objective = Objective(self.G, self.D, LOSSES[cfg.loss.type], cfg.train.d_steps)
+        self.objective = build_objective(self.G, self.D, cfg, backend.reduce_mean)
+        self.evaluator = self._build_evaluator()
+        self.best_fid = checkpoint.best_fid(self.ckpt_root)
         self.counters = Counters()
         self.latent_gen = generator(cfg.run.seed, backend.rank, LATENT_STREAM)
         if resumed is not None:
@@ -115,13 +117,18 @@ class Trainer:
         skipped = backend.step(phase.player)
         if skipped is not None:
             tracker.report(f"fp16/{phase.player.name}_skipped", skipped)
+        if phase.after_step is not None:
+            phase.after_step()
         for p in phase.frozen:
             p.freeze(False)
 
     def iteration(self, tracker: Tracker) -> None:
         for phase in self.objective.phases:
-            for _ in range(phase.repeats):
-                self.run_phase(phase, tracker)
+            if self.counters.step % phase.interval == 0:
+                for _ in range(phase.repeats):
+                    self.run_phase(phase, tracker)
+        for name, value in self.objective.end_iteration().items():
+            tracker.report(name, value)
         self.counters.step += 1
         self.counters.nimg += self.cfg.train.batch_size
         if self.ema is not None:
@@ -149,8 +156,11 @@ class Trainer:
                     tracker.flush(step=counters.step, nimg=counters.nimg, extra=self._data_stats())
                 if done or crossed(counters.nimg, batch, cfg.log.samples_every_kimg):
                     grid_path = self.save_grid(tracker) or grid_path
+                saved = None
                 if done or crossed(counters.nimg, batch, cfg.checkpoint.every_kimg):
-                    self.save_checkpoint()
+                    saved = self.save_checkpoint()
+                if self.evaluator is not None and (done or crossed(counters.nimg, batch, cfg.eval.every_kimg)):
+                    self.evaluate(tracker, saved)
         finally:
             tracker.close()
         backend.barrier()
@@ -179,6 +189,48 @@ class Trainer:
         grid = sampling.image_grid(torch.cat(images), rows, cols)
         return tracker.image("fakes", grid, self.counters.nimg)
 
+    # ---- evaluation ------------------------------------------------------------------------
+
+    def _build_evaluator(self):
+        ecfg, backend = self.cfg.eval, self.backend
+        if ecfg.every_kimg <= 0:
+            return None
+        from bigtrain.eval.evaluate import build_evaluator
+        from bigtrain.eval.weights import resolve_weights
+
+        if backend.is_main:
+            resolve_weights(ecfg.inception_weights or None)  # a download, if any, happens once
+        backend.barrier()
+        return build_evaluator(
+            ecfg.metrics, num_samples=ecfg.num_samples, ref_stats=ecfg.ref_stats or None, rank=backend.rank,
+            world_size=backend.world_size, device=backend.device, seed=ecfg.seed, batch_size=ecfg.batch_size,
+            weights=ecfg.inception_weights or None,
+        )
+
+    def evaluate(self, tracker: Tracker, saved: Optional[Path]) -> dict:
+        """FID/IS/KID of G_ema (collective); a new best FID keeps its checkpoint as `best/`."""
+        from bigtrain.eval.evaluate import log_record
+
+        use_ema = self.cfg.eval.use_ema and self.ema is not None
+        with self.backend.full_parameters(self.G) as G:
+            result = self.evaluator(
+                self.ema.module if use_ema else G, z_dim=self.cfg.model.z_dim, num_classes=self.cfg.model.num_classes,
+                ema=use_ema, kimg=self.counters.nimg / 1000, checkpoint=str(saved) if saved else None,
+            )
+        record = {"step": self.counters.step, "kimg": round(self.counters.nimg / 1000, 3), **log_record(result)}
+        tracker.write(record, self.counters.step)
+        if self.backend.is_main:
+            for warning in result.get("warnings", []):
+                warnings.warn(f"eval: {warning}", stacklevel=2)
+        fid = result.get("fid")
+        if fid is not None and fid < self.best_fid:
+            self.best_fid = fid
+            folder = saved or self.save_checkpoint()
+            if self.backend.is_main:
+                checkpoint.keep_as_best(self.ckpt_root, folder.name, record)
+            self.backend.barrier()
+        return result
+
     # ---- checkpoints -----------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
@@ -188,6 +240,7 @@ class Trainer:
             trainer_state = {
                 "players": {p.name: backend.player_state(p) for p in self.players},
                 "G_ema": self.ema.state_dict() if self.ema is not None else None,
+                "objective": self.objective.state_dict(),
                 "counters": {"step": c.step, "nimg": c.nimg},
                 "config": config_mod.to_dict(self.cfg),
                 "data_info": self.info.to_dict(),
@@ -198,14 +251,19 @@ class Trainer:
             "latent_gen": self.latent_gen.get_state(),
             "data_pos": c.data_pos,
         }
-        return checkpoint.save(self.ckpt_root, checkpoint.checkpoint_name(c.step), trainer_state=trainer_state, rank_state=rank_state, rank=backend.rank, barrier=backend.barrier, keep_last=self.cfg.checkpoint.keep_last)
+        return checkpoint.save(
+            self.ckpt_root, checkpoint.checkpoint_name(c.step), trainer_state=trainer_state, rank_state=rank_state,
+            rank=backend.rank, barrier=backend.barrier, keep_last=self.cfg.checkpoint.keep_last,
+            write_engine_files=lambda folder: backend.save_engine_files(self.players, folder),
+        )
 
     def _restore(self, folder: Path, trainer_state: dict, rank_state: dict) -> None:
         try:
             for p in self.players:
-                self.backend.load_player_state(p, trainer_state["players"][p.name])
+                self.backend.load_player(p, trainer_state["players"][p.name], folder)
             if self.ema is not None and trainer_state.get("G_ema") is not None:
                 self.ema.load_state_dict(trainer_state["G_ema"])
+            self.objective.load_state_dict(trainer_state.get("objective") or {})
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{folder}: does not fit this config ({str(exc).splitlines()[0]})") from None
         self.counters = Counters(step=trainer_state["counters"]["step"], nimg=trainer_state["counters"]["nimg"], data_pos=rank_state["data_pos"])

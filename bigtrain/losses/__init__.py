@@ -1,22 +1,44 @@
-"""GAN losses: `LOSSES` maps `loss.type` names to a (D loss, G loss) pair of pure functions.
+"""GAN losses: `LOSSES` maps `loss.type` to a builder of a (D loss, G loss) pair of pure functions.
 
-d_loss(real_logits [N], fake_logits [N]) -> float32 scalar; g_loss(fake_logits [N]) -> float32 scalar.
+d_loss(real_out [N], fake_out [N]) -> float32 scalar; g_loss(fake_out [N]) -> float32 scalar.
+Regularizers (R1, gradient penalty, DRAGAN) are in `regularizers`, BEGAN's terms in `gan`; the
+objective (engine/gan.py) combines them as the config asks.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, NamedTuple
 
 from torch import Tensor
 
+from bigtrain.config import LossConfig
+from bigtrain.errors import ConfigError
 from bigtrain.losses import gan
 
 
 class GanLoss(NamedTuple):
-    d_loss: Callable[[Tensor, Tensor], Tensor]  # (real_logits, fake_logits) -> scalar
-    g_loss: Callable[[Tensor], Tensor]  # fake_logits -> scalar
+    d_loss: Callable[[Tensor, Tensor], Tensor]  # (real_out, fake_out) -> scalar
+    g_loss: Callable[[Tensor], Tensor]  # fake_out -> scalar
 
 
-LOSSES: dict[str, GanLoss] = {
-    "nonsaturating": GanLoss(gan.nonsaturating_d_loss, gan.nonsaturating_g_loss),
-    "hinge": GanLoss(gan.hinge_d_loss, gan.hinge_g_loss),
+def _lsgan(cfg: LossConfig) -> GanLoss:
+    a, b, c = cfg.lsgan_abc
+    return GanLoss(partial(gan.lsgan_d_loss, a=a, b=b), partial(gan.lsgan_g_loss, c=c))
+
+
+LOSSES: dict[str, Callable[[LossConfig], GanLoss]] = {
+    "minimax": lambda cfg: GanLoss(gan.nonsaturating_d_loss, gan.minimax_g_loss),
+    "nonsaturating": lambda cfg: GanLoss(gan.nonsaturating_d_loss, gan.nonsaturating_g_loss),
+    "lsgan": _lsgan,
+    "wgan": lambda cfg: GanLoss(gan.wasserstein_d_loss, gan.wasserstein_g_loss),
+    "hinge": lambda cfg: GanLoss(gan.hinge_d_loss, gan.hinge_g_loss),
+    # BEGAN's D loss needs k_t; the objective uses gan.began_* directly, this pair is its k=1 form
+    "began": lambda cfg: GanLoss(partial(gan.began_d_loss, k=1.0), lambda fake_err: fake_err.float().mean()),
 }
+
+
+def build_loss(cfg: LossConfig) -> GanLoss:
+    """The pair named by `loss.type`; ConfigError for an unknown name."""
+    if cfg.type not in LOSSES:
+        raise ConfigError("loss.type", f"unknown loss {cfg.type!r}; choose one of {', '.join(sorted(LOSSES))}")
+    return LOSSES[cfg.type](cfg)

@@ -13,19 +13,29 @@ from torch import Tensor, nn
 
 from bigtrain.config import NetConfig
 from bigtrain.data import DataInfo
-from bigtrain.models.layers import concat_one_hot
+from bigtrain.models.layers import (
+    D_CONDS,
+    DiscriminatorHead,
+    apply_spectral_norm,
+    check_labels,
+    concat_one_hot,
+    resolve_cond,
+)
+
+
+def hidden_layers(in_features: int, width: int, depth: int, activation: Callable[[], nn.Module]) -> list[nn.Module]:
+    """`depth` Linear layers of `width` units, each followed by `activation()`: [N, in] -> [N, width]."""
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Linear(in_features if i == 0 else width, width), activation()]
+    return layers
 
 
 def perceptron(
     in_features: int, width: int, depth: int, out_features: int, activation: Callable[[], nn.Module]
 ) -> nn.Sequential:
-    """`depth` hidden Linear layers of `width` units, each followed by `activation()`, then a
-    linear output layer: [N, in_features] -> [N, out_features]."""
-    layers: list[nn.Module] = []
-    for i in range(depth):
-        layers += [nn.Linear(in_features if i == 0 else width, width), activation()]
-    layers.append(nn.Linear(width, out_features))
-    return nn.Sequential(*layers)
+    """`depth` hidden layers (see hidden_layers), then a linear output layer: [N, in] -> [N, out]."""
+    return nn.Sequential(*hidden_layers(in_features, width, depth, activation), nn.Linear(width, out_features))
 
 
 class MlpGenerator(nn.Module):
@@ -33,11 +43,15 @@ class MlpGenerator(nn.Module):
 
     def __init__(self, net: NetConfig, z_dim: int, num_classes: int, info: DataInfo):
         super().__init__()
+        # No batch norm here, so concat is the only way in for the labels.
+        resolve_cond(net, num_classes, "model.g.cond", "mlp", ("concat",), default="concat")
         self.num_classes = num_classes
         self.out_shape = tuple(info.shape)
         self.net = perceptron(z_dim + num_classes, net.width, net.depth, math.prod(info.shape), nn.ReLU)
         # Real images are scaled to [-1, 1]; vectors are unbounded, so their output stays linear.
         self.out = nn.Tanh() if info.kind == "image" else nn.Identity()
+        if net.spectral_norm:
+            apply_spectral_norm(self)
 
     def forward(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
         x = self.net(concat_one_hot(z, y, self.num_classes))  # [N, prod(shape)]
@@ -45,16 +59,21 @@ class MlpGenerator(nn.Module):
 
 
 class MlpDiscriminator(nn.Module):
-    """x [N, C, H, W] or [N, D] (+ one-hot y) -> logits [N]."""
+    """x [N, C, H, W] or [N, D] (+ y) -> logits [N], or [N, 1 + K] with cond acgan."""
 
     def __init__(self, net: NetConfig, z_dim: int, num_classes: int, info: DataInfo):
         super().__init__()
+        self.cond = resolve_cond(net, num_classes, "model.d.cond", "mlp", D_CONDS, default="concat")
         self.num_classes = num_classes
-        self.net = perceptron(
-            math.prod(info.shape) + num_classes, net.width, net.depth, 1, lambda: nn.LeakyReLU(0.2)
-        )
+        in_features = math.prod(info.shape) + (num_classes if self.cond == "concat" else 0)
+        self.features = nn.Sequential(*hidden_layers(in_features, net.width, net.depth, lambda: nn.LeakyReLU(0.2)))
+        self.head = DiscriminatorHead(net.width, num_classes, self.cond)
+        if net.spectral_norm:
+            apply_spectral_norm(self)
 
     def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        h = concat_one_hot(x.flatten(1), y, self.num_classes)  # [N, prod(shape) (+ K)]
-        return self.net(h).squeeze(1)
-
+        y = check_labels(y, self.num_classes)
+        h = x.flatten(1)  # [N, prod(shape)]
+        if self.cond == "concat":
+            h = concat_one_hot(h, y, self.num_classes)  # [N, prod(shape) + K]
+        return self.head(self.features(h), y)  # [N] or [N, 1 + K]

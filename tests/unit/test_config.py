@@ -53,7 +53,7 @@ def test_yaml_then_overrides(tmp_path):
         ("train.precision=fp8", "train.precision"),
         ("model.g.width=0", "model.g.width"),
         ("optim.d.betas=[0.5]", "optim.d.betas"),
-        ("optim.g.type=sgd", "optim.g.type"),
+        ("optim.g.type=lbfgs", "optim.g.type"),
         ("backend.kind=horovod", "backend.kind"),
         ("train.batch_size", "train.batch_size"),
     ],

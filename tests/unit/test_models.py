@@ -12,6 +12,9 @@ from bigtrain.models import MODELS, build_discriminator, build_generator
 
 Z_DIM = 16
 WIDTH = 8
+# sngan's channels are larger multiples of width (G: 4x at 32, up to 16x at 64), so it gets a
+# smaller width to stay about as cheap as dcgan.
+WIDTHS = {"sngan": 2}
 BATCH = 4  # > 1 so BatchNorm has batch statistics in train mode
 NUM_CLASSES = 3
 
@@ -22,7 +25,14 @@ IMAGE_INFOS = {
     "gray64": DataInfo("image", (1, 64, 64), NUM_CLASSES),
 }
 VECTOR_INFO = DataInfo("vector", (5,), NUM_CLASSES)
-CASES = [(arch, name) for arch in MODELS for name in IMAGE_INFOS] + [("mlp", "vector")]
+UNCONDITIONAL_ONLY = {"began"}
+CONDITIONAL_ARCHS = [arch for arch in MODELS if arch not in UNCONDITIONAL_ONLY]
+CASES = [
+    (arch, name, num_classes)
+    for arch in MODELS
+    for name in IMAGE_INFOS
+    for num_classes in ([0] if arch in UNCONDITIONAL_ONLY else [0, NUM_CLASSES])
+] + [("mlp", "vector", 0), ("mlp", "vector", NUM_CLASSES)]
 
 
 def info_of(name: str) -> DataInfo:
@@ -30,9 +40,10 @@ def info_of(name: str) -> DataInfo:
 
 
 def build(arch: str, info: DataInfo, num_classes: int, norm: str = "batch") -> tuple[nn.Module, nn.Module]:
+    width = WIDTHS.get(arch, WIDTH)
     cfg = ModelConfig(
-        g=NetConfig(arch=arch, width=WIDTH, norm=norm),
-        d=NetConfig(arch=arch, width=WIDTH, norm=norm),
+        g=NetConfig(arch=arch, width=width, norm=norm),
+        d=NetConfig(arch=arch, width=width, norm=norm),
         z_dim=Z_DIM,
         num_classes=num_classes,
     )
@@ -45,8 +56,7 @@ def inputs(num_classes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     return z, y
 
 
-@pytest.mark.parametrize("num_classes", [0, NUM_CLASSES])
-@pytest.mark.parametrize("arch,data", CASES)
+@pytest.mark.parametrize("arch,data,num_classes", CASES)
 def test_shapes_and_ranges(arch: str, data: str, num_classes: int) -> None:
     torch.manual_seed(0)
     info = info_of(data)
@@ -72,18 +82,25 @@ def test_shapes_and_ranges(arch: str, data: str, num_classes: int) -> None:
 @pytest.mark.parametrize("arch", list(MODELS))
 def test_gradient_flows_from_d_logit_to_g(arch: str) -> None:
     torch.manual_seed(0)
-    G, D = build(arch, IMAGE_INFOS["rgb32"], NUM_CLASSES)
-    z, y = inputs(NUM_CLASSES)
+    num_classes = 0 if arch in UNCONDITIONAL_ONLY else NUM_CLASSES
+    G, D = build(arch, IMAGE_INFOS["rgb32"], num_classes)
+    z, y = inputs(num_classes)
     D(G(z, y), y).sum().backward()
     for name, p in G.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("arch,data", [("mlp", "vector"), ("mlp", "rgb32"), ("dcgan", "rgb32")])
+@pytest.mark.parametrize(
+    "arch,data", [("mlp", "vector"), ("mlp", "rgb32"), ("dcgan", "rgb32"), ("sngan", "rgb32")]
+)
 def test_labels_change_outputs(arch: str, data: str) -> None:
     torch.manual_seed(0)
     G, D = build(arch, info_of(data), NUM_CLASSES)
     G.eval(), D.eval()  # fixed BatchNorm statistics, so only y differs between the two calls
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith(("gain", "bias")) and p.dim() == 2:  # conditional BN starts class-blind
+                p.add_(torch.randn_like(p))
     z, _ = inputs(0)
     y0, y1 = torch.zeros(BATCH, dtype=torch.long), torch.ones(BATCH, dtype=torch.long)
     with torch.no_grad():
@@ -100,13 +117,13 @@ def test_dcgan_discriminator_projection_term() -> None:
     y = torch.zeros(BATCH, dtype=torch.long)
     with torch.no_grad():
         h = D.features(x)
-        expected = D.head(h).squeeze(1) + (D.embed(y) * h).sum(dim=1)
+        expected = D.head.linear(h).squeeze(1) + (D.head.embed(y) * h).sum(dim=1)
         torch.testing.assert_close(D(x, y), expected)
-        D.embed.weight.zero_()  # without the embedding, the class must not matter any more
+        D.head.embed.weight.zero_()  # without the embedding, the class must not matter any more
         torch.testing.assert_close(D(x, y), D(x, y + 1))
 
 
-@pytest.mark.parametrize("arch", list(MODELS))
+@pytest.mark.parametrize("arch", CONDITIONAL_ARCHS)
 def test_conditional_nets_require_labels(arch: str) -> None:
     G, D = build(arch, IMAGE_INFOS["rgb32"], NUM_CLASSES)
     z, _ = inputs(0)
@@ -175,7 +192,7 @@ def test_dcgan_rejects_vector_data() -> None:
 def test_unknown_arch() -> None:
     cfg = ModelConfig(g=NetConfig(arch="nope"), d=NetConfig(arch="nope"))
     info = IMAGE_INFOS["rgb32"]
-    with pytest.raises(ConfigError, match="unknown architecture 'nope'; choose one of dcgan, mlp") as err:
+    with pytest.raises(ConfigError, match="unknown architecture 'nope'; choose one of began, dcgan, mlp, sngan") as err:
         build_generator(cfg, info)
     assert err.value.key == "model.g.arch"
     with pytest.raises(ConfigError) as err:

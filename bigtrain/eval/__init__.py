@@ -1,0 +1,15 @@
+"""Evaluation: FID / IS / KID comparable with published numbers, inside distributed training.
+
+    inception.py   the TF "2015-12-05" FID Inception-v3 in plain torch (no torchvision), its
+                   TF1 bilinear resize and normalisation; `load_inception`
+    weights.py     finding / downloading / checking the standard weights file
+    metrics.py     torchmetrics FID, IS, KID in float64 on precomputed features (`MetricSet`),
+                   cross-rank sync, `rank_share`
+    evaluate.py    `Evaluator` / `evaluate_generator`: N samples across ranks -> metrics + protocol
+    images.py      one pass over every image of a data set (npz, image folder, shards)
+    ref_stats.py   reference statistics files (pytorch-fid / TTUR / StudioGAN layout + metadata)
+    protocol.py    protocol records and the comparability warnings
+    commands.py    `bigtrain eval`, `bigtrain fid`, `bigtrain ref-stats`
+
+docs/eval.md explains how these numbers relate to published ones.
+"""

@@ -1,0 +1,170 @@
+"""Evaluating a generator: N samples across ranks -> Inception -> FID / IS / KID + protocol.
+
+For periodic evaluation in training, build one `Evaluator` (it loads Inception and the reference
+once) and call it on G_ema at every `eval.every_kimg`, on every rank at the same time. Sample i
+depends only on (seed, i) (bigtrain.engine.sampling), and rank r generates the contiguous share
+`rank_share(N, r, W)`, so the result equals a one-process evaluation of the same N samples.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from bigtrain.engine.sampling import generate
+from bigtrain.errors import BigtrainError
+from bigtrain.eval.metrics import MetricSet, rank_share
+from bigtrain.eval.protocol import compare, side
+from bigtrain.eval.ref_stats import RefStats, load_ref_stats
+
+
+class Evaluator:
+    """Holds the Inception network, the reference and the metric states between evaluations.
+
+    `inception` is any module mapping images to (pool [N, D], logits [N, K]) with `num_features`
+    and `protocol()` (normally `bigtrain.eval.inception.InceptionV3`).
+    """
+
+    def __init__(
+        self,
+        metrics: Sequence[str],
+        *,
+        num_samples: int,
+        reference: Optional[RefStats],
+        inception: nn.Module,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        batch_size: int = 64,
+    ):
+        self.metrics = MetricSet(
+            metrics,
+            reference=reference if any(m in metrics for m in ("fid", "kid")) else None,
+            num_samples=num_samples,
+            num_features=inception.num_features,
+            rank=rank,
+            world_size=world_size,
+            device=device,
+            seed=seed,
+        )
+        self.num_samples = num_samples
+        self.reference = reference if self.metrics.fid is not None or self.metrics.kid is not None else None
+        self.inception = inception
+        self.share = rank_share(num_samples, rank, world_size)
+        self.device = device
+        self.seed = seed
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        G: nn.Module,
+        *,
+        z_dim: int,
+        num_classes: int,
+        truncation: Optional[float] = None,
+        class_idx: Optional[int] = None,
+        ema: bool = True,
+        kimg: Optional[float] = None,
+        checkpoint: Optional[str] = None,
+    ) -> dict:
+        """Evaluate G (collective: every rank calls it). Returns the metric values (`fid`, `is`,
+        `is_std`, `kid`, `kid_std`, as chosen), `protocol` and `warnings`; equal on every rank."""
+        self.metrics.reset()
+        resolution = None
+        for lo in range(0, len(self.share), self.batch_size):
+            indices = self.share[lo : lo + self.batch_size]
+            x, _ = generate(
+                G, z_dim=z_dim, num_classes=num_classes, indices=indices, seed=self.seed,
+                truncation=truncation, class_idx=class_idx, device=self.device, batch_size=self.batch_size,
+            )  # fmt: skip
+            if x.dim() != 4:
+                raise BigtrainError("FID/IS/KID need an image generator; this one generates vectors")
+            resolution = list(x.shape[-2:])
+            pool, logits = self.inception(x.to(self.device))
+            self.metrics.update(pool, logits)
+        values = self.metrics.compute()
+        generated = side(
+            checkpoint or "generator",
+            "generator",
+            self.inception.protocol(),
+            num_images=self.num_samples,
+            image_resolution=resolution,
+            resize_filter="none",
+            seed=self.seed,
+            truncation=truncation,
+            class_idx=class_idx,
+            ema=ema,
+            kimg=kimg,
+        )
+        reference = self.reference.meta if self.reference is not None else None
+        protocol = {"generated": generated, "reference": reference, **self.metrics.settings()}
+        return {**values, "protocol": protocol, "warnings": compare(generated, reference, "generated", "reference")}
+
+
+def build_evaluator(
+    metrics: Sequence[str],
+    *,
+    num_samples: int,
+    ref_stats: Optional[str],
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    batch_size: int = 64,
+    weights: Optional[str] = None,
+    download: bool = True,
+) -> Evaluator:
+    """An Evaluator with the FID Inception (weights resolved as bigtrain.eval.weights says) and
+    the reference statistics file `ref_stats` (needed for FID and KID)."""
+    from bigtrain.eval.inception import load_inception
+
+    reference = load_ref_stats(ref_stats) if ref_stats else None
+    inception = load_inception(weights, device=device, download=download)
+    return Evaluator(
+        metrics, num_samples=num_samples, reference=reference, inception=inception, rank=rank,
+        world_size=world_size, device=device, seed=seed, batch_size=batch_size,
+    )  # fmt: skip
+
+
+def evaluate_generator(
+    G: nn.Module,
+    *,
+    z_dim: int,
+    num_classes: int,
+    num_samples: int,
+    metrics: Sequence[str],
+    ref_stats: Optional[str | RefStats],
+    inception: nn.Module,
+    seed: int = 0,
+    truncation: Optional[float] = None,
+    class_idx: Optional[int] = None,
+    device: torch.device | str = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+    batch_size: int = 64,
+    ema: bool = True,
+    kimg: Optional[float] = None,
+    checkpoint: Optional[str] = None,
+) -> dict:
+    """One evaluation of G (see `Evaluator.__call__` for the result)."""
+    reference = load_ref_stats(ref_stats) if isinstance(ref_stats, (str, Path)) else ref_stats
+    evaluator = Evaluator(
+        metrics, num_samples=num_samples, reference=reference, inception=inception, rank=rank,
+        world_size=world_size, device=device, seed=seed, batch_size=batch_size,
+    )  # fmt: skip
+    return evaluator(
+        G, z_dim=z_dim, num_classes=num_classes, truncation=truncation, class_idx=class_idx,
+        ema=ema, kimg=kimg, checkpoint=checkpoint,
+    )  # fmt: skip
+
+
+def log_record(result: dict) -> dict:
+    """The fields of a result for metrics.jsonl: `eval/fid`, `eval/is`, `eval/is_std`,
+    `eval/kid`, `eval/kid_std` (those computed) and `eval/protocol` (a nested object)."""
+    record = {f"eval/{k}": v for k, v in result.items() if k not in ("protocol", "warnings")}
+    record["eval/protocol"] = result["protocol"]
+    return record

@@ -1,0 +1,71 @@
+"""Protocol records: what a FID/IS/KID number was measured with, and whether two are comparable.
+
+Every result carries one record per compared side (generated samples, a data set, a statistics
+file), all with the same keys:
+    source           generator checkpoint, data set path or statistics file
+    kind             generator | npz | folder | shards | stats
+    num_images       images the statistics were computed from
+    image_resolution [H, W] of the images given to Inception (before its resize to 299)
+    resize_filter    how images were brought to that resolution first (none | area | bilinear)
+    split            data split the user declared (train, test, ...), if any
+    network, resize, weights_sha256, standard_weights   the Inception side (inception.protocol())
+Generated sides add seed, truncation, class, ema, kimg and checkpoint.
+A statistics file made by another tool (pytorch-fid, TTUR, StudioGAN) has only `mu` and `sigma`:
+its record has the source and kind and None elsewhere.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+SIDE_KEYS = (
+    "source", "kind", "num_images", "image_resolution", "resize_filter", "split",
+    "network", "resize", "weights_sha256", "standard_weights",
+)  # fmt: skip
+
+
+def side(source: str, kind: str, inception: dict, **fields) -> dict:
+    """A side record: the Inception fields plus the given ones; unknown keys stay None."""
+    record = dict.fromkeys(SIDE_KEYS)
+    record.update(source=source, kind=kind)
+    record.update({k: inception.get(k) for k in ("network", "resize", "weights_sha256", "standard_weights")})
+    record.update(fields)
+    return record
+
+
+def unknown_side(source: str) -> dict:
+    """The record of a statistics file without metadata."""
+    return side(source, "stats", {})
+
+
+def _res(value: Optional[list]) -> str:
+    return "x".join(str(v) for v in value)
+
+
+def compare(a: dict, b: Optional[dict], a_name: str = "A", b_name: str = "B") -> list[str]:
+    """Warnings, one line each, for everything that makes a number from `a` vs `b` not
+    comparable with published ones or with each other (`b` None: `a` alone, e.g. for IS).
+    Empty when all is consistent."""
+    found: list[str] = []
+    for name, rec in ((a_name, a), (b_name, b)) if b is not None else ((a_name, a),):
+        if rec.get("network") is None:
+            found.append(
+                f"{name} ({rec.get('source') or 'unknown source'}) carries no protocol metadata (made by another tool?): "
+                "its Inception weights, resize and image count cannot be checked"
+            )
+        elif rec.get("standard_weights") is False:
+            sha = rec.get("weights_sha256")
+            what = f"non-standard Inception weights (sha256 {sha[:16]}...)" if sha else "an untrained Inception (no weights file)"
+            found.append(f"{name} used {what}: not comparable with published FID/IS/KID")
+    if b is None:
+        return found
+    both = [k for k in ("network", "resize", "weights_sha256") if a.get(k) is not None and b.get(k) is not None]
+    for key in both:
+        if a[key] != b[key]:
+            found.append(f"{a_name} and {b_name} differ in {key}: {a[key]} vs {b[key]}")
+    ra, rb = a.get("image_resolution"), b.get("image_resolution")
+    if ra and rb and list(ra) != list(rb):
+        found.append(
+            f"{a_name} has {_res(ra)} images and {b_name} {_res(rb)}: they reach Inception at different "
+            "resolutions (resize both to one resolution, e.g. with --resolution)"
+        )
+    return found

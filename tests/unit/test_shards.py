@@ -1,0 +1,262 @@
+"""The shards source: per-rank/worker streams, one-epoch coverage, resume, flips, resize, faults."""
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bigtrain.config import DataConfig
+from bigtrain.data import build_source
+from bigtrain.data.shard_writer import make_shards
+from bigtrain.data.shards import MIN_SAMPLES_FOR_FRACTION, ShardSource, SkipCounter, TarFormatError, resolve_shards, shard_order, tar_members
+from bigtrain.data.transforms import resize_images
+from bigtrain.errors import ConfigError, DataError
+
+N, RES, SHARD = 40, 8, 8  # 5 shards: more than 4 streams, not a multiple of them
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """(shard folder, x uint8 [N, H, W, 3], y): every image distinct and left-right asymmetric."""
+    root = tmp_path_factory.mktemp("shards")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(N, RES, RES, 3), dtype=np.uint8)
+    y = np.arange(N) % 4
+    np.savez(root / "x.npz", x=x, y=y)
+    make_shards(root / "x.npz", root / "out", shard_size=SHARD, progress=False)
+    return root / "out", x, y
+
+
+def source(path: str | Path, *, rank: int = 0, world_size: int = 1, seed: int = 0, micro_batch: int = 4, **data) -> ShardSource:
+    cfg = DataConfig(source="shards", path=str(path), resolution=data.pop("resolution", RES))
+    for key, value in data.items():  # also fields config.py may not declare yet (shuffle_buffer, ...)
+        setattr(cfg, key, value)
+    return ShardSource(cfg, micro_batch=micro_batch, rank=rank, world_size=world_size, seed=seed)
+
+
+def take(batches, n: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    return [next(batches) for _ in range(n)]
+
+
+def keys(samples, n: int) -> list[str]:
+    return [next(samples).key for _ in range(n)]
+
+
+def test_two_ranks_two_workers_differ_and_one_epoch_covers_every_sample_once(dataset) -> None:
+    out, _, _ = dataset
+    streams, epoch = {}, []
+    for rank in range(2):
+        src = source(out / "dataset.json", rank=rank, world_size=2, shuffle_buffer=8)
+        for worker in range(2):
+            streams[rank, worker] = keys(src.samples(worker=worker, num_workers=2), 24)
+            epoch += [s.key for s in src.samples(worker=worker, num_workers=2, resampled=False)]
+    assert len(set(map(tuple, streams.values()))) == 4, "every (rank, worker) stream must be its own"
+    assert sorted(int(k) for k in epoch) == list(range(N))
+
+
+def test_shard_order_is_seeded_by_rank_worker_and_start() -> None:
+    urls = tuple(f"s{i}.tar" for i in range(5))
+
+    def first(rank: int, worker: int, start: int = 0) -> list[str]:
+        order = shard_order(urls, seed=0, rank=rank, world_size=2, worker=worker, num_workers=2, start=start, resampled=True)
+        return [next(order) for _ in range(10)]
+
+    orders = [first(r, w) for r in range(2) for w in range(2)]
+    assert all(sorted(o[:5]) == list(urls) and sorted(o[5:]) == list(urls) for o in orders)  # whole passes
+    assert len(set(map(tuple, orders))) == 4
+    assert first(0, 0, start=7) != first(0, 0)
+    assert first(0, 0) == first(0, 0)
+
+
+def test_fewer_shards_than_streams_still_feeds_everyone_differently(dataset) -> None:
+    out, _, _ = dataset
+    one_shard = str(out / "train-000000.tar")  # one shard: only the shuffle buffer's seed tells streams apart
+    streams = []
+    for rank in range(2):
+        src = source(one_shard, rank=rank, world_size=2, shuffle_buffer=4)
+        for worker in range(3):
+            streams.append(keys(src.samples(worker=worker, num_workers=3), 3 * SHARD))
+    assert len(set(map(tuple, streams))) == 6
+    src = source(one_shard, shuffle_buffer=4)
+    assert keys(src.samples(start=5), 3 * SHARD) != keys(src.samples(start=0), 3 * SHARD)
+
+
+def test_batches_through_two_loader_workers(dataset) -> None:
+    out, x, y = dataset
+    src = source(out / "dataset.json", num_workers=2)
+    assert src.info.shape == (3, RES, RES) and src.info.num_classes == 4
+    by_image = {img.tobytes(): label for img, label in zip(x.transpose(0, 3, 1, 2), y)}
+    batches = take(src.batches(), 6)
+    for xb, yb in batches:
+        assert xb.dtype == torch.uint8 and xb.shape == (4, 3, RES, RES)
+        assert yb.dtype == torch.int64 and yb.shape == (4,)
+        assert [by_image[img.numpy().tobytes()] for img in xb] == yb.tolist()
+    again = take(source(out / "dataset.json", num_workers=2).batches(), 6)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again)), "same seed, same stream"
+    other_rank = take(source(out / "dataset.json", num_workers=2, rank=1, world_size=2).batches(), 6)
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(batches, other_rank))
+    assert src.stats() == {"data/skipped": 0.0}
+
+
+def test_resume_does_not_replay_the_served_stream(dataset) -> None:
+    out, _, _ = dataset
+    first = [xb for xb, _ in take(source(out / "dataset.json").batches(0), 6)]
+    resumed = [xb for xb, _ in take(source(out / "dataset.json").batches(3), 3)]
+    assert not any(torch.equal(a, b) for a, b in zip(first[:3], resumed)), "resumed stream replays the start"
+    assert not any(torch.equal(a, b) for a, b in zip(first[3:], resumed))  # a fresh draw, not a position
+
+
+def test_xflip_mirrors_some_images(dataset) -> None:
+    out, x, _ = dataset
+    plain = {img.tobytes() for img in x.transpose(0, 3, 1, 2)}
+    mirrored = {img[:, :, ::-1].tobytes() for img in x.transpose(0, 3, 1, 2)}
+    images = [img.numpy().tobytes() for xb, _ in take(source(out / "dataset.json", xflip=True).batches(), 10) for img in xb]
+    assert all(img in plain or img in mirrored for img in images)
+    assert any(img in plain for img in images) and any(img in mirrored for img in images)
+
+
+@pytest.mark.parametrize("resolution", [4, 16])
+def test_resize_on_the_fly(dataset, resolution: int) -> None:
+    out, x, _ = dataset
+    src = source(out / "dataset.json", resolution=resolution)
+    assert src.info.shape == (3, resolution, resolution)
+    expected = resize_images(torch.from_numpy(x).permute(0, 3, 1, 2), resolution)
+    for sample in src.samples(resampled=False):
+        assert torch.equal(sample.image, expected[int(sample.key)])
+
+
+def test_brace_pattern_lists_and_pipe_urls(dataset) -> None:
+    out, _, _ = dataset
+    pattern = str(out / "train-{000000..000004}.tar")
+    shards = resolve_shards(pattern)
+    assert len(shards.urls) == 5 and shards.num_classes == 4  # dataset.json beside the shards
+    joined = f"{out}/train-{{000000..000001}}.tar::{out}/train-000004.tar"
+    assert [Path(u).name for u in resolve_shards(joined).urls] == ["train-000000.tar", "train-000001.tar", "train-000004.tar"]
+    piped = source(f"pipe:cat {out}/train-{{000000..000004}}.tar", shuffle_buffer=8)
+    assert piped.info.num_classes == 0 and piped.info.shape == (3, RES, RES)  # no dataset.json: unlabelled
+    assert sorted(int(s.key) for s in piped.samples(resampled=False)) == list(range(N))
+    assert take(piped.batches(), 1)[0][1] is None
+    described = source(f"pipe:cat {out}/train-{{000000..000004}}.tar", dataset_json=str(out / "dataset.json"))
+    assert described.info.num_classes == 4 and described.spec.shards.expected(described.spec.shards.urls[0]) == SHARD
+    with pytest.raises(ConfigError, match="data.dataset_json"):
+        source(f"pipe:cat {out}/dataset.json")
+
+
+def test_build_source_makes_a_shard_source(dataset) -> None:
+    out, _, _ = dataset
+    cfg = DataConfig(source="shards", path=str(out / "dataset.json"), resolution=RES)
+    src = build_source(cfg, micro_batch=2, rank=0, world_size=1, seed=0)
+    assert isinstance(src, ShardSource) and next(src.batches())[0].shape == (2, 3, RES, RES)
+
+
+# ---- faults ----
+
+
+def damaged_copy(dataset, tmp_path: Path) -> tuple[Path, int]:
+    """A copy with one corrupt image in shard 0 and shard 1 cut inside its 4th sample.
+
+    Returns (dataset.json, samples lost in total).
+    """
+    out, _, _ = dataset
+    copy = tmp_path / "damaged"
+    copy.mkdir()
+    for f in out.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    with tarfile.open(copy / "train-000000.tar") as tar:
+        png = next(m for m in tar.getmembers() if m.name.endswith(".png"))
+    with open(copy / "train-000000.tar", "r+b") as f:
+        f.seek(png.offset_data)
+        f.write(b"\0" * png.size)  # same length: the tar stays valid, the image does not
+    with tarfile.open(copy / "train-000001.tar") as tar:
+        members = tar.getmembers()  # .cls, .png per sample
+    cut = members[7].offset_data + members[7].size // 2  # inside the 4th sample's png
+    (copy / "train-000001.tar").write_bytes((copy / "train-000001.tar").read_bytes()[:cut])
+    return copy / "dataset.json", 1 + (SHARD - 3)
+
+
+def test_corrupt_and_truncated_samples_are_skipped_and_counted(dataset, tmp_path: Path) -> None:
+    meta, lost = damaged_copy(dataset, tmp_path)
+    counter = SkipCounter(max_fraction=1.0)
+    epoch = list(source(meta).samples(resampled=False, counter=counter))
+    assert len(epoch) == N - lost and counter.skipped == lost
+
+    src = source(meta, num_workers=2, max_skipped_fraction=0.5)
+    assert len(take(src.batches(), 30)) == 30  # training goes on
+    assert src.stats()["data/skipped"] >= lost  # each pass over the shards skips them again
+
+
+def test_too_many_skips_stop_with_the_shard_named(dataset, tmp_path: Path) -> None:
+    meta, _ = damaged_copy(dataset, tmp_path)
+    src = source(meta, num_workers=2, max_skipped_fraction=0.0)
+    with pytest.raises(DataError) as err:
+        take(src.batches(), 30)
+    message = str(err.value)
+    assert "\n" not in message and "max_skipped_fraction" in message
+    assert "train-000000.tar" in message or "train-000001.tar" in message
+
+
+def test_missing_or_broken_shard_errors_clearly(dataset, tmp_path: Path) -> None:
+    out, _, _ = dataset
+    with pytest.raises(DataError, match=r"train-000005\.tar: shard not found \(and 4 more of 10 shards\)"):
+        source(f"{out}/train-{{000000..000009}}.tar")
+    for f in out.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "train-000000.tar").write_bytes(b"this is not a tar file" * 40)
+    with pytest.raises(DataError, match=r"train-000000\.tar: not a tar file"):
+        source(tmp_path / "dataset.json")
+    with pytest.raises(DataError, match="cannot read dataset.json"):
+        source(tmp_path / "nothing.json")
+    src = source(f"pipe:cat {out}/train-000000.tar::pipe:cat {tmp_path}/gone.tar", shuffle_buffer=0)
+    with pytest.raises(DataError, match="gone.tar: cannot read shard"):
+        list(src.samples(resampled=False))
+
+
+@pytest.mark.parametrize("key, value", [("shuffle_buffer", -1), ("max_skipped_fraction", 1.5)])
+def test_bad_settings_are_config_errors(dataset, key: str, value: float) -> None:
+    out, _, _ = dataset
+    with pytest.raises(ConfigError) as err:
+        source(out / "dataset.json", **{key: value})
+    assert err.value.key == f"data.{key}"
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_reader_reads_long_names_in_every_format(tmp_path: Path, fmt: int) -> None:
+    files = {"a" * 120 + "/00000001.png": b"x" * 700, "short/00000002.cls": b"3", "00000003.txt": b""}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        tar.addfile(_dir_info("a_folder"))
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert dict(tar_members(io.BytesIO(buf.getvalue()))) == files
+    with pytest.raises(TarFormatError):
+        list(tar_members(io.BytesIO(buf.getvalue()[:1500])))  # cut inside the first file
+
+
+def _dir_info(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+def test_gzipped_shards_are_read(dataset, tmp_path: Path) -> None:
+    out, _, _ = dataset
+    (tmp_path / "s-000000.tar.gz").write_bytes(gzip.compress((out / "train-000000.tar").read_bytes()))
+    src = source(tmp_path / "s-000000.tar.gz")
+    assert len(list(src.samples(resampled=False))) == SHARD
+
+
+def test_skip_fraction_is_measured_over_at_least_min_samples() -> None:
+    counter = SkipCounter(max_fraction=0.1)
+    for _ in range(MIN_SAMPLES_FOR_FRACTION // 10):
+        counter.ok()
+        counter.bad("s.tar", "undecodable")  # read, then skipped: counted once in `seen`
+    assert (counter.seen, counter.skipped) == (MIN_SAMPLES_FOR_FRACTION // 10, MIN_SAMPLES_FOR_FRACTION // 10)
+    with pytest.raises(DataError, match=r"^t\.tar: cut; 101 of 101 samples"):
+        counter.lost("t.tar", 1, "cut")
