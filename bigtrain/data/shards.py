@@ -474,13 +474,13 @@ class ShardSource:
     """Infinite micro-batches of one rank from WebDataset shards (see the module docstring)."""
 
     def __init__(self, cfg: DataConfig, *, micro_batch: int, rank: int, world_size: int, seed: int):
-        shuffle_buffer = int(getattr(cfg, "shuffle_buffer", 1000))
-        max_skipped = float(getattr(cfg, "max_skipped_fraction", 0.01))
+        shuffle_buffer = int(cfg.shuffle_buffer)
+        max_skipped = float(cfg.max_skipped_fraction)
         if shuffle_buffer < 0:
             raise ConfigError("data.shuffle_buffer", f"must be >= 0, got {shuffle_buffer}")
         if not 0.0 <= max_skipped <= 1.0:
             raise ConfigError("data.max_skipped_fraction", f"must be in [0, 1], got {max_skipped}")
-        shards = resolve_shards(cfg.path, getattr(cfg, "dataset_json", ""))
+        shards = resolve_shards(cfg.path, cfg.dataset_json)
         check_local_shards(shards.urls)
         channels = shards.channels or peek_channels(shards.urls[0])
         self.num_workers = cfg.num_workers

@@ -11,5 +11,5 @@
     protocol.py    protocol records and the comparability warnings
     commands.py    `bigtrain eval`, `bigtrain fid`, `bigtrain ref-stats`
 
-docs/eval.md explains how these numbers relate to published ones.
+The README (Evaluation) explains how these numbers relate to published ones.
 """

@@ -62,7 +62,7 @@ def file_sha256(path: Path) -> str:
 def _where_to_put_it() -> str:
     return (
         f"put {FILENAME} (from {URL}) at {hub_cache_path()}, or point {ENV_VAR} or "
-        f"eval.inception_weights / --weights at it; docs/eval.md explains offline clusters"
+        f"eval.inception_weights / --weights at it; the README explains offline clusters"
     )
 
 

@@ -13,15 +13,16 @@ DCGAN_16 = ["data.resolution=16", "model.z_dim=32", "model.g.arch=dcgan", "model
 FAMILIES = {
     "gan_mlp_nonsaturating": MLP_8 + ["loss.type=nonsaturating", "train.total_kimg=12", "train.batch_size=64", "optim.g.lr=0.0005", "optim.d.lr=0.0005"],
     "gan_mlp_minimax": MLP_8 + ["loss.type=minimax", "train.total_kimg=12", "train.batch_size=64", "optim.g.lr=0.0005", "optim.d.lr=0.0005"],
-    "dcgan": DCGAN_16 + ["loss.type=nonsaturating", "train.total_kimg=2", "train.batch_size=64"],
-    "lsgan": DCGAN_16 + ["loss.type=lsgan", "train.total_kimg=2", "train.batch_size=64"],
-    "hinge": DCGAN_16 + ["loss.type=hinge", "train.total_kimg=2", "train.batch_size=64"],
+    "dcgan": DCGAN_16 + ["loss.type=nonsaturating", "train.total_kimg=6", "train.batch_size=64"],
+    "lsgan": DCGAN_16 + ["loss.type=lsgan", "train.total_kimg=6", "train.batch_size=64"],
+    "hinge": DCGAN_16 + ["loss.type=hinge", "train.total_kimg=6", "train.batch_size=64"],
     "wgan_clip": DCGAN_16 + ["loss.type=wgan", "loss.clip_d_weights=0.01", "train.d_steps=5", "optim.g.type=rmsprop", "optim.d.type=rmsprop", "optim.g.lr=0.0005", "optim.d.lr=0.0005", "train.total_kimg=3", "train.batch_size=64"],
-    "wgan_gp": DCGAN_16 + ["loss.type=wgan", "loss.gp_weight=10", "train.d_steps=5", "optim.g.lr=0.0003", "optim.d.lr=0.0003", "optim.g.betas=[0.0,0.9]", "optim.d.betas=[0.0,0.9]", "train.total_kimg=2", "train.batch_size=64"],
-    "r1_lazy": DCGAN_16 + ["loss.type=nonsaturating", "loss.r1_gamma=1", "loss.r1_interval=4", "train.total_kimg=2", "train.batch_size=64"],
+    "wgan_gp": DCGAN_16 + ["loss.type=wgan", "loss.gp_weight=10", "train.d_steps=5", "optim.g.lr=0.0003", "optim.d.lr=0.0003", "optim.g.betas=[0.0,0.9]", "optim.d.betas=[0.0,0.9]", "train.total_kimg=3", "train.batch_size=64"],
+    "r1_lazy": DCGAN_16 + ["loss.type=nonsaturating", "loss.r1_gamma=1", "loss.r1_interval=4", "train.total_kimg=6", "train.batch_size=64"],
     "began": ["data.resolution=16", "model.z_dim=32", "model.g.arch=began", "model.d.arch=began", "model.g.width=16", "model.d.width=16", "model.g.h_dim=32", "model.d.h_dim=32", "loss.type=began", "loss.began_lambda_k=0.01", "optim.g.lr=0.0005", "optim.d.lr=0.0005", "train.total_kimg=3", "train.batch_size=32"],
-    "sngan_hinge": ["data.resolution=32", "model.z_dim=32", "model.g.arch=sngan", "model.d.arch=sngan", "model.g.width=8", "model.d.width=16", "model.d.spectral_norm=true", "model.d.norm=none", "loss.type=hinge", "optim.g.betas=[0.0,0.9]", "optim.d.betas=[0.0,0.9]", "train.total_kimg=2", "train.batch_size=32"],
-    "diffaugment": DCGAN_16 + ["loss.type=nonsaturating", "augment.policy=translation,cutout", "train.total_kimg=2", "train.batch_size=64"],
+    "sngan_hinge": ["data.resolution=32", "model.z_dim=32", "model.g.arch=sngan", "model.d.arch=sngan", "model.g.width=4", "model.d.width=8", "model.d.spectral_norm=true", "model.d.norm=none", "loss.type=hinge", "optim.g.betas=[0.0,0.9]", "optim.d.betas=[0.0,0.9]", "train.total_kimg=1.5", "train.batch_size=32"],
+    "cgan_mlp_concat": MLP_8 + ["model.num_classes=10", "model.g.cond=concat", "model.d.cond=concat", "train.total_kimg=20", "train.batch_size=64", "optim.g.lr=0.0005", "optim.d.lr=0.0005"],
+    "diffaugment": DCGAN_16 + ["loss.type=nonsaturating", "augment.policy=translation,cutout", "train.total_kimg=6", "train.batch_size=64"],
 }
 
 
@@ -33,9 +34,8 @@ def test_family_learns_digits(tmp_path, name):
 
 
 CONDITIONAL = {
-    "cgan_mlp_concat": MLP_8 + ["model.num_classes=10", "model.g.cond=concat", "model.d.cond=concat", "train.total_kimg=12", "train.batch_size=64", "optim.g.lr=0.0005", "optim.d.lr=0.0005"],
-    "dcgan_projection": DCGAN_16 + ["model.num_classes=10", "model.d.cond=projection", "train.total_kimg=6", "train.batch_size=64"],
-    "acgan": DCGAN_16 + ["model.num_classes=10", "model.d.cond=acgan", "train.total_kimg=4", "train.batch_size=64"],
+    "dcgan_projection": DCGAN_16 + ["model.num_classes=10", "model.d.cond=projection", "train.total_kimg=20", "train.batch_size=64"],
+    "acgan": DCGAN_16 + ["model.num_classes=10", "model.d.cond=acgan", "train.total_kimg=12", "train.batch_size=64"],
 }
 
 
