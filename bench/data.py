@@ -1,9 +1,11 @@
 """Data loading: the shards source against a plain PyTorch Dataset + DataLoader over PNG files.
 
-Both read the same images, stored once as individual PNG files in class folders (what the plain
-loader reads, the way torchvision's ImageFolder does) and once as shards made from that folder by
-make-shards. Both decode in `workers` DataLoader worker processes and hand uint8 [B, C, H, W]
-batches with int64 labels to the main process, which only counts them.
+All read the same images, stored as individual PNG files in class folders (what the plain loader
+reads, the way torchvision's ImageFolder does) and as two sets of shards made from that folder by
+make-shards: `--format png` and `--format raw` (uint8 pixels, nothing to decode). All decode in
+`workers` DataLoader worker processes and hand uint8 [B, C, H, W] batches with int64 labels to
+the main process, which only counts them. `ratio` is PNG shards / folder, `raw_ratio` raw shards
+/ folder; `*_shard_bytes_per_image` is the shards' size on disk divided by the image count.
 
 Each measurement times half the data set's images after the first batch (worker start-up and the
 shard loader's shuffle-buffer fill excluded), so no image is read twice. `--cache cold` first
@@ -35,6 +37,7 @@ from bigtrain.data.shard_writer import make_shards
 from bigtrain.data.shards import ShardSource
 
 CLASSES = 10
+SHARD_FORMATS = ("png", "raw")  # make-shards --format of the shard sets compared with the folder
 
 
 def smooth_images(n: int, res: int, seed: int = 0) -> np.ndarray:
@@ -129,28 +132,36 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for res in args.resolutions:
             root = write_folder(Path(tmp) / f"png{res}", smooth_images(args.images, res))
-            shards = Path(tmp) / f"shards{res}"
-            meta = make_shards(root, shards, shard_size=256, progress=False)
+            shards = {fmt: Path(tmp) / f"{fmt}_shards{res}" for fmt in SHARD_FORMATS}
+            metas = {fmt: make_shards(root, folder, shard_size=256, image_format=fmt, progress=False) for fmt, folder in shards.items()}
             png_bytes = sum(p.stat().st_size for p in root.rglob("*.png"))
             for cache in args.cache:
                 for workers in args.workers:
-                    rates: dict[str, list[float]] = {"shards": [], "folder": []}
+                    rates: dict[str, list[float]] = {name: [] for name in (*SHARD_FORMATS, "folder")}
                     for _ in range(args.repeats):
                         for name in rates:
                             if cache == "cold":
-                                evict(root), evict(shards)
-                            batches = shard_batches(shards / "dataset.json", res, args.batch, workers, args.shuffle_buffer) if name == "shards" else folder_batches(root, args.batch, workers)
+                                for folder in (root, *shards.values()):
+                                    evict(folder)
+                            if name == "folder":
+                                batches = folder_batches(root, args.batch, workers)
+                            else:
+                                batches = shard_batches(shards[name] / "dataset.json", res, args.batch, workers, args.shuffle_buffer)
                             rates[name].append(images_per_second(batches, timed))
-                    shard_rate, folder_rate = statistics.median(rates["shards"]), statistics.median(rates["folder"])
+                    rate = {name: statistics.median(values) for name, values in rates.items()}
                     results.append({
                         "resolution": res,
                         "cache": cache,
                         "workers": workers,
-                        "shards_img_per_s": round(shard_rate, 1),
-                        "folder_img_per_s": round(folder_rate, 1),
-                        "ratio": round(shard_rate / folder_rate, 3),
+                        "shards_img_per_s": round(rate["png"], 1),  # PNG shards
+                        "raw_shards_img_per_s": round(rate["raw"], 1),
+                        "folder_img_per_s": round(rate["folder"], 1),
+                        "ratio": round(rate["png"] / rate["folder"], 3),
+                        "raw_ratio": round(rate["raw"] / rate["folder"], 3),
                         "mean_png_bytes": round(png_bytes / args.images),
-                        "num_shards": len(meta["shards"]),
+                        "png_shard_bytes_per_image": round(sum(s["bytes"] for s in metas["png"]["shards"]) / args.images),
+                        "raw_shard_bytes_per_image": round(sum(s["bytes"] for s in metas["raw"]["shards"]) / args.images),
+                        "num_shards": len(metas["png"]["shards"]),
                     })
     print(json.dumps({
         "benchmark": "data_loader",

@@ -1,8 +1,9 @@
 """`bigtrain make-shards SRC OUT_DIR`: image folders, npz files or CIFAR batches -> WebDataset shards.
 
-Each sample is stored as `KEY.png` (or `KEY.jpg`) plus, for labelled data, `KEY.cls` (the class
-index as decimal text). KEY is the sample's index in the sorted source listing, zero-padded, so a
-sample can always be traced back to its source. Samples are written in an order shuffled by
+Each sample is stored as `KEY.png`, `KEY.jpg` or, with `--format raw`, `KEY.npy` (the uint8
+[H, W, C] pixels as a numpy `.npy`, read back with no image codec) plus, for labelled data,
+`KEY.cls` (the class index as decimal text). KEY is the sample's index in the sorted source
+listing, zero-padded, so a sample can always be traced back to its source. Samples are written in an order shuffled by
 `--seed` (sorted class folders would otherwise give single-class shards, which a streaming shuffle
 buffer cannot mix). `dataset.json` beside the shards records counts, sha256 sums and the options.
 
@@ -34,6 +35,7 @@ from bigtrain.errors import ConfigError, DataError
 DATASET_JSON = "dataset.json"
 FORMAT_VERSION = 1
 DEFAULT_SHARD_SIZE = 1000  # samples per shard when neither --shard-size nor --max-bytes is given
+MEMBER_EXT = {"png": "png", "jpg": "jpg", "raw": "npy"}  # --format -> tar member extension
 _TAR_BLOCK = tarfile.BLOCKSIZE
 _TAR_RECORD = tarfile.RECORDSIZE
 
@@ -49,7 +51,7 @@ class ImageOptions:
     crop: str  # center | none
     resize_filter: str  # key of RESIZE_FILTERS
     channels: int  # 1 | 3
-    image_format: str  # png | jpg
+    image_format: str  # png | jpg | raw
     quality: int  # JPEG quality
 
 
@@ -200,6 +202,8 @@ def make_shards(
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise DataError(f"{out_dir}: exists and is not an empty folder; refusing to write into it")
+    if image_format not in MEMBER_EXT:
+        raise ConfigError("--format", f"must be one of {', '.join(MEMBER_EXT)}, got {image_format!r}")
     if shard_size is None and max_bytes is None:
         shard_size = DEFAULT_SHARD_SIZE
     reader = open_source(src, split)
@@ -208,7 +212,7 @@ def make_shards(
     opts = ImageOptions(resolution, crop, resize_filter, channels or reader.first_channels(), image_format, quality)
     order = np.random.default_rng(seed).permutation(len(reader))
     key_digits = max(8, len(str(len(reader) - 1)))
-    ext = "png" if image_format == "png" else "jpg"
+    ext = MEMBER_EXT[image_format]
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
@@ -302,7 +306,7 @@ def add_make_shards_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, default=None, help="resize to RES x RES (default: keep the source size, which must then be uniform)")
     parser.add_argument("--crop", choices=("center", "none"), default="center", help="centre-crop to a square before resizing (none: squash)")
     parser.add_argument("--resize-filter", choices=tuple(RESIZE_FILTERS), default="box", help="resampling filter (default box, as stylegan2-ada recommends)")
-    parser.add_argument("--format", dest="image_format", choices=("png", "jpg"), default="png", help="image encoding in the shards")
+    parser.add_argument("--format", dest="image_format", choices=tuple(MEMBER_EXT), default="png", help="image storage in the shards: png (lossless), jpg (lossy, smallest), raw (.npy pixels: no decoding, largest)")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality, 1-100 (--format jpg)")
     parser.add_argument("--channels", choices=("auto", "1", "3"), default="auto", help="1 = grey, 3 = RGB; auto = as the first sample")
     parser.add_argument("--shard-size", type=int, default=None, help=f"samples per shard (default {DEFAULT_SHARD_SIZE} unless --max-bytes is given)")

@@ -7,9 +7,10 @@ http(s) URL or a `pipe:` command (webdataset's `gopen` opens them).
 Every (rank, loader worker) pair reads its own stream: it walks through all shards in its own
 random order, again and again, so uneven shard counts never starve a rank (DDP cannot hang on
 one rank running dry) and there may be fewer shards than ranks x workers. Samples then pass a
-shuffle buffer, are decoded in the worker, resized to `data.resolution`, flipped and batched.
-The seeds come from (run seed, rank, worker, start), so `batches(start)` after a resume draws a
-fresh stream instead of replaying the beginning of the old one.
+shuffle buffer, are decoded in the worker (PIL for PNG/JPEG; raw `.npy` pixels need no codec),
+resized to `data.resolution`, flipped and batched. The seeds come from (run seed, rank, worker,
+start), so `batches(start)` after a resume draws a fresh stream instead of replaying the
+beginning of the old one.
 
 The tar reading is our own (`tar_members`, ~40 lines) rather than `wds.tarfile_to_samples`:
 skipped samples must be counted exactly (a truncated shard loses every sample after the cut,
@@ -38,13 +39,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bigtrain.config import DataConfig
 from bigtrain.data import Batch, DataInfo
-from bigtrain.data.images import channels_of, decode_image
+from bigtrain.data.images import channels_of, decode_image, decode_raw
 from bigtrain.data.shard_writer import DATASET_JSON
 from bigtrain.data.transforms import resize_images
 from bigtrain.errors import BigtrainError, ConfigError, DataError
 from bigtrain.seeding import derive_seed
 
-IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp", "ppm", "pgm", "tif", "tiff")
+IMAGE_KEYS = ("png", "jpg", "jpeg", "npy", "webp", "bmp", "ppm", "pgm", "tif", "tiff")  # npy: raw uint8 [H, W, C]
 _PIL_FORMATS = {"png": ("PNG",), "jpg": ("JPEG",), "jpeg": ("JPEG",)}  # skip PIL's format probing
 # The skipped fraction is measured over at least this many samples, so that a few bad samples at
 # the very start of a stream do not stop a run that would stay far below the limit.
@@ -379,8 +380,8 @@ def decode_sample(raw: dict, spec: StreamSpec, counter: SkipCounter) -> Optional
             raise ValueError(f"no image member (found: {', '.join(k for k in raw if not k.startswith('__'))})")
         if spec.num_classes:
             label = int(raw["cls"])
-        pixels = decode_image(raw[ext], spec.channels, _PIL_FORMATS.get(ext))
-    except Exception as exc:  # PIL and int() raise many types; every one means a broken sample
+        pixels = decode_raw(raw[ext], spec.channels) if ext == "npy" else decode_image(raw[ext], spec.channels, _PIL_FORMATS.get(ext))
+    except Exception as exc:  # PIL, numpy and int() raise many types; every one means a broken sample
         counter.bad(url, f"sample {key} skipped ({type(exc).__name__}: {exc})")
         return None
     if label is not None and not 0 <= label < spec.num_classes:
@@ -458,9 +459,11 @@ def peek_channels(url: str) -> int:
         if ext is None:
             continue
         try:
+            if ext == "npy":
+                return int(decode_raw(raw[ext]).shape[2])
             with Image.open(io.BytesIO(raw[ext])) as image:
                 return channels_of(image)
-        except Exception as exc:  # PIL raises many types for a bad image
+        except Exception as exc:  # PIL and numpy raise many types for a bad image
             raise DataError(f"{url}: first image {raw['__key__']}.{ext} is unreadable ({exc})") from None
     raise DataError(f"{url}: holds no images")
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import numpy as np
 import torch
 from braceexpand import braceexpand
 
-from bigtrain.data.images import IMAGE_EXTENSIONS, decode_image
+from bigtrain.data.images import IMAGE_EXTENSIONS, decode_image, decode_raw
 from bigtrain.data.npz import load_npz
 from bigtrain.data.transforms import resize_images
 from bigtrain.errors import DataError
@@ -123,16 +124,23 @@ def read_shard_images(paths: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
         try:
             with tarfile.open(path) as tar:
                 for member in tar:
-                    if member.isfile() and Path(member.name).suffix.lower() in IMAGE_EXTENSIONS:
+                    if member.isfile() and Path(member.name).suffix.lower() in (*IMAGE_EXTENSIONS, RAW_EXTENSION):
                         name = f"{path}:{member.name}"
                         yield name, _decode(tar.extractfile(member).read(), name)
         except tarfile.TarError as exc:
             raise DataError(f"{path}: corrupt shard ({exc})") from None
 
 
+RAW_EXTENSION = ".npy"  # make-shards --format raw: uint8 [H, W, C] pixels, no codec
+
+
 def _decode(data: bytes, name: str) -> torch.Tensor:
     try:
-        array = decode_image(data, 3)  # grey images become RGB with equal planes, as Inception wants
+        if name.lower().endswith(RAW_EXTENSION):
+            array = decode_raw(data)
+            array = np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
+        else:
+            array = decode_image(data, 3)  # grey images become RGB with equal planes, as Inception wants
     except Exception as exc:  # PIL raises many types for bad files
         raise DataError(f"{name}: cannot decode image ({exc})") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1)  # [3, H, W]

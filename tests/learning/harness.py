@@ -47,7 +47,7 @@ class Features(torch.nn.Module):
 def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
     mu_a, mu_b = a.mean(0).numpy(), b.mean(0).numpy()
     cov_a, cov_b = np.cov(a.numpy(), rowvar=False), np.cov(b.numpy(), rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    covmean = linalg.sqrtm(cov_a @ cov_b)
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean.real))
 
 

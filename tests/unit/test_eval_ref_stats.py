@@ -186,3 +186,22 @@ def test_protocol_warnings_name_each_difference() -> None:
     assert any("differ in weights_sha256" in w for w in warnings)
     assert any("32x32" in w and "64x64" in w for w in warnings)
     assert compare(base, None) == []  # IS alone: nothing to compare with
+
+
+def test_raw_and_png_shards_give_the_same_images(tmp_path):
+    """ref-stats reads make-shards output in either storage format, pixel for pixel alike."""
+    import numpy as np
+
+    from bigtrain.data.shard_writer import make_shards
+    from bigtrain.eval.images import read_shard_images
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src.npz"
+    np.savez(src, x=rng.integers(0, 256, size=(5, 8, 8, 1), dtype=np.uint8))
+    images = {}
+    for fmt in ("png", "raw"):
+        make_shards(str(src), str(tmp_path / fmt), image_format=fmt, progress=False)
+        shards = sorted(str(p) for p in (tmp_path / fmt).glob("*.tar"))
+        images[fmt] = [x for _, x in read_shard_images(shards)]
+    assert len(images["raw"]) == 5
+    assert all(a.shape == (3, 8, 8) and np.array_equal(a, b) for a, b in zip(images["png"], images["raw"]))

@@ -90,6 +90,7 @@ def cifar100(root: Path) -> tuple[Path, np.ndarray, np.ndarray]:
 
 
 SOURCES = {"class_folder": class_folder, "flat_folder": flat_folder, "npz_nhwc": npz_nhwc, "npz_nchw": npz_nchw, "cifar10": cifar10, "cifar100": cifar100}
+LOSSLESS = {"png": "png", "raw": "npy"}  # --format -> member extension
 
 
 def read_tar(path: Path) -> dict[str, dict[str, bytes]]:
@@ -107,12 +108,14 @@ def source_for(out: Path, resolution: int, **data) -> ShardSource:
     return ShardSource(cfg, micro_batch=4, rank=0, world_size=1, seed=0)
 
 
+@pytest.mark.parametrize("image_format", list(LOSSLESS))
 @pytest.mark.parametrize("kind", list(SOURCES))
-def test_round_trip_is_bit_exact_and_dataset_json_is_right(tmp_path: Path, kind: str) -> None:
+def test_round_trip_is_bit_exact_and_dataset_json_is_right(tmp_path: Path, kind: str, image_format: str) -> None:
     src, x, y = SOURCES[kind](tmp_path)
-    meta = make_shards(src, tmp_path / "out", shard_size=4, progress=False)
+    meta = make_shards(src, tmp_path / "out", shard_size=4, image_format=image_format, progress=False)
     out = tmp_path / "out"
     assert json.loads((out / "dataset.json").read_text()) == meta
+    assert meta["image_format"] == image_format and meta["quality"] is None
     assert meta["num_samples"] == len(x) and meta["channels"] == x.shape[3] and meta["size"] == list(x.shape[1:3])
     assert meta["num_classes"] == (0 if y is None else len(meta["class_names"]))
     assert len(meta["shards"]) == -(-len(x) // 4)
@@ -126,10 +129,13 @@ def test_round_trip_is_bit_exact_and_dataset_json_is_right(tmp_path: Path, kind:
         assert len(members) == shard["num_samples"]
         seen.update(members)
     assert sorted(int(k) for k in seen) == list(range(len(x)))
+    ext = LOSSLESS[image_format]
     for key, members in seen.items():
-        assert ("cls" in members) == (y is not None)
+        assert set(members) == ({ext} if y is None else {ext, "cls"})
         if y is not None:
             assert int(members["cls"]) == y[int(key)]
+        if image_format == "raw":  # the documented layout, read without bigtrain: .npy of uint8 [H, W, C]
+            np.testing.assert_array_equal(np.load(io.BytesIO(members["npy"]), allow_pickle=False), x[int(key)])
 
     # Back through the streaming reader, at the stored size: pixels and labels bit-exact.
     source = source_for(out, resolution=x.shape[1])
@@ -169,11 +175,12 @@ def test_cifar_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
         make_shards(folder, tmp_path / "out", progress=False)
 
 
-def test_output_is_deterministic_and_independent_of_workers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("image_format", list(LOSSLESS))
+def test_output_is_deterministic_and_independent_of_workers(tmp_path: Path, image_format: str) -> None:
     src, _, _ = class_folder(tmp_path)
-    make_shards(src, tmp_path / "w1", shard_size=4, workers=1, seed=3, progress=False)
-    make_shards(src, tmp_path / "w2", shard_size=4, workers=2, seed=3, progress=False)
-    make_shards(src, tmp_path / "s4", shard_size=4, workers=1, seed=4, progress=False)
+    make_shards(src, tmp_path / "w1", shard_size=4, workers=1, seed=3, image_format=image_format, progress=False)
+    make_shards(src, tmp_path / "w2", shard_size=4, workers=2, seed=3, image_format=image_format, progress=False)
+    make_shards(src, tmp_path / "s4", shard_size=4, workers=1, seed=4, image_format=image_format, progress=False)
     names = sorted(p.name for p in (tmp_path / "w1").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "w2").iterdir())
     for name in names:

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
+import pickle
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 
 from bigtrain.config import DataConfig
 from bigtrain.data import build_source
@@ -18,18 +21,26 @@ from bigtrain.data.transforms import resize_images
 from bigtrain.errors import ConfigError, DataError
 
 N, RES, SHARD = 40, 8, 8  # 5 shards: more than 4 streams, not a multiple of them
+FORMATS = ("png", "raw")  # make-shards --format values the fault tests cover
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
-    """(shard folder, x uint8 [N, H, W, 3], y): every image distinct and left-right asymmetric."""
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, np.ndarray, np.ndarray]]:
+    """format -> (shard folder, x uint8 [N, H, W, 3], y): the same images in each format, every
+    image distinct and left-right asymmetric."""
     root = tmp_path_factory.mktemp("shards")
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(N, RES, RES, 3), dtype=np.uint8)
     y = np.arange(N) % 4
     np.savez(root / "x.npz", x=x, y=y)
-    make_shards(root / "x.npz", root / "out", shard_size=SHARD, progress=False)
-    return root / "out", x, y
+    for image_format in FORMATS:
+        make_shards(root / "x.npz", root / image_format, shard_size=SHARD, image_format=image_format, progress=False)
+    return {image_format: (root / image_format, x, y) for image_format in FORMATS}
+
+
+@pytest.fixture(scope="module")
+def dataset(datasets) -> tuple[Path, np.ndarray, np.ndarray]:
+    return datasets["png"]
 
 
 def source(path: str | Path, *, rank: int = 0, world_size: int = 1, seed: int = 0, micro_batch: int = 4, **data) -> ShardSource:
@@ -168,19 +179,20 @@ def damaged_copy(dataset, tmp_path: Path) -> tuple[Path, int]:
     for f in out.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
     with tarfile.open(copy / "train-000000.tar") as tar:
-        png = next(m for m in tar.getmembers() if m.name.endswith(".png"))
+        image = next(m for m in tar.getmembers() if not m.name.endswith(".cls"))
     with open(copy / "train-000000.tar", "r+b") as f:
-        f.seek(png.offset_data)
-        f.write(b"\0" * png.size)  # same length: the tar stays valid, the image does not
+        f.seek(image.offset_data)
+        f.write(b"\0" * image.size)  # same length: the tar stays valid, the image does not
     with tarfile.open(copy / "train-000001.tar") as tar:
-        members = tar.getmembers()  # .cls, .png per sample
-    cut = members[7].offset_data + members[7].size // 2  # inside the 4th sample's png
+        members = tar.getmembers()  # .cls, image per sample
+    cut = members[7].offset_data + members[7].size // 2  # inside the 4th sample's image
     (copy / "train-000001.tar").write_bytes((copy / "train-000001.tar").read_bytes()[:cut])
     return copy / "dataset.json", 1 + (SHARD - 3)
 
 
-def test_corrupt_and_truncated_samples_are_skipped_and_counted(dataset, tmp_path: Path) -> None:
-    meta, lost = damaged_copy(dataset, tmp_path)
+@pytest.mark.parametrize("image_format", FORMATS)
+def test_corrupt_and_truncated_samples_are_skipped_and_counted(datasets, tmp_path: Path, image_format: str) -> None:
+    meta, lost = damaged_copy(datasets[image_format], tmp_path)
     counter = SkipCounter(max_fraction=1.0)
     epoch = list(source(meta).samples(resampled=False, counter=counter))
     assert len(epoch) == N - lost and counter.skipped == lost
@@ -190,14 +202,62 @@ def test_corrupt_and_truncated_samples_are_skipped_and_counted(dataset, tmp_path
     assert src.stats()["data/skipped"] >= lost  # each pass over the shards skips them again
 
 
-def test_too_many_skips_stop_with_the_shard_named(dataset, tmp_path: Path) -> None:
-    meta, _ = damaged_copy(dataset, tmp_path)
+@pytest.mark.parametrize("image_format", FORMATS)
+def test_too_many_skips_stop_with_the_shard_named(datasets, tmp_path: Path, image_format: str) -> None:
+    meta, _ = damaged_copy(datasets[image_format], tmp_path)
     src = source(meta, num_workers=2, max_skipped_fraction=0.0)
     with pytest.raises(DataError) as err:
         take(src.batches(), 30)
     message = str(err.value)
     assert "\n" not in message and "max_skipped_fraction" in message
     assert "train-000000.tar" in message or "train-000001.tar" in message
+
+
+class _MakesAFolder:
+    """Unpickling this creates the folder `path`: the proof that a payload would run code."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.path),))
+
+
+def _npy(array: np.ndarray, **save) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, **save)
+    return buf.getvalue()
+
+
+def _bad_raw_members(marker: Path) -> dict[str, bytes]:
+    """.npy members the raw reader must refuse (not one of them is unpickled)."""
+    good = np.zeros((RES, RES, 3), np.uint8)
+    return {
+        "pickled_npy": _npy(np.array([_MakesAFolder(marker)], dtype=object), allow_pickle=True),
+        "plain_pickle": pickle.dumps(_MakesAFolder(marker)),
+        "float_pixels": _npy(good.astype(np.float32)),
+        "wrong_channels": _npy(good[:, :, :1]),
+        "short_pixels": _npy(good)[:-1],
+        "extra_bytes": _npy(good) + b"\0",
+    }
+
+
+def test_raw_members_that_are_not_plain_uint8_pixels_are_skipped_never_unpickled(tmp_path: Path) -> None:
+    bad = _bad_raw_members(tmp_path / "unpickled")
+    np.load(io.BytesIO(_bad_raw_members(tmp_path / "proof")["pickled_npy"]), allow_pickle=True)
+    assert (tmp_path / "proof").exists(), "the payload must really run code when unpickled"
+    rng = np.random.default_rng(1)
+    with wds.TarWriter(str(tmp_path / "s.tar"), encoder=False) as tar:  # no dataset.json: unlabelled
+        tar.write({"__key__": "00000000", "npy": _npy(rng.integers(0, 256, (RES, RES, 3), dtype=np.uint8))})
+        for i, data in enumerate(bad.values()):
+            tar.write({"__key__": f"{i + 1:08d}", "npy": data})
+        fortran = rng.integers(0, 256, (RES, RES, 3), dtype=np.uint8)
+        tar.write({"__key__": "99999999", "npy": _npy(np.asfortranarray(fortran))})  # valid, numpy's slow path
+    counter = SkipCounter(max_fraction=1.0)
+    samples = {s.key: s for s in source(tmp_path / "s.tar").samples(resampled=False, counter=counter)}
+    assert not (tmp_path / "unpickled").exists()
+    assert sorted(samples) == ["00000000", "99999999"] and counter.skipped == len(bad)
+    assert torch.equal(samples["99999999"].image, torch.from_numpy(fortran).permute(2, 0, 1))
 
 
 def test_missing_or_broken_shard_errors_clearly(dataset, tmp_path: Path) -> None:
