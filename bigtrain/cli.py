@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _tool_commands() -> list[tuple[str, str, Callable, Callable]]:
     """Commands whose arguments and work live next to their code (data and eval tools)."""
     from bigtrain.data import shard_writer
+    from bigtrain.engine import export as ex
     from bigtrain.eval import commands as ev
 
     return [
@@ -140,6 +141,7 @@ def _tool_commands() -> list[tuple[str, str, Callable, Callable]]:
         ("eval", "FID / IS / KID of a run's checkpoint; prints one JSON object", ev.add_eval_arguments, ev.run_eval),
         ("fid", "FID between two of: data set, samples npz, statistics npz; prints one JSON object", ev.add_fid_arguments, ev.run_fid),
         ("ref-stats", "reference statistics (mu, sigma) of a data set for FID", ev.add_ref_stats_arguments, ev.run_ref_stats),
+        ("export", "plain weights of a checkpoint (DeepSpeed partitions joined) for sample/eval", ex.add_export_arguments, ex.run_export),
     ]
 
 

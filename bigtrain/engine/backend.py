@@ -18,6 +18,8 @@ import io
 import json
 import os
 import socket
+import warnings
+import zipfile
 from pathlib import Path
 from typing import ContextManager, Iterator, Mapping, Optional
 
@@ -48,6 +50,12 @@ class Backend:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
+
+    @torch.no_grad()
+    def clamp_parameters(self, player: Player, bound: float) -> None:
+        """Clamp every weight of the player to [-bound, bound] (WGAN weight clipping)."""
+        for p in player.net.parameters():
+            p.clamp_(-bound, bound)
 
     def broadcast_object(self, obj: object) -> object:
         """`obj` as rank 0 has it, on every rank."""
@@ -179,25 +187,27 @@ class DeepSpeedBackend(Backend):
         from deepspeed.accelerator import get_accelerator
 
         self.ds = deepspeed
+        # DeepSpeed 0.19 calls collectives that torch 2.13 deprecates, once per call site
+        warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
         self.backend_cfg, self.train_cfg, self.env = backend_cfg, train_cfg, env
         self.precision = train_cfg.precision
         accel = get_accelerator()
         on_cpu = accel.device_name() == "cpu"
         _check_precision_supported(self.precision, accel)
+        if "RANK" not in os.environ and not dist.is_initialized():  # no launcher: a group of one process
+            for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
+                os.environ.setdefault(key, value)
+        self.local_rank: int = int(os.environ.get("LOCAL_RANK", 0))
+        if on_cpu:
+            self.device = torch.device("cpu")
+        else:  # the device first, so that NCCL binds each process to its own GPU
+            accel.set_device(self.local_rank)
+            self.device = torch.device(accel.device_name(self.local_rank))
         if not dist.is_initialized():
-            if "RANK" not in os.environ:  # started without a launcher: a group of one process
-                for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
-                    os.environ.setdefault(key, value)
             deepspeed.init_distributed(dist_backend="gloo" if on_cpu else accel.communication_backend_name(), verbose=False)
         self.rank: int = dist.get_rank()
         self.world_size: int = dist.get_world_size()
-        self.local_rank: int = int(os.environ.get("LOCAL_RANK", 0))
         self.is_main: bool = self.rank == 0
-        if on_cpu:
-            self.device = torch.device("cpu")
-        else:
-            accel.set_device(self.local_rank)
-            self.device = torch.device(accel.device_name(self.local_rank))
         self.micro_batch, self.rounds = split_batch(train_cfg, self.world_size)
         self.zero_stages: dict[str, int] = {}
 
@@ -241,6 +251,25 @@ class DeepSpeedBackend(Backend):
             return None
         return torch.tensor(0.0 if engine.was_step_applied() else 1.0, device=self.device)
 
+    @torch.no_grad()
+    def clamp_parameters(self, player: Player, bound: float) -> None:
+        """Clamp the weights the optimizer updates (its fp32 master copy: this rank's fragment
+        at ZeRO 1-2 and in bf16, its partition at ZeRO-3) and the module's copy the forwards use.
+        Clamping is elementwise, so clamping each rank's piece clamps the whole; no collective."""
+        from deepspeed.utils import safe_get_local_fp32_param, safe_set_local_fp32_param
+
+        for p in player.net.parameters():
+            if hasattr(p, "ds_id"):  # ZeRO-3: the module holds a placeholder, ds_tensor this rank's part
+                master = safe_get_local_fp32_param(p)
+                if master is not None:
+                    safe_set_local_fp32_param(p, master.clamp(-bound, bound))
+                p.ds_tensor.clamp_(-bound, bound)
+                continue
+            mapping = getattr(p, "_hp_mapping", None)
+            if mapping is not None:
+                mapping.get_hp_fragment().clamp_(-bound, bound)
+            p.clamp_(-bound, bound)
+
     @contextlib.contextmanager
     def full_parameters(self, player: Player) -> Iterator[nn.Module]:
         """Collective at ZeRO-3 (every rank must enter): the partitioned parameters are gathered
@@ -265,8 +294,8 @@ class DeepSpeedBackend(Backend):
         if state.get("engine") != "deepspeed":
             raise CheckpointError(f"{folder}: {player.name} was saved by the accelerate backend; resume with backend.kind=accelerate")
         stage = self.zero_stages[player.name]
-        if state["zero_stage"] != stage:
-            raise CheckpointError(f"{folder}: {player.name} was saved at ZeRO-{state['zero_stage']} but this run uses ZeRO-{stage}")
+        if (state["zero_stage"], state["precision"]) != (stage, self.precision):
+            raise CheckpointError(f"{folder}: {player.name} was saved at ZeRO-{state['zero_stage']} in {state['precision']} but this run uses ZeRO-{stage} in {self.precision}")
         engine_dir = Path(folder) / player.name
         verify_deepspeed_files(engine_dir / state["tag"])
         path, _ = player.engine.load_checkpoint(str(engine_dir), tag=state["tag"], load_optimizer_states=True, load_lr_scheduler_states=True)
@@ -398,13 +427,27 @@ def verify_deepspeed_files(folder: Path) -> None:
     files = sorted(folder.glob("*.pt"))
     if not files:
         raise CheckpointError(f"{folder}: no DeepSpeed checkpoint files; the checkpoint is incomplete")
-    with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+    allowed = _deepspeed_safe_globals()
+    with torch.serialization.safe_globals(allowed):
         for path in files:
+            if not zipfile.is_zipfile(path):  # torch.save writes zip archives
+                raise CheckpointError(f"{path}: refusing to load this DeepSpeed file (not a PyTorch checkpoint: corrupt or truncated)")
             try:
                 torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except Exception as exc:  # an unlisted global, or a corrupt file
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise CheckpointError(f"{path}: refusing to load this DeepSpeed file ({first})") from None
+                raise CheckpointError(f"{path}: refusing to load this DeepSpeed file ({_why_unsafe(path, allowed, exc)})") from None
+
+
+def _why_unsafe(path: Path, allowed: list, exc: Exception) -> str:
+    names = {f"{c.__module__}.{c.__qualname__}" for c in allowed}
+    try:
+        unlisted = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - names)
+    except Exception:  # not even a readable pickle
+        unlisted = []
+    if unlisted:
+        return f"it names {', '.join(unlisted)}, which bigtrain does not allow in checkpoints"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def deepspeed_weights(engine_dir: Path, state: dict) -> dict[str, torch.Tensor]:
@@ -416,13 +459,18 @@ def deepspeed_weights(engine_dir: Path, state: dict) -> dict[str, torch.Tensor]:
     """
     tag_dir = Path(engine_dir) / state["tag"]
     verify_deepspeed_files(tag_dir)
-    if state["zero_stage"] == 0:
-        weights = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
-    else:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    try:
+        if state["zero_stage"] == 0:
+            with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+                weights = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
+        else:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints its progress
-            weights = get_fp32_state_dict_from_zero_checkpoint(str(engine_dir), tag=state["tag"])
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its progress output
+                weights = get_fp32_state_dict_from_zero_checkpoint(str(engine_dir), tag=state["tag"])
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:  # missing or mismatched partition files
+        text = str(exc).strip()
+        raise CheckpointError(f"{tag_dir}: cannot read the weights from DeepSpeed's files ({text.splitlines()[0] if text else type(exc).__name__})") from None
     return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
 
 

@@ -44,7 +44,7 @@ class Phase:
     compute: Callable[[RoundInputs], tuple[Tensor, Stats]]  # -> (loss to minimise, stats)
     repeats: int = 1  # runs per iteration (d_steps for D)
     interval: int = 1  # runs only every `interval` iterations (lazy regularization)
-    after_step: Optional[Callable[[], None]] = None  # e.g. WGAN weight clipping
+    clamp_weights: float = 0.0  # > 0: the player's weights are clamped to [-c, c] after each step (WGAN)
 
 
 def _cat(parts: list[Optional[Tensor]]) -> Optional[Tensor]:
@@ -63,8 +63,9 @@ class Objective:
         policy = cfg.augment.policy.strip()
         self.augment: Callable[[Tensor], Tensor] = partial(diff_augment, policy=policy) if policy else (lambda x: x)
         lazy_r1 = self.lcfg.r1_gamma > 0 and self.lcfg.r1_interval > 1
-        clip = self._clip_d if self.lcfg.clip_d_weights > 0 else None
-        self.phases = [Phase("D_main", D, frozen=[G], needs_real=True, compute=self.d_main, repeats=cfg.train.d_steps, after_step=clip)]
+        # WGAN (Arjovsky et al. 2017) keeps the critic K-Lipschitz by clipping its weights; the
+        # backend clamps them, since under DeepSpeed the optimizer's master copy must follow
+        self.phases = [Phase("D_main", D, frozen=[G], needs_real=True, compute=self.d_main, repeats=cfg.train.d_steps, clamp_weights=self.lcfg.clip_d_weights)]
         if lazy_r1:
             self.phases.append(Phase("D_reg", D, frozen=[G], needs_real=True, compute=self.d_reg, interval=self.lcfg.r1_interval))
         self.phases.append(Phase("G_main", G, frozen=[D], needs_real=False, compute=self.g_main))
@@ -137,13 +138,6 @@ class Objective:
             loss = loss + cls
             stats["loss/G_cls"] = cls.detach()
         return loss, stats
-
-    @torch.no_grad()
-    def _clip_d(self) -> None:
-        # WGAN (Arjovsky et al. 2017): keep the critic K-Lipschitz by clipping its weights
-        c = self.lcfg.clip_d_weights
-        for p in self.D.net.parameters():
-            p.clamp_(-c, c)
 
     def end_iteration(self) -> Stats:
         """Per-iteration bookkeeping after all phases; returns stats to report."""

@@ -117,8 +117,8 @@ class Trainer:
         skipped = backend.step(phase.player)
         if skipped is not None:
             tracker.report(f"fp16/{phase.player.name}_skipped", skipped)
-        if phase.after_step is not None:
-            phase.after_step()
+        if phase.clamp_weights > 0:
+            self.backend.clamp_parameters(phase.player, phase.clamp_weights)
         for p in phase.frozen:
             p.freeze(False)
 
@@ -176,16 +176,23 @@ class Trainer:
         return {n: v * self.backend.world_size for n, v in zip(names, totals.tolist())}
 
     def save_grid(self, tracker: Tracker) -> Optional[Path]:
-        """Sample grid from G_ema on the fixed latents (one class per row when conditional)."""
-        if not self.backend.is_main or self.info.kind != "image":
+        """Sample grid from G_ema on the fixed latents (one class per row when conditional).
+
+        Without EMA, G itself is sampled on every rank and under the training precision: an
+        engine may hold it in bf16, or partitioned across ranks (ZeRO-3: a collective forward).
+        """
+        if self.info.kind != "image" or (self.ema is not None and not self.backend.is_main):
             return None
         rows, cols = self.cfg.log.grid_rows, self.cfg.log.grid_cols
-        G = self.ema.module if self.ema is not None else self.G.net
+        G, precision = (self.ema.module, contextlib.nullcontext()) if self.ema is not None else (self.G.net, self.backend.autocast())
         images = []
-        for r in range(rows):
-            cls = r % self.cfg.model.num_classes if self.conditional else None
-            x, _ = sampling.generate(G, z_dim=self.cfg.model.z_dim, num_classes=self.cfg.model.num_classes, indices=range(r * cols, (r + 1) * cols), seed=self.cfg.run.seed, class_idx=cls, device=self.backend.device)
-            images.append(sampling.to_uint8(x))
+        with precision:
+            for r in range(rows):
+                cls = r % self.cfg.model.num_classes if self.conditional else None
+                x, _ = sampling.generate(G, z_dim=self.cfg.model.z_dim, num_classes=self.cfg.model.num_classes, indices=range(r * cols, (r + 1) * cols), seed=self.cfg.run.seed, class_idx=cls, device=self.backend.device)
+                images.append(sampling.to_uint8(x))
+        if not self.backend.is_main:
+            return None
         grid = sampling.image_grid(torch.cat(images), rows, cols)
         return tracker.image("fakes", grid, self.counters.nimg)
 
@@ -216,6 +223,7 @@ class Trainer:
             result = self.evaluator(
                 self.ema.module if use_ema else G, z_dim=self.cfg.model.z_dim, num_classes=self.cfg.model.num_classes,
                 ema=use_ema, kimg=self.counters.nimg / 1000, checkpoint=str(saved) if saved else None,
+                precision=contextlib.nullcontext if use_ema else self.backend.autocast,
             )
         record = {"step": self.counters.step, "kimg": round(self.counters.nimg / 1000, 3), **log_record(result)}
         tracker.write(record, self.counters.step)

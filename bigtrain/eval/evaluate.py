@@ -7,8 +7,9 @@ depends only on (seed, i) (bigtrain.engine.sampling), and rank r generates the c
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, ContextManager, Optional, Sequence
 
 import torch
 from torch import nn
@@ -70,17 +71,21 @@ class Evaluator:
         ema: bool = True,
         kimg: Optional[float] = None,
         checkpoint: Optional[str] = None,
+        precision: Callable[[], ContextManager] = contextlib.nullcontext,
     ) -> dict:
-        """Evaluate G (collective: every rank calls it). Returns the metric values (`fid`, `is`,
+        """Evaluate G (collective: every rank calls it); G runs under `precision()` (the
+        training's autocast for a bf16/fp16 G), the Inception network always in fp32. Returns the metric values (`fid`, `is`,
         `is_std`, `kid`, `kid_std`, as chosen), `protocol` and `warnings`; equal on every rank."""
         self.metrics.reset()
         resolution = None
         for lo in range(0, len(self.share), self.batch_size):
             indices = self.share[lo : lo + self.batch_size]
-            x, _ = generate(
-                G, z_dim=z_dim, num_classes=num_classes, indices=indices, seed=self.seed,
-                truncation=truncation, class_idx=class_idx, device=self.device, batch_size=self.batch_size,
-            )  # fmt: skip
+            with precision():
+                x, _ = generate(
+                    G, z_dim=z_dim, num_classes=num_classes, indices=indices, seed=self.seed,
+                    truncation=truncation, class_idx=class_idx, device=self.device, batch_size=self.batch_size,
+                )  # fmt: skip
+            x = x.float()
             if x.dim() != 4:
                 raise BigtrainError("FID/IS/KID need an image generator; this one generates vectors")
             resolution = list(x.shape[-2:])
