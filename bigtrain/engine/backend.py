@@ -51,6 +51,11 @@ class Backend:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
 
+    def supports_second_order(self, player: Player) -> bool:
+        """Whether a loss may backpropagate through the player's input gradients (gradient
+        penalties: autograd.grad with create_graph, then the training backward)."""
+        return True
+
     @torch.no_grad()
     def clamp_parameters(self, player: Player, bound: float) -> None:
         """Clamp every weight of the player to [-bound, bound] (WGAN weight clipping)."""
@@ -250,6 +255,12 @@ class DeepSpeedBackend(Backend):
         if self.precision != "fp16":
             return None
         return torch.tensor(0.0 if engine.was_step_applied() else 1.0, device=self.device)
+
+    def supports_second_order(self, player: Player) -> bool:
+        """Not at ZeRO-3: it releases the gathered weights after each submodule's forward, and
+        the second backward of a gradient penalty needs the weights its first backward saved
+        (a convolution then fails on an empty weight)."""
+        return self.zero_stages[player.name] != 3
 
     @torch.no_grad()
     def clamp_parameters(self, player: Player, bound: float) -> None:

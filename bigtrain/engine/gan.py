@@ -63,6 +63,8 @@ class Objective:
         policy = cfg.augment.policy.strip()
         self.augment: Callable[[Tensor], Tensor] = partial(diff_augment, policy=policy) if policy else (lambda x: x)
         lazy_r1 = self.lcfg.r1_gamma > 0 and self.lcfg.r1_interval > 1
+        # gradient penalties backpropagate through D's input gradient: a second-order backward
+        self.penalizes_d_gradient = max(self.lcfg.gp_weight, self.lcfg.dragan_weight, self.lcfg.r1_gamma) > 0
         # WGAN (Arjovsky et al. 2017) keeps the critic K-Lipschitz by clipping its weights; the
         # backend clamps them, since under DeepSpeed the optimizer's master copy must follow
         self.phases = [Phase("D_main", D, frozen=[G], needs_real=True, compute=self.d_main, repeats=cfg.train.d_steps, clamp_weights=self.lcfg.clip_d_weights)]
@@ -83,48 +85,54 @@ class Objective:
             fake = self.G.net(b.z, b.y_fake).to(b.real.dtype)
         real, fake = self.augment(b.real), self.augment(fake)
         n = len(real)
-        r1_now = self.lcfg.r1_gamma > 0 and self.lcfg.r1_interval == 1
-        if r1_now:
-            real = real.detach().requires_grad_(True)
-        parts, labels = [real, fake], [b.y_real, b.y_fake]
-        if self.lcfg.gp_weight > 0:
-            parts.append(regularizers.interpolates(real.detach(), fake).requires_grad_(True))
-            labels.append(b.y_real)
-        if self.lcfg.dragan_weight > 0:
-            parts.append(regularizers.dragan_perturbed(real.detach()).requires_grad_(True))
-            labels.append(b.y_real)
-        out = self.D.engine(torch.cat(parts), _cat(labels))
+        out = self.D.engine(torch.cat([real, fake]), _cat([b.y_real, b.y_fake]))
         scores, class_logits = self._split(out)
-        chunks = scores.split([len(p) for p in parts])
-        loss = self.loss.d_loss(chunks[0], chunks[1])
-        stats = {"loss/D": loss.detach(), "D/real": chunks[0].detach().float().mean(), "D/fake": chunks[1].detach().float().mean()}
-        extra = iter(zip(parts[2:], chunks[2:]))
+        loss = self.loss.d_loss(scores[:n], scores[n:])
+        stats = {"loss/D": loss.detach(), "D/real": scores[:n].detach().float().mean(), "D/fake": scores[n:].detach().float().mean()}
+        penalties = []
         if self.lcfg.gp_weight > 0:
-            x_hat, s_hat = next(extra)
-            gp = regularizers.gradient_penalty(s_hat, x_hat)
-            loss = loss + self.lcfg.gp_weight * gp
-            stats["loss/D_gp"] = gp.detach()
+            penalties.append(("loss/D_gp", self.lcfg.gp_weight, regularizers.gradient_penalty, regularizers.interpolates(real.detach(), fake)))
         if self.lcfg.dragan_weight > 0:
-            x_hat, s_hat = next(extra)
-            penalty = regularizers.gradient_penalty(s_hat, x_hat)
-            loss = loss + self.lcfg.dragan_weight * penalty
-            stats["loss/D_dragan"] = penalty.detach()
-        if r1_now:
-            r1 = regularizers.r1_penalty(chunks[0], real)
-            loss = loss + 0.5 * self.lcfg.r1_gamma * r1
-            stats["loss/D_r1"] = r1.detach()
+            penalties.append(("loss/D_dragan", self.lcfg.dragan_weight, regularizers.gradient_penalty, regularizers.dragan_perturbed(real.detach())))
+        if self.lcfg.r1_gamma > 0 and self.lcfg.r1_interval == 1:
+            penalties.append(("loss/D_r1", 0.5 * self.lcfg.r1_gamma, regularizers.r1_penalty, real))
+        for name, weight, penalty, x in penalties:
+            value = penalty(*self._penalty_scores(x, b.y_real))
+            loss = loss + weight * value
+            stats[name] = value.detach()
         if self.acgan:
-            cls = self._class_loss(class_logits[: 2 * n], torch.cat([b.y_real, b.y_fake]))
+            cls = self._class_loss(class_logits, torch.cat([b.y_real, b.y_fake]))
             loss = loss + cls
             stats["loss/D_cls"] = cls.detach()
         return loss, stats
 
+    def _penalty_scores(self, x: Tensor, y: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """D's scores of `x` for a gradient penalty, with `x` as a leaf that requires grad.
+
+        The penalty differentiates the scores w.r.t. `x` inside the forward (autograd.grad with
+        create_graph), so they come from D's plain module, not its engine: a DeepSpeed engine
+        treats any backward through its outputs as the training backward (it divides by the
+        accumulation rounds, starts its gradient reduction, and fails inside autograd.grad). The
+        module runs in eval mode, so spectral norm reuses the power iteration this step's engine
+        forward just did instead of taking a second one; D has no batch norm (it is refused).
+        """
+        x = x.detach().requires_grad_(True)
+        was_training = self.D.net.training
+        self.D.net.eval()
+        try:
+            scores, _ = self._split(self.D.net(x, y))
+        finally:
+            self.D.net.train(was_training)
+        return scores, x
+
     def d_reg(self, b: RoundInputs) -> tuple[Tensor, Stats]:
         # (1b) lazy R1 every k iterations, weighted by k so its strength matches R1 every step
-        real = self.augment(b.real).detach().requires_grad_(True)
-        scores, _ = self._split(self.D.engine(real, b.y_real))
-        r1 = regularizers.r1_penalty(scores, real)
-        return 0.5 * self.lcfg.r1_gamma * self.lcfg.r1_interval * r1, {"loss/D_r1": r1.detach()}
+        real = self.augment(b.real)
+        # the engine must see this phase's forward: DDP's gradient all-reduce and DeepSpeed's
+        # backward bookkeeping start from it; it adds nothing to the loss
+        anchor = self.D.engine(real, b.y_real).float().sum() * 0.0
+        r1 = regularizers.r1_penalty(*self._penalty_scores(real, b.y_real))
+        return anchor + 0.5 * self.lcfg.r1_gamma * self.lcfg.r1_interval * r1, {"loss/D_r1": r1.detach()}
 
     def g_main(self, b: RoundInputs) -> tuple[Tensor, Stats]:
         # (2) update G: make the frozen D score G(z) as real; D is called as its plain module so

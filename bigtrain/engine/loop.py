@@ -72,6 +72,8 @@ class Trainer:
         self.D: Player = backend.make_player("D", D_net, cfg.optim.d)
         self.players = [self.G, self.D]
         self.objective = build_objective(self.G, self.D, cfg, backend.reduce_mean)
+        if self.objective.penalizes_d_gradient and not backend.supports_second_order(self.D):
+            raise ConfigError("loss", "gradient penalties (gp_weight, dragan_weight, r1_gamma) need a second backward through D, which this engine cannot do at its setting (DeepSpeed ZeRO-3 releases D's weights before it); train D at ZeRO 0-2 (backend.zero_stage or backend.d_config)")
         self.evaluator = self._build_evaluator()
         self.best_fid = checkpoint.best_fid(self.ckpt_root)
         self.counters = Counters()

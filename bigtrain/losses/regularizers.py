@@ -1,6 +1,6 @@
 """Gradient regularizers of D: pure functions of D's outputs and the inputs they came from.
 
-The caller runs D once on inputs that `require_grad`; these take the input gradient with
+The caller runs D on inputs that `require_grad`; these take the input gradient with
 `create_graph=True`, so the penalty's own gradient reaches D's parameters in the backward.
 """
 from __future__ import annotations

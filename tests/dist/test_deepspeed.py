@@ -29,6 +29,15 @@ DS_ENV = {"ACCELERATE_USE_CPU": "1", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS":
 STAGES = (0, 1, 2, 3)
 HALF_KIMG = 0.032  # 2 of the 4 iterations: where the resumed run starts
 CLIP = 0.01  # WGAN's weight clipping bound (below DCGAN's initial weights' N(0, 0.02) spread)
+PENALTY_STAGES = (0, 1, 2)  # ZeRO-3 refuses gradient penalties (see the last tests)
+# the other classic families through DeepSpeed engines (the learning tests run them under DDP)
+FAMILY_RUNS = {
+    ("began", 3): ["loss.type=began", "model.g.arch=began", "model.d.arch=began", "model.g.h_dim=8", "model.d.h_dim=8", "model.num_classes=0", "optim.d.type=adam"],
+    ("acgan", 2): ["model.d.cond=acgan"],
+    ("cgan_concat", 3): ["model.g.cond=concat", "model.d.cond=concat"],
+    ("lsgan_diffaugment", 2): ["loss.type=lsgan", "augment.policy=color,translation,cutout"],
+    ("hinge_sn", 3): ["loss.type=hinge", "model.d.spectral_norm=true", "train.precision=bf16"],
+}
 CLIP_RUNS = ((0, "fp32"), (1, "fp32"), (2, "fp32"), (3, "fp32"), (1, "bf16"), (3, "bf16"))
 
 
@@ -67,6 +76,14 @@ def trained(tmp_path_factory):
         name = f"clip_zero{stage}_{precision}"
         engine = [f"backend.g_config={zero3}", f"backend.d_config={zero3}"] if stage == 3 else [f"backend.zero_stage={stage}"]
         specs.append({"name": name, "config": str(config), "overrides": [f"run.name={name}", "backend.kind=deepspeed", *engine, f"train.precision={precision}", *clip]})
+    # gradient penalties (a second-order backward) with 2 accumulation rounds: WGAN-GP in D's
+    # main phase and lazy R1 in its own phase
+    pen = ["loss.type=wgan", "loss.gp_weight=10", "loss.r1_gamma=1", "loss.r1_interval=2"]
+    specs.append({"name": "pen_ddp", "config": str(config), "overrides": ["run.name=pen_ddp", *pen]})
+    for stage in PENALTY_STAGES:
+        specs.append({"name": f"pen_zero{stage}", "config": str(config), "overrides": [f"run.name=pen_zero{stage}", "backend.kind=deepspeed", f"backend.zero_stage={stage}", *pen]})
+    for (family, stage), extra in FAMILY_RUNS.items():
+        specs.append({"name": f"{family}_zero{stage}", "config": str(config), "overrides": [f"run.name={family}_zero{stage}", "backend.kind=deepspeed", f"backend.zero_stage={stage}", *extra]})
     specs.append({"name": "parts", "config": str(config), "overrides": ["run.name=parts", "backend.kind=deepspeed", "backend.zero_stage=2", f"train.total_kimg={HALF_KIMG}"]})
     (tmp / "runs.json").write_text(json.dumps(specs))
     proc = subprocess.run([*torchrun(), str(WORKER), str(tmp / "runs.json"), str(tmp)], capture_output=True, text=True, env={**os.environ, **DS_ENV}, cwd=REPO, timeout=900)
@@ -129,6 +146,30 @@ def test_wgan_weight_clipping_reaches_the_master_weights(trained, stage, precisi
         torch.testing.assert_close(ds["params"]["G"], ddp["params"]["G"], rtol=1e-5, atol=1e-6)
     # weights pinned at the bound: clipping acted on the trained values, not only at the start
     assert (ds["params"]["D"].abs() == bound).float().mean() > 0.05
+
+
+@pytest.mark.parametrize("stage", PENALTY_STAGES)
+def test_gradient_penalties_match_ddp(trained, stage):
+    tmp, _, results = trained
+    ddp, ds = results["pen_ddp"], results[f"pen_zero{stage}"]
+    assert ds["rounds"] == 2 and ds["max_rank_diff"] == 0.0
+    for name in ("G", "D"):
+        torch.testing.assert_close(ds["params"][name], ddp["params"][name], rtol=1e-5, atol=1e-6, msg=f"{name} at ZeRO-{stage}")
+    # the penalties were in the loss, and as large under DeepSpeed as under DDP
+    rows = {run: [json.loads(l) for l in (tmp / "runs" / run / "metrics.jsonl").read_text().splitlines()] for run in ("pen_ddp", f"pen_zero{stage}")}
+    for key in ("loss/D_gp", "loss/D_r1"):
+        got, want = ([r[key] for r in rows[run] if key in r] for run in (f"pen_zero{stage}", "pen_ddp"))
+        assert want and all(v > 0 for v in want)
+        assert got == pytest.approx(want, rel=1e-4), key
+
+
+@pytest.mark.parametrize("family,stage", list(FAMILY_RUNS))
+def test_family_trains_under_deepspeed(trained, family, stage):
+    r = trained[2][f"{family}_zero{stage}"]
+    flat = torch.cat(list(r["params"].values()))
+    assert r["backend"] == "DeepSpeedBackend" and r["step"] == 4 and r["max_rank_diff"] == 0.0
+    assert torch.isfinite(flat).all() and (flat.float() - r["initial"].float()).abs().max() > 1e-4
+    assert r["d_unchanged"] and r["d_grads_none"]
 
 
 def test_resume_under_zero2_continues_exactly(trained):
@@ -214,3 +255,11 @@ def test_periodic_eval_and_grids_of_a_bf16_engine_without_ema(tmp_path, weights)
     evals = [r for r in rows if "eval/is" in r]
     assert len(evals) == 1 and evals[0]["eval/is"] > 0.99 and evals[0]["eval/protocol"]["generated"]["ema"] is False
     assert list((run / "samples").glob("*.png"))
+
+
+def test_gradient_penalties_are_refused_at_zero3(tmp_path):
+    data = write_images_npz(tmp_path / "d.npz", n=32, res=8)
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(tmp_path, data, train={"total_kimg": 0.032}))
+    out = run_cli("train", str(cfg), "backend.kind=deepspeed", "backend.zero_stage=3", "loss.r1_gamma=1", env=DS_ENV)
+    assert out.returncode == 2
+    assert "config error: loss: gradient penalties" in out.stderr and "ZeRO-3" in out.stderr

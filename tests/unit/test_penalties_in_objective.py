@@ -1,0 +1,86 @@
+"""Gradient penalties inside D's update (engine/gan.py): taken through D's plain module, on the
+weights of the step's main forward, with one spectral-norm power iteration per step, and
+reaching D's parameters. Checked against autograd on a copy of D made before the step."""
+import copy
+
+import torch
+
+from bigtrain.config import load_config
+from bigtrain.data import DataInfo
+from bigtrain.engine.gan import RoundInputs, build_objective
+from bigtrain.engine.players import Player
+from bigtrain.losses import regularizers
+from bigtrain.models import build_discriminator, build_generator
+
+
+class CountingEngine(torch.nn.Module):
+    """Stands in for DDP / DeepSpeed: forwards to the module and counts the calls."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, *args):
+        self.calls += 1
+        return self.net(*args)
+
+
+def _objective(*overrides):
+    cfg = load_config(None, ["data.resolution=16", "model.z_dim=8", "model.g.width=8", "model.d.width=8", "model.d.spectral_norm=true", *overrides])
+    info = DataInfo("image", (1, 16, 16), 0)
+    torch.manual_seed(0)
+    G, D = build_generator(cfg.model, info), build_discriminator(cfg.model, info)
+    G_player = Player(name="G", net=G, engine=G, optimizer=torch.optim.SGD(G.parameters(), lr=0.1))
+    D_player = Player(name="D", net=D, engine=CountingEngine(D), optimizer=torch.optim.SGD(D.parameters(), lr=0.1))
+    return build_objective(G_player, D_player, cfg, lambda t: t), G, D, D_player.engine
+
+
+def _batch():
+    gen = torch.Generator().manual_seed(3)
+    return RoundInputs(real=torch.rand(4, 1, 16, 16, generator=gen) * 2 - 1, y_real=None, z=torch.randn(4, 8, generator=gen), y_fake=None)
+
+
+def _input_gradient(D, x):
+    x = x.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(D(x, None).sum(), x)
+    return g.flatten(1)
+
+
+def test_gradient_penalty_sees_the_step_weights_and_one_power_iteration():
+    obj, G, D, engine = _objective("loss.type=wgan", "loss.gp_weight=10")
+    b = _batch()
+    D_copy = copy.deepcopy(D)
+    torch.manual_seed(1)
+    loss, stats = obj.d_main(b)
+    assert engine.calls == 1  # the main scores went through the engine, once
+
+    with torch.no_grad():
+        fake = G(b.z, None)
+    D_copy(torch.cat([b.real, fake]), None)  # one training-mode forward = one power iteration
+    torch.manual_seed(1)
+    x_hat = regularizers.interpolates(b.real, fake)
+    D_copy.eval()
+    expected = ((_input_gradient(D_copy, x_hat).norm(dim=1) - 1) ** 2).mean()
+    torch.testing.assert_close(stats["loss/D_gp"], expected, rtol=1e-5, atol=1e-7)
+    for (name, mine), (_, theirs) in zip(D.state_dict().items(), D_copy.state_dict().items()):
+        assert torch.equal(mine, theirs), name  # spectral norm's u/v advanced once, not twice
+    assert D.training
+
+    loss.backward()  # (the WGAN loss cancels in the last bias, and the penalty ignores it)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in D.named_parameters() if "weight" in n)
+
+
+def test_lazy_r1_phase_goes_through_the_engine_and_adds_only_r1():
+    obj, G, D, engine = _objective("loss.r1_gamma=2", "loss.r1_interval=4")
+    assert [p.name for p in obj.phases] == ["D_main", "D_reg", "G_main"]
+    b = _batch()
+    D_copy = copy.deepcopy(D)
+    loss, stats = obj.d_reg(b)
+    assert engine.calls == 1  # DDP / DeepSpeed see the phase's forward
+    D_copy(b.real, None)
+    D_copy.eval()
+    r1 = _input_gradient(D_copy, b.real).pow(2).sum(dim=1).mean()
+    torch.testing.assert_close(stats["loss/D_r1"], r1, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(loss, 0.5 * 2 * 4 * r1, rtol=1e-5, atol=1e-7)
+    loss.backward()
+    assert all(p.grad is not None for p in D.parameters())
