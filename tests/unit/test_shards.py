@@ -320,3 +320,37 @@ def test_skip_fraction_is_measured_over_at_least_min_samples() -> None:
     assert (counter.seen, counter.skipped) == (MIN_SAMPLES_FOR_FRACTION // 10, MIN_SAMPLES_FOR_FRACTION // 10)
     with pytest.raises(DataError, match=r"^t\.tar: cut; 101 of 101 samples"):
         counter.lost("t.tar", 1, "cut")
+
+
+@pytest.fixture
+def http_server(dataset):
+    """The shard folder served over HTTP on localhost (webdataset fetches http URLs with curl)."""
+    import functools
+    import http.server
+    import threading
+
+    out, _, _ = dataset
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_urls_stream_every_sample(dataset, http_server) -> None:
+    out, x, _ = dataset
+    src = source(f"{http_server}/train-{{000000..000004}}.tar", dataset_json=str(out / "dataset.json"), shuffle_buffer=8)
+    assert src.info.num_classes == 4
+    samples = list(src.samples(resampled=False))
+    assert sorted(int(s.key) for s in samples) == list(range(N))
+    for s in samples:
+        assert torch.equal(s.image, torch.from_numpy(x[int(s.key)]).permute(2, 0, 1))
+    # a dataset.json URL: its shards are found beside it, on the same server
+    remote = source(f"{http_server}/dataset.json", shuffle_buffer=8)
+    assert remote.info.num_classes == 4 and sorted(int(s.key) for s in remote.samples(resampled=False)) == list(range(N))
+    gone = source(f"{http_server}/train-000000.tar::{http_server}/gone.tar", shuffle_buffer=0)
+    with pytest.raises(DataError, match="gone.tar"):
+        list(gone.samples(resampled=False))
