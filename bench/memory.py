@@ -110,7 +110,9 @@ def launch(args, mode: str, data: Path, tmp: Path) -> dict:
     env = {**os.environ, "ACCELERATE_USE_CPU": os.environ.get("ACCELERATE_USE_CPU", "1"), "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+        # the cause, not torchrun's closing banner: the last line that names an error
+        lines = [l for l in proc.stderr.splitlines() if "Error" in l or "error:" in l]
+        return {"error": lines[-1].strip() if lines else f"exit {proc.returncode}", "stderr_tail": proc.stderr[-2000:]}
     return json.loads(result.read_text())
 
 
