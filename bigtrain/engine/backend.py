@@ -62,6 +62,13 @@ class Backend:
         for p in player.net.parameters():
             p.clamp_(-bound, bound)
 
+    def all_ranks(self, ok: bool) -> bool:
+        """Collective: True on every rank when `ok` is True on every rank."""
+        if self.world_size == 1:
+            return ok
+        flag = torch.tensor(1.0 if ok else 0.0, device=self.device)
+        return bool(self.reduce_mean(flag).item() == 1.0)
+
     def broadcast_object(self, obj: object) -> object:
         """`obj` as rank 0 has it, on every rank."""
         if self.world_size == 1:
@@ -264,22 +271,31 @@ class DeepSpeedBackend(Backend):
 
     @torch.no_grad()
     def clamp_parameters(self, player: Player, bound: float) -> None:
-        """Clamp the weights the optimizer updates (its fp32 master copy: this rank's fragment
-        at ZeRO 1-2 and in bf16, its partition at ZeRO-3) and the module's copy the forwards use.
-        Clamping is elementwise, so clamping each rank's piece clamps the whole; no collective."""
+        """Clamp the weights the optimizer updates and every copy the forwards read: the fp32
+        master copy (this rank's fragment at ZeRO 1-2 and with the bf16 optimizer, its partition
+        at ZeRO-3, the whole of it under ZeRO-0's fp16/bf16 optimizer), the module's weights,
+        and at ZeRO-3 this rank's partition plus the parameters it keeps whole (persistent).
+        Clamping is elementwise, so clamping each rank's piece clamps the whole; no collective.
+        """
         from deepspeed.utils import safe_get_local_fp32_param, safe_set_local_fp32_param
 
         for p in player.net.parameters():
-            if hasattr(p, "ds_id"):  # ZeRO-3: the module holds a placeholder, ds_tensor this rank's part
+            if hasattr(p, "ds_id"):  # ZeRO-3
                 master = safe_get_local_fp32_param(p)
                 if master is not None:
                     safe_set_local_fp32_param(p, master.clamp(-bound, bound))
                 p.ds_tensor.clamp_(-bound, bound)
-                continue
-            mapping = getattr(p, "_hp_mapping", None)
-            if mapping is not None:
-                mapping.get_hp_fragment().clamp_(-bound, bound)
-            p.clamp_(-bound, bound)
+            else:
+                mapping = getattr(p, "_hp_mapping", None)
+                if mapping is not None:
+                    mapping.get_hp_fragment().clamp_(-bound, bound)
+            if p.numel():  # empty between gathers at ZeRO-3, unless persistent
+                p.clamp_(-bound, bound)
+        # ZeRO-0 in fp16/bf16: DeepSpeed's FP16(_Unfused)_Optimizer keeps its own fp32 copies
+        for name in ("fp32_groups", "fp32_groups_flat"):
+            for group in getattr(player.optimizer, name, None) or []:
+                for t in group if isinstance(group, (list, tuple)) else [group]:
+                    t.clamp_(-bound, bound)
 
     @contextlib.contextmanager
     def full_parameters(self, player: Player) -> Iterator[nn.Module]:
@@ -308,7 +324,7 @@ class DeepSpeedBackend(Backend):
         if (state["zero_stage"], state["precision"]) != (stage, self.precision):
             raise CheckpointError(f"{folder}: {player.name} was saved at ZeRO-{state['zero_stage']} in {state['precision']} but this run uses ZeRO-{stage} in {self.precision}")
         engine_dir = Path(folder) / player.name
-        verify_deepspeed_files(engine_dir / state["tag"])
+        verify_deepspeed_files(engine_dir / state["tag"], stage, self.world_size)
         path, _ = player.engine.load_checkpoint(str(engine_dir), tag=state["tag"], load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:
             raise CheckpointError(f"{engine_dir}: DeepSpeed found no checkpoint to load")
@@ -427,17 +443,29 @@ def _deepspeed_safe_globals() -> list:
     return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
-def verify_deepspeed_files(folder: Path) -> None:
-    """Refuse a DeepSpeed checkpoint folder unless each of its .pt files loads with
+def verify_deepspeed_files(folder: Path, zero_stage: Optional[int] = None, world_size: int = 1) -> None:
+    """Refuse a DeepSpeed checkpoint folder unless it holds every file an engine at
+    `zero_stage` with `world_size` ranks wrote (when given) and each of its .pt files loads with
     `torch.load(weights_only=True)` allowing only `_deepspeed_safe_globals()`.
 
-    DeepSpeed itself loads them with weights_only=False; after this check nothing in them can
-    name other code to run (a bounded departure from DESIGN.md, see docs/deepspeed.md).
+    Every rank checks every file, so on a shared filesystem all ranks reach the same verdict
+    before any of them enters DeepSpeed's loading (which has collectives). DeepSpeed itself
+    loads the files with weights_only=False; after this check nothing in them can name other
+    code to run (a bounded departure from DESIGN.md, see docs/deepspeed.md).
     """
     folder = Path(folder)
     files = sorted(folder.glob("*.pt"))
     if not files:
         raise CheckpointError(f"{folder}: no DeepSpeed checkpoint files; the checkpoint is incomplete")
+    if zero_stage is not None:
+        names = {p.name for p in files}
+        model = ["mp_rank_00_model_states.pt"] if zero_stage < 3 else [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world_size)]
+        required = [(name,) for name in model]
+        if zero_stage > 0:  # one optimizer partition per rank (bf16_ prefix with the bf16 optimizer)
+            required += [(f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt", f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt") for r in range(world_size)]
+        for options in required:
+            if not names.intersection(options):
+                raise CheckpointError(f"{folder / options[0]}: file missing; the checkpoint is incomplete")
     allowed = _deepspeed_safe_globals()
     with torch.serialization.safe_globals(allowed):
         for path in files:

@@ -173,29 +173,41 @@ def latest(ckpt_root: Path) -> Optional[Path]:
     return found[-1] if found else None
 
 
-def load_for_resume(ckpt_root: Path, resume: str, rank: int) -> Optional[tuple[Path, dict, dict]]:
+def load_for_resume(ckpt_root: Path, resume: str, rank: int, all_ranks: Callable[[bool], bool] = bool) -> Optional[tuple[Path, dict, dict]]:
     """Resolve `train.resume` (auto | none | PATH) and load the checkpoint for `rank`.
 
     With `auto`, an unreadable newest checkpoint is skipped with a warning in favour of the one
-    before it; an explicitly named checkpoint that cannot be read is an error.
+    before it; an explicitly named checkpoint that cannot be read is an error. The choice is
+    collective: `all_ranks(ok)` is True on every rank when every rank could read its part (each
+    rank reads its own rankN.pt), so all ranks resume from the same checkpoint or all stop.
     """
     if resume == "none":
         return None
     if resume != "auto":
         folder = Path(resume)
-        return (folder, *load(folder, rank))
+        loaded, error = _try_load(folder, rank)
+        if not all_ranks(loaded is not None):
+            raise error or CheckpointError(f"{folder}: another process cannot read its part of this checkpoint")
+        return loaded
     newest = latest(ckpt_root)
     candidates = [p for p in reversed(list_checkpoints(ckpt_root))]
     if newest is not None and newest in candidates:
         candidates = candidates[candidates.index(newest):]
     for folder in candidates:
-        try:
-            return (folder, *load(folder, rank))
-        except CheckpointError as exc:
-            warnings.warn(f"skipping checkpoint: {exc}", stacklevel=2)
+        loaded, error = _try_load(folder, rank)
+        if all_ranks(loaded is not None):
+            return loaded
+        warnings.warn(f"skipping checkpoint: {error or f'{folder}: another process cannot read its part of it'}", stacklevel=2)
     if candidates:
         raise CheckpointError(f"{ckpt_root}: no readable checkpoint to resume from")
     return None
+
+
+def _try_load(folder: Path, rank: int) -> tuple[Optional[tuple[Path, dict, dict]], Optional[CheckpointError]]:
+    try:
+        return (folder, *load(folder, rank)), None
+    except CheckpointError as exc:
+        return None, exc
 
 
 @dataclass

@@ -53,7 +53,7 @@ class Trainer:
         self.backend = build_backend(cfg.backend, cfg.train)
         backend = self.backend
 
-        resumed = checkpoint.load_for_resume(self.ckpt_root, cfg.train.resume, backend.rank)
+        resumed = checkpoint.load_for_resume(self.ckpt_root, cfg.train.resume, backend.rank, backend.all_ranks)
         if resumed is None and checkpoint.list_checkpoints(self.ckpt_root):
             raise ConfigError("train.resume", f"{self.run_dir} already holds checkpoints; use train.resume=auto to continue, or another run.name")
 
@@ -79,8 +79,9 @@ class Trainer:
         self.counters = Counters()
         self.latent_gen = generator(cfg.run.seed, backend.rank, LATENT_STREAM)
         if resumed is not None:
-            self._restore(*resumed)
-        torch.manual_seed(derive_seed(cfg.run.seed, backend.rank, self.counters.step))
+            self._restore(*resumed)  # every rank's torch RNG as it was when the checkpoint was saved
+        else:
+            torch.manual_seed(derive_seed(cfg.run.seed, backend.rank, 0))  # each rank its own augmentations
         self.batches: Iterator[Batch] = self.source.batches(self.counters.data_pos)
 
     # ---- one iteration -------------------------------------------------------------------
@@ -221,7 +222,8 @@ class Trainer:
         from bigtrain.eval.evaluate import log_record
 
         use_ema = self.cfg.eval.use_ema and self.ema is not None
-        with self.backend.full_parameters(self.G) as G:
+        # G itself may be partitioned (ZeRO-3): gather it only when it is the one evaluated
+        with contextlib.nullcontext(self.G.net) if use_ema else self.backend.full_parameters(self.G) as G:
             result = self.evaluator(
                 self.ema.module if use_ema else G, z_dim=self.cfg.model.z_dim, num_classes=self.cfg.model.num_classes,
                 ema=use_ema, kimg=self.counters.nimg / 1000, checkpoint=str(saved) if saved else None,
@@ -274,6 +276,8 @@ class Trainer:
             if self.ema is not None and trainer_state.get("G_ema") is not None:
                 self.ema.load_state_dict(trainer_state["G_ema"])
             self.objective.load_state_dict(trainer_state.get("objective") or {})
+        except OSError as exc:  # a file the engine reads itself, missing or unreadable
+            raise CheckpointError(f"{folder}: cannot be read ({exc})") from None
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{folder}: does not fit this config ({str(exc).splitlines()[0]})") from None
         self.counters = Counters(step=trainer_state["counters"]["step"], nimg=trainer_state["counters"]["nimg"], data_pos=rank_state["data_pos"])

@@ -55,6 +55,10 @@ class Evaluator:
         self.reference = reference if self.metrics.fid is not None or self.metrics.kid is not None else None
         self.inception = inception
         self.share = rank_share(num_samples, rank, world_size)
+        # G runs this many batches on every rank: a generator partitioned across ranks (ZeRO-3)
+        # gathers its weights in every forward, so the ranks must forward in lockstep
+        longest = max(len(rank_share(num_samples, r, world_size)) for r in range(world_size))
+        self.num_batches = -(-longest // batch_size)
         self.device = device
         self.seed = seed
         self.batch_size = batch_size
@@ -78,13 +82,15 @@ class Evaluator:
         `is_std`, `kid`, `kid_std`, as chosen), `protocol` and `warnings`; equal on every rank."""
         self.metrics.reset()
         resolution = None
-        for lo in range(0, len(self.share), self.batch_size):
-            indices = self.share[lo : lo + self.batch_size]
+        for b in range(self.num_batches):
+            indices = self.share[b * self.batch_size : (b + 1) * self.batch_size]
             with precision():
                 x, _ = generate(
-                    G, z_dim=z_dim, num_classes=num_classes, indices=indices, seed=self.seed,
+                    G, z_dim=z_dim, num_classes=num_classes, indices=indices or range(1), seed=self.seed,
                     truncation=truncation, class_idx=class_idx, device=self.device, batch_size=self.batch_size,
                 )  # fmt: skip
+            if not indices:  # this rank's share is done: that forward only kept the ranks in step
+                continue
             x = x.float()
             if x.dim() != 4:
                 raise BigtrainError("FID/IS/KID need an image generator; this one generates vectors")

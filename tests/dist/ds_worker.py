@@ -53,9 +53,19 @@ def master_abs_max(trainer, player) -> float:
         from deepspeed.utils import safe_get_full_fp32_param
 
         from_master = [safe_get_full_fp32_param(p) for p in player.net.parameters()]
+        if any(m is None for m in from_master):  # ZeRO-0 in bf16/fp16: FP16_UnfusedOptimizer's copies
+            from_master = [t for group in getattr(player.optimizer, "fp32_groups", []) for t in group]
     if not from_master or any(m is None for m in from_master):
         from_master = [p.detach() for p in player.net.parameters()]
     return max(float(m.abs().max()) for m in from_master)
+
+
+def module_abs_max_after_d_step(trainer) -> float:
+    """One more D phase, no checkpoint after it: the largest |w| the next forward would use, read
+    from the module without gathering (ZeRO-3 placeholders are empty, persistent parameters whole)."""
+    d_phase = next(p for p in trainer.objective.phases if p.player is trainer.D)
+    trainer.run_phase(d_phase, NullTracker())
+    return max((float(p.detach().abs().max()) for p in trainer.D.net.parameters() if p.numel()), default=0.0)
 
 
 def g_step_leaves_d_alone(trainer) -> dict:
@@ -91,10 +101,11 @@ def run(spec: dict, out_dir: Path) -> None:
         "step": trainer.counters.step,
         # every rank runs G (ZeRO-3 gathers its parameters in the forward), rank 0 keeps it
         "samples_G": samples(trainer, trainer.G.net) if trainer.cfg.train.precision == "fp32" else None,
-        "samples_G_ema": samples(trainer, trainer.ema.module),
+        "samples_G_ema": samples(trainer, trainer.ema.module) if trainer.ema is not None else None,
     }
     result["d_master_abs_max"] = master_abs_max(trainer, trainer.D)
     result.update(g_step_leaves_d_alone(trainer))
+    result["d_module_abs_max_after_step"] = module_abs_max_after_d_step(trainer)
     if dist.get_rank() == 0:
         torch.save(result, out_dir / f"{spec['name']}.pt")
     dist.barrier()

@@ -79,3 +79,25 @@ def test_fp16_through_the_cli_under_torchrun(tmp_path, mlp_config):
     r0, r1 = (torch.load(ckpt / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert not torch.equal(r0["latent_gen"], r1["latent_gen"])  # each rank its own stream
     assert out.stdout.count("run directory") == 1  # only the main process prints
+
+
+def test_ranks_agree_on_the_checkpoint_to_resume(tmp_path):
+    """The newest checkpoint's rank1.pt is truncated: rank 0 could read its part, rank 1 not.
+    Both must fall back to the checkpoint before and continue as the uninterrupted run did."""
+    data = write_images_npz(tmp_path / "d.npz", n=64, res=8, classes=4)
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(tmp_path, data, train={"total_kimg": 0.064, "batch_size": 16}, checkpoint={"every_kimg": 0.032}))
+    whole = run_cli("train", str(cfg), "run.name=whole", env=DIST_ENV, launcher=torchrun())
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    first = run_cli("train", str(cfg), "run.name=parts", "train.total_kimg=0.048", "checkpoint.every_kimg=0.016", env=DIST_ENV, launcher=torchrun())
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpts = tmp_path / "runs" / "parts" / "checkpoints"
+    rank1 = ckpts / "step-00000003" / "rank1.pt"
+    rank1.write_bytes(rank1.read_bytes()[:100])
+    second = run_cli("train", str(cfg), "run.name=parts", env=DIST_ENV, launcher=torchrun())
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "skipping checkpoint" in second.stderr and "rank1.pt" in second.stderr
+    rows = [json.loads(l) for l in (tmp_path / "runs" / "parts" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows]
+    assert steps == [1, 2, 3, 3, 4]  # step 3 ran again, from step-00000002, on both ranks
+    expected = {r["step"]: (r["loss/D"], r["loss/G"]) for r in (json.loads(l) for l in (tmp_path / "runs" / "whole" / "metrics.jsonl").read_text().splitlines())}
+    assert [(r["loss/D"], r["loss/G"]) for r in rows[3:]] == [expected[3], expected[4]]

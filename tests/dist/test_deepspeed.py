@@ -38,7 +38,8 @@ FAMILY_RUNS = {
     ("lsgan_diffaugment", 2): ["loss.type=lsgan", "augment.policy=color,translation,cutout"],
     ("hinge_sn", 3): ["loss.type=hinge", "model.d.spectral_norm=true", "train.precision=bf16"],
 }
-CLIP_RUNS = ((0, "fp32"), (1, "fp32"), (2, "fp32"), (3, "fp32"), (1, "bf16"), (3, "bf16"))
+# "3p": ZeRO-3 with DeepSpeed's default persistence threshold, which keeps small parameters whole
+CLIP_RUNS = (("0", "fp32"), ("1", "fp32"), ("2", "fp32"), ("3", "fp32"), ("3p", "fp32"), ("0", "bf16"), ("1", "bf16"), ("3", "bf16"))
 
 
 def _losses(run_dir: Path) -> list[tuple[int, float, float]]:
@@ -47,7 +48,7 @@ def _losses(run_dir: Path) -> list[tuple[int, float, float]]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, weights):
     """Train every run in one launch; returns (folder, config path, {name: result})."""
     tmp = tmp_path_factory.mktemp("ds")
     data = write_images_npz(tmp / "d.npz", n=64, res=16, classes=4)
@@ -57,6 +58,7 @@ def trained(tmp_path_factory):
         tmp, data, data={"resolution": 16}, train={"total_kimg": 0.064, "batch_size": 16, "micro_batch": 4},
         model={"num_classes": 4, "g": {"arch": "dcgan", "width": 8}, "d": {"arch": "dcgan", "width": 8}},
         optim={"g": {"grad_clip": 0.01}, "d": {"type": "rmsprop"}}, checkpoint={"every_kimg": HALF_KIMG},
+        augment={"policy": "translation,cutout"},  # draws from the torch RNG, which a resume must restore
     )
     config = write_config(tmp / "c.yaml", cfg)
     # ZeRO-3 keeps parameters under 1e5 elements whole by default (all of this small model's):
@@ -74,7 +76,7 @@ def trained(tmp_path_factory):
     specs.append({"name": "clip_ddp", "config": str(config), "overrides": ["run.name=clip_ddp", *clip]})
     for stage, precision in CLIP_RUNS:
         name = f"clip_zero{stage}_{precision}"
-        engine = [f"backend.g_config={zero3}", f"backend.d_config={zero3}"] if stage == 3 else [f"backend.zero_stage={stage}"]
+        engine = [f"backend.g_config={zero3}", f"backend.d_config={zero3}"] if stage == "3" else [f"backend.zero_stage={stage[0]}"]
         specs.append({"name": name, "config": str(config), "overrides": [f"run.name={name}", "backend.kind=deepspeed", *engine, f"train.precision={precision}", *clip]})
     # gradient penalties (a second-order backward) with 2 accumulation rounds: WGAN-GP in D's
     # main phase and lazy R1 in its own phase
@@ -84,6 +86,10 @@ def trained(tmp_path_factory):
         specs.append({"name": f"pen_zero{stage}", "config": str(config), "overrides": [f"run.name=pen_zero{stage}", "backend.kind=deepspeed", f"backend.zero_stage={stage}", *pen]})
     for (family, stage), extra in FAMILY_RUNS.items():
         specs.append({"name": f"{family}_zero{stage}", "config": str(config), "overrides": [f"run.name={family}_zero{stage}", "backend.kind=deepspeed", f"backend.zero_stage={stage}", *extra]})
+    # G itself evaluated at ZeRO-3 (no EMA): 5 samples in batches of 2 are 2 batches on one
+    # rank and 1 on the other, yet every forward of a partitioned G is a collective
+    evaluate = ["ema.enabled=false", f"eval.every_kimg={HALF_KIMG}", "eval.num_samples=5", "eval.batch_size=2", "eval.metrics=[is]", f"eval.inception_weights={weights}"]
+    specs.append({"name": "eval_zero3", "config": str(config), "overrides": ["run.name=eval_zero3", "backend.kind=deepspeed", f"backend.g_config={zero3}", f"backend.d_config={zero3}", *evaluate]})
     specs.append({"name": "parts", "config": str(config), "overrides": ["run.name=parts", "backend.kind=deepspeed", "backend.zero_stage=2", f"train.total_kimg={HALF_KIMG}"]})
     (tmp / "runs.json").write_text(json.dumps(specs))
     proc = subprocess.run([*torchrun(), str(WORKER), str(tmp / "runs.json"), str(tmp)], capture_output=True, text=True, env={**os.environ, **DS_ENV}, cwd=REPO, timeout=900)
@@ -140,6 +146,10 @@ def test_wgan_weight_clipping_reaches_the_master_weights(trained, stage, precisi
     # (bf16 weights sit at the bound rounded to bf16; the fp32 master copy at the bound itself)
     bound = CLIP if precision == "fp32" else float(torch.tensor(CLIP, dtype=torch.bfloat16))
     assert ds["params"]["D"].abs().max() <= bound and ds["d_master_abs_max"] <= CLIP
+    # and right after a D step, before any checkpoint gathers the weights again (fully
+    # partitioned ZeRO-3 keeps nothing in the module between gathers)
+    assert ds["d_module_abs_max_after_step"] <= bound
+    assert (ds["d_module_abs_max_after_step"] > 0) == (stage != "3")
     assert ds["max_rank_diff"] == 0.0
     if precision == "fp32":  # the same clipped training as under DDP
         torch.testing.assert_close(ds["params"]["D"], ddp["params"]["D"], rtol=1e-5, atol=1e-6)
@@ -170,6 +180,15 @@ def test_family_trains_under_deepspeed(trained, family, stage):
     assert r["backend"] == "DeepSpeedBackend" and r["step"] == 4 and r["max_rank_diff"] == 0.0
     assert torch.isfinite(flat).all() and (flat.float() - r["initial"].float()).abs().max() > 1e-4
     assert r["d_unchanged"] and r["d_grads_none"]
+
+
+def test_uneven_eval_shares_of_a_partitioned_g_do_not_hang(trained):
+    tmp, _, results = trained
+    assert results["eval_zero3"]["partitioned"]
+    rows = [json.loads(l) for l in (tmp / "runs" / "eval_zero3" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval/is" in r]
+    assert [r["kimg"] for r in evals] == [HALF_KIMG, 2 * HALF_KIMG]
+    assert all(r["eval/is"] > 0.99 and r["eval/protocol"]["generated"]["num_images"] == 5 for r in evals)
 
 
 def test_resume_under_zero2_continues_exactly(trained):

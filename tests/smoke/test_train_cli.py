@@ -57,7 +57,8 @@ def test_run_directory_contract(tmp_path, data):
 def test_resume_reproduces_uninterrupted_losses(tmp_path, arch, res):
     data = write_images_npz(tmp_path / "d.npz", n=40, res=res, classes=4)
     model = {"num_classes": 4, "g": {"arch": arch, "width": 8}, "d": {"arch": arch, "width": 8}}
-    base = tiny_config(tmp_path, data, model=model, data={"resolution": res, "xflip": True})
+    # flips, DiffAugment and the gradient penalty's interpolation all draw random numbers
+    base = tiny_config(tmp_path, data, model=model, data={"resolution": res, "xflip": True}, augment={"policy": "translation,cutout"}, loss={"gp_weight": 1.0})
 
     whole = dict(base, run={**base["run"], "name": "whole"})
     assert run_cli("train", str(write_config(tmp_path / "whole.yaml", whole))).returncode == 0

@@ -164,6 +164,25 @@ def test_deepspeed_files_are_checked_before_deepspeed_loads_them(tmp_path):
         verify_deepspeed_files(tmp_path)
 
 
+@pytest.mark.parametrize("stage, files, missing", [
+    (0, [], "mp_rank_00_model_states.pt"),
+    (2, ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"], "zero_pp_rank_1_mp_rank_00_optim_states.pt"),
+    (3, ["zero_pp_rank_0_mp_rank_00_model_states.pt", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"], "zero_pp_rank_1_mp_rank_00_model_states.pt"),
+])
+def test_a_deepspeed_folder_missing_a_rank_file_is_refused_on_every_rank(tmp_path, stage, files, missing):
+    pytest.importorskip("deepspeed", reason="deepspeed is not installed")
+    from bigtrain.engine.backend import verify_deepspeed_files
+
+    torch.save({"x": torch.zeros(1)}, tmp_path / "zero_to_fp32_placeholder.pt")
+    for name in files:
+        torch.save({"x": torch.zeros(1)}, tmp_path / name)
+    with pytest.raises(CheckpointError, match=f"{missing}: file missing"):
+        verify_deepspeed_files(tmp_path, stage, world_size=2)
+    torch.save({"x": torch.zeros(1)}, tmp_path / missing)
+    verify_deepspeed_files(tmp_path, stage, world_size=2)  # complete now
+    verify_deepspeed_files(tmp_path, stage, world_size=1)
+
+
 def test_fp16_on_a_cpu_without_fp16_support_is_a_config_error():
     pytest.importorskip("deepspeed", reason="deepspeed is not installed")
     from deepspeed.accelerator import get_accelerator
