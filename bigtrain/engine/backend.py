@@ -171,7 +171,12 @@ class AccelerateBackend(Backend):
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """With `wait` (a normal end; collective), every rank arrives before any tears the
+        process group down: gloo can abort a process whose group goes while a peer still uses
+        it. After an error, no barrier: the other ranks may never arrive."""
+        if wait and self.world_size > 1:
+            self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
 
 
@@ -344,10 +349,13 @@ class DeepSpeedBackend(Backend):
 
         dist.barrier()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """As under Accelerate: a barrier at a normal end, then the process group goes."""
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if wait and self.world_size > 1:
+                dist.barrier()
             dist.destroy_process_group()
 
 

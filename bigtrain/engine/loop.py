@@ -317,9 +317,11 @@ def _check_labels(cfg: Config, info: DataInfo) -> None:
 def train(cfg: Config) -> Trainer:
     """Run (or continue) training as configured; returns the finished Trainer."""
     trainer = Trainer(cfg)
+    finished = False
     try:
         trainer.train()
+        finished = True
     finally:
         with contextlib.suppress(Exception):
-            trainer.backend.close()
+            trainer.backend.close(wait=finished)
     return trainer
