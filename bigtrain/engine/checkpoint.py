@@ -46,20 +46,35 @@ def save(
     trainer_state: Optional[dict],
     rank_state: dict,
     rank: int,
-    barrier: Callable[[], None],
     keep_last: int,
+    all_ranks: Callable[[bool], bool] = bool,
     write_engine_files: Optional[Callable[[Path], None]] = None,
 ) -> Path:
     """Write one checkpoint from every rank (collective: all ranks call it); returns its folder.
 
     `trainer_state` is only needed on rank 0. `write_engine_files(folder)` is called on every
     rank for engines that save their own files (DeepSpeed). Older checkpoints beyond
-    `keep_last` are deleted.
+    `keep_last` are deleted. After each stage the ranks agree through `all_ranks(ok)` (which
+    is also their barrier): a write that fails on one rank (a full disk, say) stops every rank
+    with the same CheckpointError instead of leaving the others waiting in a collective.
     """
     ckpt_root = Path(ckpt_root)
     final = ckpt_root / name
     tmp = ckpt_root / f".tmp-{name}"
-    if rank == 0:
+
+    def stage(what: str, action: Callable[[], None]) -> None:
+        error = None
+        try:
+            action()
+        except (OSError, RuntimeError) as exc:  # torch.save reports write failures as RuntimeError
+            error = exc
+        if not all_ranks(error is None):
+            where = f"this process: {str(error).splitlines()[0] if str(error) else type(error).__name__}" if error else "another process"
+            raise CheckpointError(f"{tmp}: {what} failed on {where}; the previous checkpoints are untouched")
+
+    def prepare() -> None:
+        if rank != 0:
+            return
         if final.exists():
             # only after resuming from an older checkpoint (a fallback or an explicit PATH):
             # keep the later one of the abandoned timeline aside instead of overwriting it
@@ -68,18 +83,23 @@ def save(
             warnings.warn(f"{final} already existed; moved it to {aside.name}", stacklevel=2)
         shutil.rmtree(tmp, ignore_errors=True)  # leftover of an interrupted save
         tmp.mkdir(parents=True)
-    barrier()
-    torch.save(rank_state, tmp / f"rank{rank}.pt")
-    if rank == 0:
-        torch.save(trainer_state, tmp / TRAINER_FILE)
-    if write_engine_files is not None:
-        write_engine_files(tmp)
-    barrier()
-    if rank == 0:
-        os.replace(tmp, final)
-        _write_pointer(ckpt_root / LATEST, name)
-        _prune(ckpt_root, keep_last)
-    barrier()
+
+    def write_own_files() -> None:
+        torch.save(rank_state, tmp / f"rank{rank}.pt")
+        if rank == 0:
+            torch.save(trainer_state, tmp / TRAINER_FILE)
+
+    def publish() -> None:
+        if rank == 0:
+            os.replace(tmp, final)
+            _write_pointer(ckpt_root / LATEST, name)
+            _prune(ckpt_root, keep_last)
+
+    stage("preparing the folder", prepare)
+    stage("writing", write_own_files)
+    if write_engine_files is not None:  # collectives inside: only entered when every rank got here
+        stage("writing the engine files", lambda: write_engine_files(tmp))
+    stage("publishing", publish)
     return final
 
 

@@ -265,7 +265,7 @@ class Trainer:
         }
         return checkpoint.save(
             self.ckpt_root, checkpoint.checkpoint_name(c.step), trainer_state=trainer_state, rank_state=rank_state,
-            rank=backend.rank, barrier=backend.barrier, keep_last=self.cfg.checkpoint.keep_last,
+            rank=backend.rank, all_ranks=backend.all_ranks, keep_last=self.cfg.checkpoint.keep_last,
             write_engine_files=lambda folder: backend.save_engine_files(self.players, folder),
         )
 

@@ -7,7 +7,7 @@ from bigtrain.errors import CheckpointError
 
 def _save(root, step, value):
     trainer = {"players": {"G": {"w": torch.full((3,), float(value))}}, "counters": {"step": step, "nimg": step * 10}, "config": {}, "data_info": {}}
-    return checkpoint.save(root, checkpoint.checkpoint_name(step), trainer_state=trainer, rank_state={"data_pos": step}, rank=0, barrier=lambda: None, keep_last=2)
+    return checkpoint.save(root, checkpoint.checkpoint_name(step), trainer_state=trainer, rank_state={"data_pos": step}, rank=0, keep_last=2)
 
 
 def test_save_keeps_last_and_points_to_latest(tmp_path):
@@ -61,3 +61,31 @@ def test_missing_rank_file_and_folder(tmp_path):
         checkpoint.load(folder, rank=1)
     with pytest.raises(CheckpointError, match="not found"):
         checkpoint.load(tmp_path / "nope", rank=0)
+
+
+def _state(step):
+    return {"players": {}, "counters": {"step": step, "nimg": step}, "config": {}, "data_info": {}}
+
+
+def test_a_failed_write_on_any_rank_stops_every_rank_and_keeps_the_old_checkpoints(tmp_path, monkeypatch):
+    root = tmp_path / "checkpoints"
+    _save(root, 1, 1)
+    # another process could not write (the agreement comes back False at the writing stage)
+    answers = iter([True, False])
+    with pytest.raises(CheckpointError, match="writing failed on another process"):
+        checkpoint.save(root, "step-00000002", trainer_state=_state(2), rank_state={}, rank=0, keep_last=2, all_ranks=lambda ok: ok and next(answers))
+    # this process cannot write: its own error, and its peers are told (all_ranks sees False)
+    told = []
+    real_save = torch.save
+
+    def full_disk(obj, path, *args, **kwargs):
+        if str(path).endswith("rank0.pt"):
+            raise OSError(28, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"writing failed on this process: \[Errno 28\] No space left"):
+        checkpoint.save(root, "step-00000003", trainer_state=_state(3), rank_state={}, rank=0, keep_last=2, all_ranks=lambda ok: told.append(ok) or ok)
+    assert told == [True, False]
+    assert [p.name for p in checkpoint.list_checkpoints(root)] == ["step-00000001"]
+    assert (root / "latest").read_text().strip() == "step-00000001"

@@ -120,7 +120,7 @@ def test_export_and_raw_g_fallback_for_engine_checkpoints(tmp_path):
     G = torch.nn.Linear(2, 2)
     ds_state = {"engine": "deepspeed", "zero_stage": 2, "precision": "fp32", "tag": "engine"}
     trainer = {"players": {"G": ds_state, "D": {"net": {"w": torch.ones(1)}}}, "G_ema": None, "counters": {"step": 1, "nimg": 8}, "config": {}, "data_info": {}}
-    folder = checkpoint.save(root, "step-00000001", trainer_state=trainer, rank_state={"data_pos": 1}, rank=0, barrier=lambda: None, keep_last=2)
+    folder = checkpoint.save(root, "step-00000001", trainer_state=trainer, rank_state={"data_pos": 1}, rank=0, keep_last=2)
     with pytest.raises(CheckpointError, match="run `bigtrain export --checkpoint"):
         checkpoint._raw_generator_weights(folder, trainer)
 

@@ -122,7 +122,7 @@ def trained_run(tmp_path_factory, weights) -> tuple[Path, Path]:
         "data_info": info.to_dict(),
     }
     checkpoint.save(run_dir / "checkpoints", checkpoint.checkpoint_name(2), trainer_state=trainer_state,
-                    rank_state={}, rank=0, barrier=lambda: None, keep_last=3)  # fmt: skip
+                    rank_state={}, rank=0, keep_last=3)  # fmt: skip
     return run_dir, ref
 
 
