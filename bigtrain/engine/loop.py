@@ -223,9 +223,9 @@ class Trainer:
 
         use_ema = self.cfg.eval.use_ema and self.ema is not None
         # G itself may be partitioned (ZeRO-3): gather it only when it is the one evaluated
-        with contextlib.nullcontext(self.G.net) if use_ema else self.backend.full_parameters(self.G) as G:
+        with contextlib.nullcontext(self.ema.module) if use_ema else self.backend.full_parameters(self.G) as G:
             result = self.evaluator(
-                self.ema.module if use_ema else G, z_dim=self.cfg.model.z_dim, num_classes=self.cfg.model.num_classes,
+                G, z_dim=self.cfg.model.z_dim, num_classes=self.cfg.model.num_classes,
                 ema=use_ema, kimg=self.counters.nimg / 1000, checkpoint=str(saved) if saved else None,
                 precision=contextlib.nullcontext if use_ema else self.backend.autocast,
             )

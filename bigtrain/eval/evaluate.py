@@ -57,7 +57,7 @@ class Evaluator:
         self.share = rank_share(num_samples, rank, world_size)
         # G runs this many batches on every rank: a generator partitioned across ranks (ZeRO-3)
         # gathers its weights in every forward, so the ranks must forward in lockstep
-        longest = max(len(rank_share(num_samples, r, world_size)) for r in range(world_size))
+        longest = -(-num_samples // world_size)  # shares differ by at most one sample
         self.num_batches = -(-longest // batch_size)
         self.device = device
         self.seed = seed
@@ -78,8 +78,9 @@ class Evaluator:
         precision: Callable[[], ContextManager] = contextlib.nullcontext,
     ) -> dict:
         """Evaluate G (collective: every rank calls it); G runs under `precision()` (the
-        training's autocast for a bf16/fp16 G), the Inception network always in fp32. Returns the metric values (`fid`, `is`,
-        `is_std`, `kid`, `kid_std`, as chosen), `protocol` and `warnings`; equal on every rank."""
+        training's autocast for a bf16/fp16 G), the Inception network always in fp32. Returns
+        the metric values (`fid`, `is`, `is_std`, `kid`, `kid_std`, as chosen), `protocol` and
+        `warnings`; equal on every rank."""
         self.metrics.reset()
         resolution = None
         for b in range(self.num_batches):
