@@ -29,6 +29,7 @@ from bigtrain.eval.evaluate import Evaluator
 from bigtrain.eval.inception import InceptionV3, load_inception
 from bigtrain.eval.metrics import new_fid, set_fid_stats
 from bigtrain.eval.ref_stats import RefStats
+from bigtrain.sampling import generate
 
 
 class SmallG(nn.Module):
@@ -66,7 +67,7 @@ def time_fid(net: nn.Module, device: torch.device, num: int, batch_size: int = 5
     G = SmallG().to(device)
     evaluator = Evaluator(["fid"], num_samples=num, reference=reference, inception=net, device=device, batch_size=batch_size)
     start = time.perf_counter()
-    result = evaluator(G, z_dim=64, num_classes=0)
+    result = evaluator(lambda indices: generate(G, z_dim=64, num_classes=0, indices=indices, seed=0, device=device, batch_size=batch_size)[0])
     wall = time.perf_counter() - start
     compute = time_fid_compute(reference, device)
     features_s = wall - compute

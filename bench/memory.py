@@ -77,7 +77,7 @@ def worker(args) -> None:
     trainer = Trainer(cfg)
     after_setup = rss_mib()
     # ZeRO-3 leaves empty placeholders in the module; ds_numel is the full size
-    params = {p.name: sum(getattr(q, "ds_numel", q.numel()) for q in p.net.parameters()) for p in trainer.players}
+    params = {p.name: sum(getattr(q, "ds_numel", q.numel()) for q in p.net.parameters()) for p in trainer.players.values()}
     trainer.train()
     mine = {"rss_after_import_mib": after_import, "rss_after_setup_mib": after_setup, "rss_after_train_mib": trimmed_rss_mib(), "peak_rss_mib": peak_rss_mib()}
     everyone = [None] * dist.get_world_size()

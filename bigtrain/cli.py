@@ -24,6 +24,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
         print(to_yaml(cfg), end="")
+        print(_parameter_counts(cfg))
         return 0
     from bigtrain.engine.loop import train
 
@@ -31,6 +32,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.backend.is_main:
         _print_summary(trainer)
     return 0
+
+
+def _parameter_counts(cfg) -> str:
+    """`# parameters: G 1,234,567  D ...`: every player of the recipe, built on the data's shape
+    (reading the data for it; without data the line says why there is no count)."""
+    import torch
+
+    from bigtrain.data import build_source
+    from bigtrain.recipes import build_recipe
+
+    try:
+        info = build_source(cfg.data, micro_batch=1, rank=0, world_size=1, seed=cfg.run.seed).info
+    except BigtrainError as exc:
+        return f"# parameters: not counted, the data cannot be read ({exc})"
+    recipe = build_recipe(cfg, info)
+    with torch.random.fork_rng(devices=[]):
+        counts = [(spec.name, sum(p.numel() for p in spec.build().parameters())) for spec in recipe.players()]
+    return "# parameters: " + "  ".join(f"{name} {n:,}" for name, n in counts)
 
 
 def _print_summary(trainer) -> None:
@@ -49,7 +68,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from bigtrain.engine import checkpoint, sampling
+    from bigtrain import sampling
+    from bigtrain.engine.generation import load_generation
     from bigtrain.tracking import save_png
 
     out = Path(args.out)
@@ -60,14 +80,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise BigtrainError(f"{out} is a non-empty folder; refusing to write into it")
     if args.num <= 0:
         raise BigtrainError(f"--num must be > 0, got {args.num}")
-    loaded = checkpoint.load_generator(args.run, args.checkpoint, use_ema=not args.no_ema)
+    loaded = load_generation(args.run, args.checkpoint, use_ema=not args.no_ema)
     if args.class_idx is not None and not 0 <= args.class_idx < max(loaded.num_classes, 1):
         raise BigtrainError(f"--class {args.class_idx} is out of range for a model with {loaded.num_classes} classes")
     if args.class_idx is not None and loaded.num_classes == 0:
         raise BigtrainError("--class given but the model is unconditional")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    G = loaded.G.to(device)
-    x, y = sampling.generate(G, z_dim=loaded.z_dim, num_classes=loaded.num_classes, indices=range(args.num), seed=args.seed, truncation=args.truncation, class_idx=args.class_idx, device=device)
+    options = {"head": args.head} if args.head is not None else {}
+    x, y = loaded.to(device).generate(range(args.num), seed=args.seed, truncation=args.truncation, class_idx=args.class_idx, device=device, **options)
     is_image = loaded.info.kind == "image"
     if kind != "npz" and not is_image:
         raise BigtrainError(f"{out}: the model generates vectors; write them to a .npz file")
@@ -87,7 +107,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         for i, image in enumerate(images):
             name = f"{i:06d}" + (f"_class{int(y[i])}" if y is not None else "")
             save_png(image, out / f"{name}.png")
-    print(f"wrote {args.num} samples from {loaded.path} ({'G_ema' if loaded.ema else 'G'}, {loaded.kimg:g} kimg) to {out}")
+    print(f"wrote {args.num} samples from {loaded.path} ({'EMA' if loaded.ema else 'raw'} weights, {loaded.kimg:g} kimg) to {out}")
     return 0
 
 
@@ -116,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_idx", type=int, default=None, help="generate only this class")
     p.add_argument("--no-ema", action="store_true", help="use G's raw weights instead of G_ema")
     p.add_argument("--seed", type=int, default=0, help="sample i depends only on (seed, i)")
+    p.add_argument("--head", type=int, default=None, help="madgan: sample only generator K (default: all, in turn)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("demo", help="train a class-conditional DCGAN on the scikit-learn digits (a few CPU minutes)")
@@ -132,15 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _tool_commands() -> list[tuple[str, str, Callable, Callable]]:
     """Commands whose arguments and work live next to their code (data and eval tools)."""
-    from bigtrain.data import shard_writer
+    from bigtrain.data import shard_writer, toy
     from bigtrain.engine import export as ex
+    from bigtrain.engine.generation import load_generation
     from bigtrain.eval import commands as ev
 
     return [
         ("make-shards", "write WebDataset tar shards + dataset.json from an image folder, npz or CIFAR batches", shard_writer.add_make_shards_arguments, shard_writer.run_make_shards),
-        ("eval", "FID / IS / KID of a run's checkpoint; prints one JSON object", ev.add_eval_arguments, ev.run_eval),
+        ("eval", "FID / IS / KID of a run's checkpoint; prints one JSON object", ev.add_eval_arguments, lambda args: ev.run_eval(args, load_generation)),
         ("fid", "FID between two of: data set, samples npz, statistics npz; prints one JSON object", ev.add_fid_arguments, ev.run_fid),
         ("ref-stats", "reference statistics (mu, sigma) of a data set for FID", ev.add_ref_stats_arguments, ev.run_ref_stats),
+        ("make-toy", "write a 2-D toy data set (grid25: 25 Gaussians, VEEGAN / PacGAN) as an npz of float vectors", toy.add_make_toy_arguments, toy.run_make_toy),
         ("export", "plain weights of a checkpoint (DeepSpeed partitions joined) for sample/eval", ex.add_export_arguments, ex.run_export),
     ]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import yaml
 from omegaconf import OmegaConf
@@ -71,6 +71,9 @@ class NetConfig:
     cond: str = "auto"  # class conditioning: auto (the arch's default) | concat | cbn (G) | projection | acgan (D)
     spectral_norm: bool = False  # spectral normalisation of every weight layer (Miyato et al. 2018)
     h_dim: int = 64  # BEGAN: size of the autoencoder's bottleneck embedding
+    mbstd_group: int = 0  # D: minibatch standard deviation over groups of this many samples (Karras et al. 2018); 0 = off
+    mbstd_channels: int = 1  # D: feature groups of the minibatch-stddev statistic
+    pack: int = 1  # D: PacGAN packing, D scores m samples joined along channels (Lin et al. 2018); 1 = off
 
     def validate(self, prefix: str) -> None:
         _check_positive(f"{prefix}.width", self.width)
@@ -78,6 +81,9 @@ class NetConfig:
         _check_choice(f"{prefix}.norm", self.norm, ("batch", "none"))
         _check_choice(f"{prefix}.cond", self.cond, COND_CHOICES)
         _check_positive(f"{prefix}.h_dim", self.h_dim)
+        _check_positive(f"{prefix}.mbstd_group", self.mbstd_group, allow_zero=True)
+        _check_positive(f"{prefix}.mbstd_channels", self.mbstd_channels)
+        _check_positive(f"{prefix}.pack", self.pack)
 
 
 @dataclass
@@ -146,16 +152,6 @@ class OptimConfig:
 
 
 @dataclass
-class OptimsConfig:
-    g: OptimConfig = field(default_factory=OptimConfig)  # generator optimizer
-    d: OptimConfig = field(default_factory=OptimConfig)  # discriminator optimizer
-
-    def __post_init__(self) -> None:
-        self.g.validate("optim.g")
-        self.d.validate("optim.d")
-
-
-@dataclass
 class TrainConfig:
     total_kimg: float = 1000.0  # length of training in thousands of images (1 iteration = batch_size)
     batch_size: int = 64  # global batch: micro_batch x accumulation rounds x world size
@@ -189,12 +185,53 @@ class BackendConfig:
     kind: str = "accelerate"  # accelerate (DDP) | deepspeed (ZeRO)
     find_unused_parameters: bool = False  # DDP option; progressive growing needs it
     zero_stage: int = 1  # deepspeed: ZeRO stage 0-3 for every player without its own JSON
-    g_config: str = ""  # deepspeed: a DeepSpeed JSON config file for G (overrides the generated one)
-    d_config: str = ""  # deepspeed: a DeepSpeed JSON config file for D
+    configs: Dict[str, str] = field(default_factory=dict)  # deepspeed: player (lowercased name) -> its DeepSpeed JSON (overrides the generated one)
+    g_config: str = ""  # deepspeed: the same as configs.g (kept for older configs)
+    d_config: str = ""  # deepspeed: the same as configs.d
 
     def __post_init__(self) -> None:
         _check_choice("backend.kind", self.kind, BACKENDS)
         _check_choice("backend.zero_stage", self.zero_stage, (0, 1, 2, 3))
+
+
+SCHEDULE_SHAPES = ("constant", "step", "linear")
+
+
+@dataclass
+class CurveConfig:
+    shape: str = "constant"  # constant | step (x gamma at each milestone) | linear (start_kimg -> end_kimg, to `final`)
+    warmup_kimg: float = 0.0  # any shape: ramp the factor up linearly from 0 over the first kimg; 0 = none
+    milestones_kimg: list[float] = field(default_factory=list)  # step: where the factor is multiplied by gamma
+    gamma: float = 0.1  # step: factor per milestone
+    start_kimg: float = 0.0  # linear: the factor is 1 until here
+    end_kimg: float = 0.0  # linear: the factor reaches `final` here and stays; 0 = train.total_kimg
+    final: float = 0.0  # linear: factor at end_kimg
+
+    def validate(self, prefix: str) -> None:
+        _check_choice(f"{prefix}.shape", self.shape, SCHEDULE_SHAPES)
+        for key in ("warmup_kimg", "gamma", "start_kimg", "end_kimg", "final"):
+            _check_positive(f"{prefix}.{key}", getattr(self, key), allow_zero=True)
+        if list(self.milestones_kimg) != sorted(self.milestones_kimg):
+            raise ConfigError(f"{prefix}.milestones_kimg", f"must be increasing, got {list(self.milestones_kimg)}")
+        if self.shape == "linear" and self.end_kimg and self.end_kimg <= self.start_kimg:
+            raise ConfigError(f"{prefix}.end_kimg", f"must be after start_kimg ({self.start_kimg}), got {self.end_kimg}")
+
+
+@dataclass
+class ScheduleConfig:
+    lr: Dict[str, CurveConfig] = field(default_factory=dict)  # player (lowercased name) -> factor on optim.<player>.lr over kimg
+    batch: list[list[float]] = field(default_factory=list)  # [[kimg, global batch], ...]: from kimg on, train.batch_size becomes this
+
+    def __post_init__(self) -> None:
+        for name, curve in self.lr.items():
+            curve.validate(f"schedule.lr.{name}")
+        last = -1.0
+        for i, entry in enumerate(self.batch):
+            if len(entry) != 2 or entry[0] < 0 or entry[1] < 1 or entry[1] != int(entry[1]):
+                raise ConfigError(f"schedule.batch[{i}]", f"needs [kimg >= 0, batch size >= 1 (whole)], got {list(entry)}")
+            if entry[0] <= last:
+                raise ConfigError(f"schedule.batch[{i}]", f"kimg values must increase, got {entry[0]} after {last}")
+            last = entry[0]
 
 
 @dataclass
@@ -247,18 +284,24 @@ class EvalConfig:
 
 @dataclass
 class Config:
+    recipe: str = "gan"  # model family (bigtrain.recipes.RECIPES): gan, began, gman, madgan; its own options sit under its name
     run: RunConfig = field(default_factory=RunConfig)  # naming, output folder, seed
     data: DataConfig = field(default_factory=DataConfig)  # training data source
     model: ModelConfig = field(default_factory=ModelConfig)  # G and D architectures
     loss: LossConfig = field(default_factory=LossConfig)  # adversarial loss and regularizers
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # differentiable augmentation
-    optim: OptimsConfig = field(default_factory=OptimsConfig)  # one optimizer per player
+    optim: Dict[str, OptimConfig] = field(default_factory=dict)  # one optimizer per player, by lowercased name (g, d, d2, ...); a missing one has the defaults
     train: TrainConfig = field(default_factory=TrainConfig)  # length, batch, precision, resume
     ema: EmaConfig = field(default_factory=EmaConfig)  # moving average of G
     backend: BackendConfig = field(default_factory=BackendConfig)  # distributed engine
     log: LogConfig = field(default_factory=LogConfig)  # metrics, TensorBoard, sample grids
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # saving
     eval: EvalConfig = field(default_factory=EvalConfig)  # periodic FID / IS / KID
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # learning rates and batch size over kimg
+
+    def __post_init__(self) -> None:
+        for name, optim in self.optim.items():
+            optim.validate(f"optim.{name}")
 
 
 def _to_object(merged: Any) -> Config:
@@ -279,8 +322,32 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _recipe_name(layers: list[Any]) -> str:
+    """The `recipe` the layers ask for (the last one that names it), before validation."""
+    name = Config.recipe
+    for layer in layers:
+        value = (OmegaConf.to_container(layer) if OmegaConf.is_config(layer) else layer).get("recipe")
+        if value is not None:
+            name = value
+    return name
+
+
+def schema(recipe: str) -> type:
+    """The Config dataclass for `recipe`: Config plus the recipe's own section, if it has one."""
+    from bigtrain.recipes import RECIPES
+
+    if recipe not in RECIPES:
+        raise ConfigError("recipe", f"unknown recipe {recipe!r}; choose one of {', '.join(sorted(RECIPES))}")
+    cls = RECIPES[recipe]
+    if cls.section is None:
+        return Config
+    return dataclasses.make_dataclass(f"Config_{recipe}", [(cls.section, cls.Options, field(default_factory=cls.Options))], bases=(Config,))
+
+
 def _merge(layers: list[Any], origin: str) -> Any:
-    merged = OmegaConf.structured(Config)
+    if not isinstance(_recipe_name(layers), str):
+        raise ConfigError("recipe", f"must be a name (in {origin})")
+    merged = OmegaConf.structured(schema(_recipe_name(layers)))
     for layer in layers:
         try:
             merged = OmegaConf.merge(merged, layer)
@@ -323,10 +390,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     layers: list[Any] = []
     if path is not None:
         layers.append(load_yaml(path))
-    merged = _merge(layers, str(path) if path else "defaults")
-    if overrides:
-        merged = _merge([merged, *parse_overrides(overrides)], "command line")
-    return _to_object(merged)
+    extra = parse_overrides(overrides or [])
+    _merge(layers, str(path) if path else "defaults")  # names the file for errors in the file
+    return _to_object(_merge([*layers, *extra], "command line" if extra else str(path) if path else "defaults"))
 
 
 def config_from_dict(data: dict) -> Config:

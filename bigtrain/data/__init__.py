@@ -2,9 +2,11 @@
 
 A source streams micro-batches for one rank: `x` is uint8 [B, C, H, W] for images (the loop
 moves it to the device and maps it to [-1, 1] there) or float32 [B, D] for vectors; `y` is
-int64 [B] class labels, or None for unlabelled data. Streams are infinite and deterministic in
-(run seed, rank, position): `batches(start)` resumes right after the first `start` micro-batches,
-which is all the loop needs to save for an exact resume.
+int64 [B] class labels, or None for unlabelled data; the loop hands them to recipes as named
+tensors (`{"x", "y"}`) of a named stream. Streams are infinite and deterministic in (run seed,
+rank, position): `batches(start)` resumes right after the first `start` samples, which is all
+the loop needs to save for an exact resume (positions are counted in samples, so they stay
+meaningful when the number of accumulation rounds changes).
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ class Source(Protocol):
     info: DataInfo
 
     def batches(self, start: int = 0) -> Iterator[Batch]:
-        """Infinite micro-batches for this rank, beginning after the first `start` ones."""
+        """Infinite micro-batches for this rank, beginning after the first `start` samples."""
         ...
 
     def stats(self) -> dict[str, float]:

@@ -65,7 +65,8 @@ class NpzSource:
 
     The stream of one rank is the concatenation of per-epoch permutations, each drawn from a
     generator seeded by (seed, rank, epoch); with `xflip`, each epoch also draws which samples
-    are mirrored. So micro-batch k is a pure function of (seed, rank, k), and resuming needs only k.
+    are mirrored. So sample k of the stream is a pure function of (seed, rank, k), and resuming
+    needs only the number of samples served.
     """
 
     def __init__(self, cfg: DataConfig, *, micro_batch: int, rank: int, seed: int):
@@ -88,7 +89,7 @@ class NpzSource:
 
     def batches(self, start: int = 0) -> Iterator[Batch]:
         n = len(self.x)
-        pos = start * self.micro_batch
+        pos = start  # samples already served
         epoch, offset = divmod(pos, n)
         order, flips = self._epoch(epoch)
         while True:

@@ -504,7 +504,7 @@ class ShardSource:
         self._skipped = 0
 
     def batches(self, start: int = 0) -> Iterator[Batch]:
-        """Infinite micro-batches; `start` (micro-batches already served) reseeds every stream.
+        """Infinite micro-batches; `start` (samples already served) reseeds every stream.
 
         Worker w of this rank yields micro-batches w, w + W, w + 2W, ... (the DataLoader keeps
         that order), so the stream is reproducible for a fixed number of workers.

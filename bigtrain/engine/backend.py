@@ -21,16 +21,28 @@ import socket
 import warnings
 import zipfile
 from pathlib import Path
-from typing import ContextManager, Iterator, Mapping, Optional
+from typing import Callable, ContextManager, Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from bigtrain.config import BackendConfig, OptimConfig, TrainConfig
 from bigtrain.engine.players import Player, build_optimizer
+from bigtrain.recipes.base import GradAccess
 from bigtrain.errors import CheckpointError, ConfigError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+BeforeStep = Optional[Callable[[str, nn.Module, GradAccess], None]]
+
+
+class ParamGrads:
+    """GradAccess over plain `.grad` tensors (DDP, one process)."""
+
+    def get(self, param: nn.Parameter) -> Optional[torch.Tensor]:
+        return param.grad
+
+    def set(self, param: nn.Parameter, grad: torch.Tensor) -> None:
+        param.grad.copy_(grad)
 
 
 class Backend:
@@ -69,15 +81,17 @@ class Backend:
         flag = torch.tensor(1.0 if ok else 0.0, device=self.device)
         return bool(self.reduce_mean(flag).item() == 1.0)
 
-    def broadcast_object(self, obj: object) -> object:
-        """`obj` as rank 0 has it, on every rank."""
-        if self.world_size == 1:
-            return obj
-        import torch.distributed as dist
+    def rounds_for(self, batch_size: int) -> int:
+        """Accumulation rounds that make `batch_size` images with this micro-batch and world."""
+        per_round = self.micro_batch * self.world_size
+        if batch_size % per_round:
+            raise ConfigError("schedule.batch", f"batch size {batch_size} is not a multiple of micro_batch ({self.micro_batch}) x world size ({self.world_size})")
+        return batch_size // per_round
 
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+    def set_lr(self, player: Player, lr: float) -> None:
+        """Set the learning rate of every parameter group of the player's optimizer."""
+        for group in player.optimizer.param_groups:
+            group["lr"] = lr
 
 
 class AccelerateBackend(Backend):
@@ -104,29 +118,47 @@ class AccelerateBackend(Backend):
         engine = self.accelerator.prepare_model(net)
         optimizer = build_optimizer(net.parameters(), opt_cfg)
         scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
-        return Player(name=name, net=net, engine=engine, optimizer=optimizer, scaler=scaler, grad_clip=opt_cfg.grad_clip)
+        return Player(name=name, net=net, engine=engine, optimizer=optimizer, scaler=scaler, grad_clip=opt_cfg.grad_clip, base_lr=opt_cfg.lr)
+
+    def set_rounds(self, rounds: int) -> None:
+        """Accumulation rounds from the next phase on (called between iterations, where
+        Accelerate's round counter is a whole number of phases, so restarting it is exact)."""
+        self.rounds = rounds
+        self.accelerator.gradient_accumulation_steps = rounds
+        self.accelerator.step = 0
 
     def accumulate(self, players: list[Player]) -> ContextManager:
         """One context for every player per accumulation round: gradients are all-reduced only
         in the last round of each phase."""
         return self.accelerator.accumulate(*[p.engine for p in players])
 
-    def backward(self, player: Player, loss: torch.Tensor) -> None:
-        """Backward of one round's mean loss; Accelerate divides it by the number of rounds."""
-        self.accelerator.backward(player.scaler.scale(loss) if player.scaler is not None else loss)
+    def backward(self, losses: Sequence[tuple[Player, torch.Tensor]]) -> None:
+        """One backward of one round's mean losses (each player's scaled by its own fp16
+        scaler); Accelerate divides by the number of rounds. The players' losses come from
+        separate graphs (or their sum is what each should minimise), so one backward serves all."""
+        scaled = [p.scaler.scale(loss) if p.scaler is not None else loss for p, loss in losses]
+        total = scaled[0]
+        for loss in scaled[1:]:
+            total = total + loss
+        self.accelerator.backward(total)
 
-    def step(self, player: Player) -> Optional[torch.Tensor]:
-        """Optimizer step of one player. With fp16, returns a 0-d tensor that is 1 when the
+    def step(self, player: Player, before_step: BeforeStep = None) -> Optional[torch.Tensor]:
+        """Optimizer step of one player, after `before_step(name, net, grads)` (unscaled
+        gradients, before clipping). With fp16, returns a 0-d tensor that is 1 when the
         player's own scaler skipped the step (inf/NaN gradients), without a host sync."""
         skipped = None
         if player.scaler is not None:
             player.scaler.unscale_(player.optimizer)
+            if before_step is not None:
+                before_step(player.name, player.net, ParamGrads())
             self._clip(player)
             scale_before = player.scaler._scale.clone()  # the tensor, not get_scale(): no sync
             player.scaler.step(player.optimizer)
             player.scaler.update()
             skipped = (player.scaler._scale < scale_before).float()
         else:
+            if before_step is not None:
+                before_step(player.name, player.net, ParamGrads())
             self._clip(player)
             player.optimizer.step()
         player.optimizer.zero_grad(set_to_none=True)
@@ -227,6 +259,7 @@ class DeepSpeedBackend(Backend):
         self.is_main: bool = self.rank == 0
         self.micro_batch, self.rounds = split_batch(train_cfg, self.world_size)
         self.zero_stages: dict[str, int] = {}
+        self.engines: list = []
 
     def make_player(self, name: str, net: nn.Module, opt_cfg: OptimConfig) -> Player:
         """Wrap `net` in its own DeepSpeed engine; the optimizer is built from `optim.<name>`
@@ -245,23 +278,40 @@ class DeepSpeedBackend(Backend):
                 if buffer.is_floating_point():
                     buffer.data = buffer.data.to(dtype)
         self.zero_stages[name] = engine.zero_optimization_stage()
-        return Player(name=name, net=engine.module, engine=engine, optimizer=optimizer, scaler=None, grad_clip=float(ds_config.get("gradient_clipping", 0.0)))
+        self.engines.append(engine)
+        lr = float(ds_config.get("optimizer", {}).get("params", {}).get("lr", opt_cfg.lr))
+        return Player(name=name, net=engine.module, engine=engine, optimizer=optimizer, scaler=None, grad_clip=float(ds_config.get("gradient_clipping", 0.0)), base_lr=lr)
+
+    def set_rounds(self, rounds: int) -> None:
+        """Accumulation rounds from the next phase on, through each engine's own API
+        (`set_train_batch_size` keeps the micro-batch and changes its accumulation steps)."""
+        self.rounds = rounds
+        for engine in self.engines:
+            engine.set_train_batch_size(self.micro_batch * rounds * self.world_size)
 
     def accumulate(self, players: list[Player]) -> ContextManager:
         """DeepSpeed counts accumulation rounds itself (one `engine.step` per `backward`)."""
         return contextlib.nullcontext()
 
-    def backward(self, player: Player, loss: torch.Tensor) -> None:
-        """engine.backward divides by the rounds and scales fp16 losses; engine.step updates
-        only on the last round of the phase (the accumulation boundary)."""
-        player.engine.backward(loss)
-        player.engine.step()
+    def backward(self, losses: Sequence[tuple[Player, torch.Tensor]]) -> None:
+        """engine.backward for each player (it divides by the rounds and scales fp16 losses),
+        then engine.step, except on the accumulation boundary: that step is `step()`'s, so
+        that a hook can see the gradients between backward and update."""
+        for player, loss in losses:
+            player.engine.backward(loss)
+        for player, _ in losses:
+            if not player.engine.is_gradient_accumulation_boundary():
+                player.engine.step()
 
-    def step(self, player: Player) -> Optional[torch.Tensor]:
-        """The update already happened in the last round's `backward`. With fp16, returns a
-        0-d tensor that is 1 when the engine's own loss scaler skipped the step. DeepSpeed has
+    def step(self, player: Player, before_step: BeforeStep = None) -> Optional[torch.Tensor]:
+        """The boundary's engine.step, after `before_step(name, net, grads)` (grads: the fp32
+        gradients as DeepSpeed keeps them, at any ZeRO stage). With fp16, returns a 0-d
+        tensor that is 1 when the engine's own loss scaler skipped the step. DeepSpeed has
         already synchronised to check for overflow, so reading its flag costs nothing more."""
         engine = player.engine
+        if before_step is not None:
+            before_step(player.name, player.net, _DeepSpeedGrads())
+        engine.step()
         if engine.micro_steps % engine.gradient_accumulation_steps() != 0:
             raise RuntimeError(f"{player.name}: {engine.micro_steps} backward calls are not a whole number of {engine.gradient_accumulation_steps()}-round phases")
         if self.precision != "fp16":
@@ -359,6 +409,20 @@ class DeepSpeedBackend(Backend):
             dist.destroy_process_group()
 
 
+class _DeepSpeedGrads:
+    """GradAccess through DeepSpeed's API for gradients between backward and step."""
+
+    def get(self, param: nn.Parameter) -> Optional[torch.Tensor]:
+        from deepspeed.utils import safe_get_full_grad
+
+        return safe_get_full_grad(param)
+
+    def set(self, param: nn.Parameter, grad: torch.Tensor) -> None:
+        from deepspeed.utils import safe_set_full_grad
+
+        safe_set_full_grad(param, grad)
+
+
 def _check_precision_supported(precision: str, accel) -> None:
     supported = {"bf16": accel.is_bf16_supported, "fp16": accel.is_fp16_supported}
     if precision in supported and not supported[precision]():
@@ -377,14 +441,13 @@ def deepspeed_config(
 ) -> tuple[dict, str]:
     """(DeepSpeed config, where it came from) for player `name` ("G", "D", ...).
 
-    The JSON named by `backend.<name>_config` wins, else the one `accelerate launch` passes
+    The JSON named by `backend.configs.<name>` (or `backend.g_config` / `d_config`) wins, else the one `accelerate launch` passes
     (ACCELERATE_DEEPSPEED_CONFIG_FILE), else a config generated from the YAML. A JSON keeps its
     own ZeRO, optimizer and clipping settings; missing or "auto" keys are filled from the YAML.
     Batch sizes and precision must agree with `train.*`, which the loop follows.
     """
     micro, rounds = split_batch(train_cfg, world_size)
-    key = f"backend.{name.lower()}_config"
-    path = getattr(backend_cfg, f"{name.lower()}_config", "") or ""
+    key, path = player_config_path(backend_cfg, name)
     if not path and env.get(ACCELERATE_DS_CONFIG_FILE):
         key, path = ACCELERATE_DS_CONFIG_FILE, env[ACCELERATE_DS_CONFIG_FILE]
     if path:
@@ -428,6 +491,16 @@ def deepspeed_config(
     cfg.setdefault("steps_per_print", None)
     cfg.setdefault("wall_clock_breakdown", False)
     return cfg, key
+
+
+def player_config_path(backend_cfg: BackendConfig, name: str) -> tuple[str, str]:
+    """(config key, path) of the DeepSpeed JSON named for player `name`: `backend.configs.<name>`,
+    or for G and D the older `backend.g_config` / `backend.d_config`; the path may be ""."""
+    lower = name.lower()
+    if backend_cfg.configs.get(lower):
+        return f"backend.configs.{lower}", backend_cfg.configs[lower]
+    legacy = getattr(backend_cfg, f"{lower}_config", "") if lower in ("g", "d") else ""
+    return f"backend.{lower}_config", legacy or ""
 
 
 def _read_json(key: str, path: str) -> dict:

@@ -1,15 +1,17 @@
 """Checkpoint files: the only module that reads or writes them.
 
 Layout inside `RUN_DIR/checkpoints/`:
-    step-00001200/trainer.pt   players' weights, optimizer and scaler states, G_ema, counters,
-                               resolved config, data info (written by rank 0)
-    step-00001200/rank0.pt     one per rank: RNG states, latent generator, data position
+    step-00001200/trainer.pt   every player's weights, optimizer and scaler states, EMA copies
+                               (`<name>_ema`), the recipe's state, counters, resolved config,
+                               data info (written by rank 0)
+    step-00001200/rank0.pt     one per rank: RNG states, latent generator, data positions, the
+                               recipe's per-rank state
     latest                     text file naming the newest complete checkpoint folder
 A checkpoint is written into `.tmp-step-...` and renamed when every rank has finished, so a
 folder without the temp prefix is always complete. Files are read with
 `torch.load(weights_only=True)`: loading a checkpoint never runs code.
 
-Under the DeepSpeed backend each player's engine also writes its own folder (`G/`, `D/`, in
+Under the DeepSpeed backend each player's engine also writes its own folder (`<name>/`, in
 DeepSpeed's layout) and trainer.pt only names it; `export` turns such a checkpoint into a plain
 one (`RUN_DIR/export/step-.../trainer.pt`, weights only) that needs no DeepSpeed to read.
 """
@@ -20,12 +22,10 @@ import math
 import os
 import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from torch import nn
 
 from bigtrain.errors import CheckpointError
 
@@ -171,10 +171,7 @@ def load(folder: Path, rank: int) -> tuple[dict, dict]:
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: checkpoint folder not found")
-    trainer_state = _load_file(folder / TRAINER_FILE)
-    for key in ("players", "counters", "config", "data_info"):
-        if key not in trainer_state:
-            raise CheckpointError(f"{folder / TRAINER_FILE}: missing '{key}'; not a bigtrain checkpoint")
+    trainer_state = read_trainer_state(folder)
     rank_file = folder / f"rank{rank}.pt"
     if not rank_file.is_file():
         written = len(list(folder.glob("rank*.pt")))
@@ -230,17 +227,6 @@ def _try_load(folder: Path, rank: int) -> tuple[Optional[tuple[Path, dict, dict]
         return None, exc
 
 
-@dataclass
-class LoadedGenerator:
-    G: nn.Module  # in eval mode, on CPU
-    z_dim: int
-    num_classes: int
-    info: "object"  # bigtrain.data.DataInfo
-    kimg: float
-    path: str  # the checkpoint folder
-    ema: bool  # True when G holds the EMA weights
-
-
 def resolve_folder(run_dir: Optional[str], checkpoint: Optional[str]) -> Path:
     """The checkpoint folder named by --checkpoint, else the run's latest."""
     if checkpoint:
@@ -255,30 +241,29 @@ def resolve_folder(run_dir: Optional[str], checkpoint: Optional[str]) -> Path:
     return folder
 
 
-def load_generator(run_dir: Optional[str], checkpoint: Optional[str] = None, use_ema: bool = True) -> LoadedGenerator:
-    """G (or G_ema) of a checkpoint, rebuilt from the config stored in it; needs no data."""
-    from bigtrain.config import config_from_dict
-    from bigtrain.data import DataInfo
-    from bigtrain.models import build_generator
-
-    folder = resolve_folder(run_dir, checkpoint)
-    state = _load_file(folder / TRAINER_FILE)
-    for key in ("config", "data_info", "players"):
+def read_trainer_state(folder: Path) -> dict:
+    """trainer.pt of a checkpoint (or an export), checked to be a bigtrain checkpoint."""
+    state = _load_file(Path(folder) / TRAINER_FILE)
+    for key in ("config", "data_info", "players", "counters"):
         if key not in state:
-            raise CheckpointError(f"{folder / TRAINER_FILE}: missing '{key}'; not a bigtrain checkpoint")
-    cfg = config_from_dict(state["config"])
-    info = DataInfo.from_dict(state["data_info"])
-    G = build_generator(cfg.model, info)
-    weights = state.get("G_ema") if use_ema else None
-    ema = weights is not None
-    if weights is None:
-        weights = _raw_generator_weights(folder, state)
-    try:
-        G.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{folder}: weights do not fit the stored config ({str(exc).splitlines()[0]})") from None
-    kimg = state["counters"]["nimg"] / 1000
-    return LoadedGenerator(G.eval(), cfg.model.z_dim, cfg.model.num_classes, info, kimg, str(folder), ema)
+            raise CheckpointError(f"{Path(folder) / TRAINER_FILE}: missing '{key}'; not a bigtrain checkpoint")
+    return state
+
+
+def player_weights(folder: Path, state: dict, name: str, use_ema: bool) -> tuple[dict, bool]:
+    """(weights, from the EMA copy) of player `name`: its EMA copy when asked for and kept,
+    else its own weights from trainer.pt or (DeepSpeed) from the checkpoint's export."""
+    if use_ema and state.get(f"{name}_ema") is not None:
+        return state[f"{name}_ema"], True
+    if name not in state["players"]:
+        raise CheckpointError(f"{folder}: has no player {name!r}")
+    player = state["players"][name]
+    if "net" in player:
+        return player["net"], False
+    exported = export_folder(folder) / TRAINER_FILE
+    if exported.is_file():
+        return _load_file(exported)["players"][name]["net"], False
+    raise CheckpointError(f"{folder}: {name}'s raw weights are in DeepSpeed's engine files; run `bigtrain export --checkpoint {folder}` first (the EMA copy, the default, needs no export)")
 
 
 def export_folder(folder: Path) -> Path:
@@ -288,27 +273,13 @@ def export_folder(folder: Path) -> Path:
     return folder.parent.parent / "export" / folder.name
 
 
-def _raw_generator_weights(folder: Path, state: dict) -> dict:
-    """G's own weights: in trainer.pt, or (DeepSpeed) in the checkpoint's export."""
-    G_state = state["players"]["G"]
-    if "net" in G_state:
-        return G_state["net"]
-    exported = export_folder(folder) / TRAINER_FILE
-    if exported.is_file():
-        return _load_file(exported)["players"]["G"]["net"]
-    raise CheckpointError(f"{folder}: G's raw weights are in DeepSpeed's engine files; run `bigtrain export --checkpoint {folder}` first (G_ema, the default, needs no export)")
-
-
 def export(folder: Path, out: Path, engine_weights: Callable[[Path, dict], dict]) -> Path:
     """Write checkpoint `folder` as a plain one into `out`: trainer.pt with every player's
-    weights (no optimizer state), G_ema, counters, config and data info. Players whose weights
+    weights (no optimizer state), EMA copies, counters, config and data info. Players whose weights
     live in engine files are read by `engine_weights(folder / name, player_state)`.
     Returns the file written; an existing export is never overwritten."""
     folder, out = Path(folder), Path(out)
-    state = _load_file(folder / TRAINER_FILE)
-    for key in ("players", "counters", "config", "data_info"):
-        if key not in state:
-            raise CheckpointError(f"{folder / TRAINER_FILE}: missing '{key}'; not a bigtrain checkpoint")
+    state = read_trainer_state(folder)
     target = out / TRAINER_FILE
     if target.exists():
         raise CheckpointError(f"{target} already exists; refusing to overwrite it")

@@ -1,29 +1,32 @@
-"""The training loop: build players and phases, then iterate until `train.total_kimg`.
+"""The training loop: build the recipe's players, then iterate until `train.total_kimg`.
 
-Reads top to bottom: setup -> resume -> for each iteration, every phase of the objective runs
-its accumulation rounds and steps its player; G_ema follows G; statistics, sample grids and
-checkpoints happen when their kimg interval is crossed. The loop never does GAN maths
-(engine/gan.py) and never touches the distributed engine directly (engine/backend.py).
+Reads top to bottom: setup -> resume -> for each iteration, the schedule's plan for `nimg` is
+applied, every phase of the recipe runs its accumulation rounds and steps the players it
+updates; EMA copies follow their players; statistics, sample grids and checkpoints happen when
+their kimg interval is crossed. The loop never does GAN maths (bigtrain/recipes/) and never
+touches the distributed engine directly (engine/backend.py). See docs/design.md.
 """
 from __future__ import annotations
 
 import contextlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
 
 from bigtrain import config as config_mod
+from bigtrain import sampling
 from bigtrain.config import Config
-from bigtrain.data import Batch, DataInfo, Source, build_source
-from bigtrain.engine import checkpoint, sampling
+from bigtrain.data import DataInfo, Source, build_source
+from bigtrain.engine import checkpoint
 from bigtrain.engine.backend import build_backend
-from bigtrain.engine.gan import Phase, RoundInputs, build_objective
 from bigtrain.engine.players import EMA, Player
 from bigtrain.errors import CheckpointError, ConfigError
-from bigtrain.models import build_discriminator, build_generator
+from bigtrain.recipes import build_recipe
+from bigtrain.recipes.base import Phase, Round
+from bigtrain.schedule import Plan, make_plan
 from bigtrain.seeding import derive_seed, generator
 from bigtrain.tracking import Tracker
 
@@ -32,9 +35,9 @@ LATENT_STREAM = 1  # seed-part that keeps the latent stream apart from data stre
 
 @dataclass
 class Counters:
-    step: int = 0  # iterations done (each: d_steps D updates + one G update)
-    nimg: int = 0  # images trained on: batch_size per iteration
-    data_pos: int = 0  # micro-batches this rank has taken from its data stream
+    step: int = 0  # iterations done (each: every phase whose interval has come, then EMA)
+    nimg: int = 0  # images trained on: the plan's global batch per iteration
+    data_pos: dict[str, int] = field(default_factory=dict)  # per stream: samples this rank has taken
 
 
 def crossed(nimg: int, batch: int, every_kimg: float) -> bool:
@@ -44,7 +47,7 @@ def crossed(nimg: int, batch: int, every_kimg: float) -> bool:
 
 
 class Trainer:
-    """One training run: owns the backend, players, data stream, tracker and counters."""
+    """One training run: owns the backend, recipe, players, data streams, tracker and counters."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -59,91 +62,103 @@ class Trainer:
 
         self.source: Source = build_source(cfg.data, micro_batch=backend.micro_batch, rank=backend.rank, world_size=backend.world_size, seed=cfg.run.seed)
         self.info: DataInfo = self.source.info
-        self.conditional = cfg.model.num_classes > 0
         _check_labels(cfg, self.info)
+        self.recipe = build_recipe(cfg, self.info)  # every config check before an engine starts
 
         torch.manual_seed(derive_seed(cfg.run.seed))  # identical initial weights on every rank
-        G_net = build_generator(cfg.model, self.info).to(backend.device)
-        # G_ema copies G before the backend wraps it: an engine may cast G to bf16 or partition it
-        self.ema: Optional[EMA] = EMA(G_net, cfg.ema) if cfg.ema.enabled else None
-        self.G: Player = backend.make_player("G", G_net, cfg.optim.g)
-        D_net = build_discriminator(cfg.model, self.info)
-        _check_no_batchnorm_in_d(D_net)
-        self.D: Player = backend.make_player("D", D_net, cfg.optim.d)
-        self.players = [self.G, self.D]
-        self.objective = build_objective(self.G, self.D, cfg, backend.reduce_mean)
-        if self.objective.penalizes_d_gradient and not backend.supports_second_order(self.D):
-            raise ConfigError("loss", "gradient penalties (gp_weight, dragan_weight, r1_gamma) need a second backward through D, which this engine cannot do at its setting (DeepSpeed ZeRO-3 releases D's weights before it); train D at ZeRO 0-2 (backend.zero_stage or backend.d_config)")
+        self.players: dict[str, Player] = {}
+        self.emas: dict[str, EMA] = {}
+        for spec in self.recipe.players():
+            net = spec.build().to(backend.device)
+            if spec.ema:  # copied before the backend wraps it: an engine may cast or partition it
+                self.emas[spec.name] = EMA(net, cfg.ema)
+            self.players[spec.name] = backend.make_player(spec.name, net, spec.optim)
+        self.recipe.check_players(self.players, lambda name: backend.supports_second_order(self.players[name]))
+        self.recipe.bind(self.players, backend.reduce_mean, backend.micro_batch)
         self.evaluator = self._build_evaluator()
         self.best_fid = checkpoint.best_fid(self.ckpt_root)
-        self.counters = Counters()
+        self.counters = Counters(data_pos={s: 0 for s in self.recipe.streams})
         self.latent_gen = generator(cfg.run.seed, backend.rank, LATENT_STREAM)
         if resumed is not None:
             self._restore(*resumed)  # every rank's torch RNG as it was when the checkpoint was saved
         else:
             torch.manual_seed(derive_seed(cfg.run.seed, backend.rank, 0))  # each rank its own augmentations
-        self.batches: Iterator[Batch] = self.source.batches(self.counters.data_pos)
+        # one stream of this rank for every name the recipe reads (today's sources have one)
+        self.streams: dict[str, Iterator] = {s: self.source.batches(self.counters.data_pos[s]) for s in self.recipe.streams}
+        self.plan: Optional[Plan] = None
 
     # ---- one iteration -------------------------------------------------------------------
 
-    def _real(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        x, y = next(self.batches)
-        self.counters.data_pos += 1
+    def _draw(self, stream: str) -> dict[str, torch.Tensor]:
+        x, y = next(self.streams[stream])
+        self.counters.data_pos[stream] += len(x)
         x = x.to(self.backend.device, non_blocking=True)
         if x.dtype == torch.uint8:
             x = x.float().div_(127.5).sub_(1.0)  # [B, C, H, W] in [-1, 1]
-        y = y.to(self.backend.device, non_blocking=True) if (self.conditional and y is not None) else None
-        return x, y
-
-    def _fakes(self, n: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        # drawn for a whole phase at once, so micro-batch 8 x 2 rounds sees the same latents as 16 x 1
-        z = torch.randn(n, self.cfg.model.z_dim, generator=self.latent_gen)
-        y = torch.randint(self.cfg.model.num_classes, (n,), generator=self.latent_gen) if self.conditional else None
-        device = self.backend.device
-        return z.to(device), (y.to(device) if y is not None else None)
+        batch = {"x": x}
+        if y is not None:
+            batch["y"] = y.to(self.backend.device, non_blocking=True)
+        return batch
 
     def run_phase(self, phase: Phase, tracker: Tracker) -> None:
         backend, micro = self.backend, self.backend.micro_batch
-        for p in phase.frozen:
-            p.freeze(True)
-        z_all, y_all = self._fakes(micro * backend.rounds)
+        for name in phase.frozen:
+            self.players[name].freeze()
+        # drawn for a whole phase at once, so micro-batch 8 x 2 rounds sees the same latents as 16 x 1
+        drawn = self.recipe.latents(micro * backend.rounds, self.latent_gen, backend.device)
+        updated = [self.players[name] for name in phase.updates]
         for r in range(backend.rounds):
-            real, y_real = self._real() if phase.needs_real else (None, None)
-            sl = slice(r * micro, (r + 1) * micro)
-            inputs = RoundInputs(real, y_real, z_all[sl], y_all[sl] if y_all is not None else None)
-            with backend.accumulate(self.players):
+            inputs = Round({s: self._draw(s) for s in phase.streams}, {k: v[r * micro : (r + 1) * micro] for k, v in drawn.items()})
+            with backend.accumulate(list(self.players.values())):
                 with backend.autocast():
-                    loss, stats = phase.compute(inputs)
-                backend.backward(phase.player, loss)
+                    losses, stats = phase.compute(inputs)
+                backend.backward([(p, losses[p.name]) for p in updated])
             for name, value in stats.items():
                 tracker.report(name, value)
-        skipped = backend.step(phase.player)
-        if skipped is not None:
-            tracker.report(f"fp16/{phase.player.name}_skipped", skipped)
-        if phase.clamp_weights > 0:
-            self.backend.clamp_parameters(phase.player, phase.clamp_weights)
-        for p in phase.frozen:
-            p.freeze(False)
+        for player in updated:
+            skipped = backend.step(player, phase.before_step)
+            if skipped is not None:
+                tracker.report(f"fp16/{player.name}_skipped", skipped)
+            if phase.clamp_weights > 0:
+                backend.clamp_parameters(player, phase.clamp_weights)
+        for name in phase.frozen:
+            self.players[name].unfreeze()
+
+    def apply_plan(self) -> Plan:
+        """The schedule's plan for this iteration, applied where it changed."""
+        cfg = self.cfg
+        plan = make_plan(cfg.schedule, self.counters.nimg, base_lr={n: p.base_lr for n, p in self.players.items()},
+                         default_batch=cfg.train.batch_size, total_kimg=cfg.train.total_kimg, values=self.recipe.plan_values(self.counters.nimg))
+        last = self.plan
+        if last is None or plan.batch_size != last.batch_size:
+            rounds = self.backend.rounds_for(plan.batch_size)
+            if rounds != self.backend.rounds:
+                self.backend.set_rounds(rounds)
+        for name, lr in plan.lr.items():
+            if (last.lr[name] if last is not None else self.players[name].base_lr) != lr:
+                self.backend.set_lr(self.players[name], lr)
+        self.plan = plan
+        return plan
 
     def iteration(self, tracker: Tracker) -> None:
-        for phase in self.objective.phases:
+        plan = self.apply_plan()
+        for phase in self.recipe.phases:
             if self.counters.step % phase.interval == 0:
                 for _ in range(phase.repeats):
                     self.run_phase(phase, tracker)
-        for name, value in self.objective.end_iteration().items():
+        for name, value in self.recipe.end_iteration().items():
             tracker.report(name, value)
         self.counters.step += 1
-        self.counters.nimg += self.cfg.train.batch_size
-        if self.ema is not None:
-            with self.backend.full_parameters(self.G) as G:
-                self.ema.update(G, self.counters.nimg, self.cfg.train.batch_size)
+        self.counters.nimg += plan.batch_size
+        for name, ema in self.emas.items():
+            with self.backend.full_parameters(self.players[name]) as net:
+                ema.update(net, self.counters.nimg, plan.batch_size)
 
     # ---- the loop --------------------------------------------------------------------------
 
     def train(self) -> Path:
         cfg, backend, counters = self.cfg, self.backend, self.counters
         total_img = int(round(cfg.train.total_kimg * 1000))
-        batch = cfg.train.batch_size
         if backend.is_main:
             self._write_config()
         tracker = Tracker(self.run_dir, is_main=backend.is_main, reduce_mean=backend.reduce_mean, total_img=total_img, start_img=counters.nimg, progress_bar=cfg.log.progress_bar)
@@ -153,6 +168,7 @@ class Trainer:
                 grid_path = self.save_grid(tracker)
             while counters.nimg < total_img:
                 self.iteration(tracker)
+                batch = self.plan.batch_size
                 tracker.advance(counters.nimg)
                 done = counters.nimg >= total_img
                 if done or crossed(counters.nimg, batch, cfg.log.every_kimg):
@@ -178,28 +194,41 @@ class Trainer:
         totals = self.backend.reduce_mean(torch.tensor([float(stats[n]) for n in names], device=self.backend.device))
         return {n: v * self.backend.world_size for n, v in zip(names, totals.tolist())}
 
-    def save_grid(self, tracker: Tracker) -> Optional[Path]:
-        """Sample grid from G_ema on the fixed latents (one class per row when conditional).
+    # ---- generation: grids and evaluation ----------------------------------------------------
 
-        Without EMA, G itself is sampled on every rank and under the training precision: an
-        engine may hold it in bf16, or partitioned across ranks (ZeRO-3: a collective forward).
-        """
-        if self.info.kind != "image" or (self.ema is not None and not self.backend.is_main):
+    @contextlib.contextmanager
+    def generation_nets(self, use_ema: bool) -> Iterator[dict[str, torch.nn.Module]]:
+        """The modules that generate: EMA copies (rank-local), or the players themselves with
+        all parameters present (collective at ZeRO-3: every rank must enter)."""
+        with contextlib.ExitStack() as stack:
+            nets = {}
+            for name in self.recipe.sampled:
+                if use_ema and name in self.emas:
+                    nets[name] = self.emas[name].module
+                else:
+                    nets[name] = stack.enter_context(self.backend.full_parameters(self.players[name]))
+            yield nets
+
+    def _uses_ema(self, wanted: bool = True) -> bool:
+        return wanted and all(name in self.emas for name in self.recipe.sampled)
+
+    def save_grid(self, tracker: Tracker) -> Optional[Path]:
+        """Sample grid on the fixed latents (one class per row when conditional), from the EMA
+        copies on the main process, else from the players on every rank under the training
+        precision (an engine may hold them in bf16, or partitioned: a collective forward)."""
+        use_ema = self._uses_ema()
+        if self.info.kind != "image" or (use_ema and not self.backend.is_main):
             return None
         rows, cols = self.cfg.log.grid_rows, self.cfg.log.grid_cols
-        G, precision = (self.ema.module, contextlib.nullcontext()) if self.ema is not None else (self.G.net, self.backend.autocast())
         images = []
-        with precision:
-            for r in range(rows):
-                cls = r % self.cfg.model.num_classes if self.conditional else None
-                x, _ = sampling.generate(G, z_dim=self.cfg.model.z_dim, num_classes=self.cfg.model.num_classes, indices=range(r * cols, (r + 1) * cols), seed=self.cfg.run.seed, class_idx=cls, device=self.backend.device)
+        with self.generation_nets(use_ema) as nets, (contextlib.nullcontext() if use_ema else self.backend.autocast()):
+            for r, cls in enumerate(self.recipe.grid_classes(rows)):
+                x, _ = self.recipe.generate(nets, range(r * cols, (r + 1) * cols), seed=self.cfg.run.seed, class_idx=cls, device=self.backend.device)
                 images.append(sampling.to_uint8(x))
         if not self.backend.is_main:
             return None
         grid = sampling.image_grid(torch.cat(images), rows, cols)
         return tracker.image("fakes", grid, self.counters.nimg)
-
-    # ---- evaluation ------------------------------------------------------------------------
 
     def _build_evaluator(self):
         ecfg, backend = self.cfg.eval, self.backend
@@ -218,17 +247,19 @@ class Trainer:
         )
 
     def evaluate(self, tracker: Tracker, saved: Optional[Path]) -> dict:
-        """FID/IS/KID of G_ema (collective); a new best FID keeps its checkpoint as `best/`."""
+        """FID/IS/KID of the EMA copy (collective); a new best FID keeps its checkpoint as `best/`."""
         from bigtrain.eval.evaluate import log_record
 
-        use_ema = self.cfg.eval.use_ema and self.ema is not None
-        # G itself may be partitioned (ZeRO-3): gather it only when it is the one evaluated
-        with contextlib.nullcontext(self.ema.module) if use_ema else self.backend.full_parameters(self.G) as G:
-            result = self.evaluator(
-                G, z_dim=self.cfg.model.z_dim, num_classes=self.cfg.model.num_classes,
-                ema=use_ema, kimg=self.counters.nimg / 1000, checkpoint=str(saved) if saved else None,
-                precision=contextlib.nullcontext if use_ema else self.backend.autocast,
-            )
+        use_ema = self._uses_ema(self.cfg.eval.use_ema)
+        precision = contextlib.nullcontext if use_ema else self.backend.autocast
+        ecfg = self.cfg.eval
+
+        with self.generation_nets(use_ema) as nets:
+            def generate(indices):
+                with precision():
+                    return self.recipe.generate(nets, indices, seed=ecfg.seed, device=self.backend.device, batch_size=ecfg.batch_size)[0]
+
+            result = self.evaluator(generate, ema=use_ema, kimg=self.counters.nimg / 1000, checkpoint=str(saved) if saved else None)
         record = {"step": self.counters.step, "kimg": round(self.counters.nimg / 1000, 3), **log_record(result)}
         tracker.write(record, self.counters.step)
         if self.backend.is_main:
@@ -250,9 +281,9 @@ class Trainer:
         trainer_state = None
         if backend.is_main:
             trainer_state = {
-                "players": {p.name: backend.player_state(p) for p in self.players},
-                "G_ema": self.ema.state_dict() if self.ema is not None else None,
-                "objective": self.objective.state_dict(),
+                "players": {name: backend.player_state(p) for name, p in self.players.items()},
+                **{f"{name}_ema": ema.state_dict() for name, ema in self.emas.items()},
+                "recipe": self.recipe.state_dict(),
                 "counters": {"step": c.step, "nimg": c.nimg},
                 "config": config_mod.to_dict(self.cfg),
                 "data_info": self.info.to_dict(),
@@ -261,31 +292,36 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
             "latent_gen": self.latent_gen.get_state(),
-            "data_pos": c.data_pos,
+            "data_pos": dict(c.data_pos),
+            "recipe": self.recipe.rank_state_dict(),
         }
         return checkpoint.save(
             self.ckpt_root, checkpoint.checkpoint_name(c.step), trainer_state=trainer_state, rank_state=rank_state,
             rank=backend.rank, all_ranks=backend.all_ranks, keep_last=self.cfg.checkpoint.keep_last,
-            write_engine_files=lambda folder: backend.save_engine_files(self.players, folder),
+            write_engine_files=lambda folder: backend.save_engine_files(list(self.players.values()), folder),
         )
 
     def _restore(self, folder: Path, trainer_state: dict, rank_state: dict) -> None:
         try:
-            for p in self.players:
-                self.backend.load_player(p, trainer_state["players"][p.name], folder)
-            if self.ema is not None and trainer_state.get("G_ema") is not None:
-                self.ema.load_state_dict(trainer_state["G_ema"])
-            self.objective.load_state_dict(trainer_state.get("objective") or {})
+            for name, p in self.players.items():
+                self.backend.load_player(p, trainer_state["players"][name], folder)
+            for name, ema in self.emas.items():
+                if trainer_state.get(f"{name}_ema") is not None:
+                    ema.load_state_dict(trainer_state[f"{name}_ema"])
+            self.recipe.load_state_dict(trainer_state.get("recipe", trainer_state.get("objective")) or {})
+            self.recipe.load_rank_state_dict(rank_state.get("recipe") or {})
         except OSError as exc:  # a file the engine reads itself, missing or unreadable
             raise CheckpointError(f"{folder}: cannot be read ({exc})") from None
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{folder}: does not fit this config ({str(exc).splitlines()[0]})") from None
-        self.counters = Counters(step=trainer_state["counters"]["step"], nimg=trainer_state["counters"]["nimg"], data_pos=rank_state["data_pos"])
+        data_pos = rank_state["data_pos"]
+        if isinstance(data_pos, int):  # written before streams were named: micro-batches of the one stream
+            data_pos = {s: data_pos * self.backend.micro_batch for s in self.recipe.streams}
+        self.counters = Counters(step=trainer_state["counters"]["step"], nimg=trainer_state["counters"]["nimg"], data_pos=dict(data_pos))
         self.latent_gen.set_state(rank_state["latent_gen"])
         torch.set_rng_state(rank_state["torch_rng"])
         if rank_state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(rank_state["cuda_rng"])
-        self.resumed_from = folder
 
     def _write_config(self) -> None:
         """config.yaml = the resolved config; a different earlier one is kept, not overwritten."""
@@ -295,14 +331,6 @@ class Trainer:
         if path.exists() and path.read_text() != text:
             path.rename(self.run_dir / f"config-before-step{self.counters.step:08d}.yaml")
         path.write_text(text)
-
-
-def _check_no_batchnorm_in_d(D: torch.nn.Module) -> None:
-    # D's update forwards cat([real, fake]) once (one buffer update per step, see DESIGN.md), so
-    # batch statistics would mix real and fake there but see only fakes in G's update: D's
-    # scores for G would mean something else than what D learned.
-    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in D.modules()):
-        raise ConfigError("model.d.norm", "batch norm in D is not supported (real and fake share its batch statistics); use none")
 
 
 def _check_labels(cfg: Config, info: DataInfo) -> None:

@@ -1,4 +1,4 @@
-"""Players (one network + its optimizer + its loss scaler) and the EMA of G's weights."""
+"""Players (one network + its optimizer + its loss scaler) and the EMA of a player's weights."""
 from __future__ import annotations
 
 import copy
@@ -13,16 +13,28 @@ from bigtrain.config import EmaConfig, OptimConfig
 
 @dataclass
 class Player:
-    name: str  # "G", "D", ... (also the key of its state in checkpoints)
+    name: str  # "G", "D", "D2", ... (also the key of its state in checkpoints)
     net: nn.Module  # the plain module: frozen forwards, EMA, saving
     engine: nn.Module  # what the backend trains through (DDP wrapper, DeepSpeed engine, or net)
     optimizer: torch.optim.Optimizer
     scaler: Optional[torch.amp.GradScaler] = None  # fp16 only; one per player
     grad_clip: float = 0.0  # max global grad norm; 0 = off
+    base_lr: float = 0.0  # optim.<name>.lr: the schedule's factors multiply it
+    _trainable: Optional[list[bool]] = None  # requires_grad of each parameter while frozen
 
-    def freeze(self, frozen: bool) -> None:
-        """Stop (or restart) gradients into this player's parameters."""
-        self.net.requires_grad_(not frozen)
+    def freeze(self) -> None:
+        """Stop gradients into this player's parameters, remembering which ones had them."""
+        params = list(self.net.parameters())
+        self._trainable = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(False)
+
+    def unfreeze(self) -> None:
+        """Give back gradients to exactly the parameters that had them before `freeze` (a
+        sub-network meant to stay frozen stays frozen)."""
+        for p, trainable in zip(self.net.parameters(), self._trainable or []):
+            p.requires_grad_(trainable)
+        self._trainable = None
 
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -50,7 +62,7 @@ def ema_beta(cfg: EmaConfig, nimg: int, batch_size: int) -> float:
 
 
 class EMA:
-    """A frozen copy of G whose parameters track an exponential moving average of G's."""
+    """A frozen copy of a player (G) whose parameters track an exponential moving average."""
 
     def __init__(self, G: nn.Module, cfg: EmaConfig):
         self.cfg = cfg

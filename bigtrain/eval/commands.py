@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -69,13 +69,14 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     _add_inception_arguments(p)
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    from bigtrain.engine.checkpoint import load_generator
+def run_eval(args: argparse.Namespace, load_generation: Callable) -> int:
+    """`bigtrain eval`; `load_generation(run, checkpoint, use_ema)` gives the checkpoint's
+    generator (bigtrain.engine.generation, passed in so that eval imports no engine code)."""
     from bigtrain.eval.evaluate import Evaluator
     from bigtrain.eval.ref_stats import load_ref_stats
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    loaded = load_generator(args.run, args.checkpoint, use_ema=not args.no_ema)
+    loaded = load_generation(args.run, args.checkpoint, use_ema=not args.no_ema)
     if args.class_idx is not None and not 0 <= args.class_idx < loaded.num_classes:
         raise BigtrainError(f"--class {args.class_idx} is out of range for a model with {loaded.num_classes} classes")
     ref_path = args.ref_stats or _run_ref_stats(loaded.path)
@@ -95,10 +96,12 @@ def run_eval(args: argparse.Namespace) -> int:
             seed=args.seed,
             batch_size=args.batch_size,
         )
-        result = evaluator(
-            loaded.G.to(device), z_dim=loaded.z_dim, num_classes=loaded.num_classes, truncation=args.truncation,
-            class_idx=args.class_idx, ema=loaded.ema, kimg=loaded.kimg, checkpoint=loaded.path,
-        )  # fmt: skip
+        loaded.to(device)
+
+        def generate(indices: list[int]):
+            return loaded.generate(indices, seed=args.seed, truncation=args.truncation, class_idx=args.class_idx, device=device, batch_size=args.batch_size)[0]
+
+        result = evaluator(generate, truncation=args.truncation, class_idx=args.class_idx, ema=loaded.ema, kimg=loaded.kimg, checkpoint=loaded.path)
         if rank == 0:
             _emit(result)
     return 0

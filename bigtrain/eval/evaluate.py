@@ -1,20 +1,20 @@
 """Evaluating a generator: N samples across ranks -> Inception -> FID / IS / KID + protocol.
 
 For periodic evaluation in training, build one `Evaluator` (it loads Inception and the reference
-once) and call it on G_ema at every `eval.every_kimg`, on every rank at the same time. Sample i
-depends only on (seed, i) (bigtrain.engine.sampling), and rank r generates the contiguous share
-`rank_share(N, r, W)`, so the result equals a one-process evaluation of the same N samples.
+once) and call it with a generation callable at every `eval.every_kimg`, on every rank at the
+same time. The callable maps sample indices to images; sample i must depend only on (seed, i)
+(as bigtrain.sampling and every recipe's `generate` do), and rank r generates the contiguous
+share `rank_share(N, r, W)`, so the result equals a one-process evaluation of the same N
+samples. This package knows no model family and imports nothing from the engine.
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Callable, ContextManager, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from bigtrain.engine.sampling import generate
 from bigtrain.errors import BigtrainError
 from bigtrain.eval.metrics import MetricSet, rank_share
 from bigtrain.eval.protocol import compare, side
@@ -66,30 +66,24 @@ class Evaluator:
     @torch.no_grad()
     def __call__(
         self,
-        G: nn.Module,
+        generate: Callable[[list[int]], Tensor],
         *,
-        z_dim: int,
-        num_classes: int,
         truncation: Optional[float] = None,
         class_idx: Optional[int] = None,
         ema: bool = True,
         kimg: Optional[float] = None,
         checkpoint: Optional[str] = None,
-        precision: Callable[[], ContextManager] = contextlib.nullcontext,
     ) -> dict:
-        """Evaluate G (collective: every rank calls it); G runs under `precision()` (the
-        training's autocast for a bf16/fp16 G), the Inception network always in fp32. Returns
-        the metric values (`fid`, `is`, `is_std`, `kid`, `kid_std`, as chosen), `protocol` and
-        `warnings`; equal on every rank."""
+        """Evaluate a generator (collective: every rank calls it). `generate(indices)` returns
+        float images [N, C, H, W] in [-1, 1] for those sample indices, made with this
+        evaluator's seed (and the `truncation` / `class_idx` recorded in the protocol); the
+        Inception network always runs in fp32. Returns the metric values (`fid`, `is`,
+        `is_std`, `kid`, `kid_std`, as chosen), `protocol` and `warnings`; equal on every rank."""
         self.metrics.reset()
         resolution = None
         for b in range(self.num_batches):
             indices = self.share[b * self.batch_size : (b + 1) * self.batch_size]
-            with precision():
-                x, _ = generate(
-                    G, z_dim=z_dim, num_classes=num_classes, indices=indices or range(1), seed=self.seed,
-                    truncation=truncation, class_idx=class_idx, device=self.device, batch_size=self.batch_size,
-                )  # fmt: skip
+            x = generate(list(indices) or [0])
             if not indices:  # this rank's share is done: that forward only kept the ranks in step
                 continue
             x = x.float()
@@ -143,10 +137,8 @@ def build_evaluator(
 
 
 def evaluate_generator(
-    G: nn.Module,
+    generate: Callable[[list[int]], Tensor],
     *,
-    z_dim: int,
-    num_classes: int,
     num_samples: int,
     metrics: Sequence[str],
     ref_stats: Optional[str | RefStats],
@@ -162,16 +154,13 @@ def evaluate_generator(
     kimg: Optional[float] = None,
     checkpoint: Optional[str] = None,
 ) -> dict:
-    """One evaluation of G (see `Evaluator.__call__` for the result)."""
+    """One evaluation of `generate` (see `Evaluator.__call__`)."""
     reference = load_ref_stats(ref_stats) if isinstance(ref_stats, (str, Path)) else ref_stats
     evaluator = Evaluator(
         metrics, num_samples=num_samples, reference=reference, inception=inception, rank=rank,
         world_size=world_size, device=device, seed=seed, batch_size=batch_size,
     )  # fmt: skip
-    return evaluator(
-        G, z_dim=z_dim, num_classes=num_classes, truncation=truncation, class_idx=class_idx,
-        ema=ema, kimg=kimg, checkpoint=checkpoint,
-    )  # fmt: skip
+    return evaluator(generate, truncation=truncation, class_idx=class_idx, ema=ema, kimg=kimg, checkpoint=checkpoint)
 
 
 def log_record(result: dict) -> dict:

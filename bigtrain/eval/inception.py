@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bigtrain.engine.sampling import to_uint8
+from bigtrain.sampling import to_uint8
 from bigtrain.eval.weights import WeightsError, WeightsFile, read_state_dict, resolve_weights
 
 INPUT_SIZE = 299

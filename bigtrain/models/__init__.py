@@ -19,6 +19,7 @@ from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
 from bigtrain.models.began import BeganDiscriminator, BeganGenerator
 from bigtrain.models.dcgan import DcganDiscriminator, DcganGenerator
+from bigtrain.models.grid import GridDiscriminator, GridGenerator
 from bigtrain.models.mlp import MlpDiscriminator, MlpGenerator
 from bigtrain.models.sngan import SnganDiscriminator, SnganGenerator
 
@@ -30,11 +31,29 @@ class Arch(NamedTuple):
     D: Builder  # discriminator builder
 
 
+def _vector_data(info: DataInfo, key: str, num_classes: int) -> None:
+    if info.kind != "vector" or num_classes:
+        raise ConfigError(key, "grid is PacGAN's net for unconditional vector data (e.g. `bigtrain make-toy grid25`); use mlp, dcgan, ...")
+
+
+def _grid_generator(net: NetConfig, z_dim: int, num_classes: int, info: DataInfo) -> nn.Module:
+    """PacGAN's 2-D grid G (BN-ReLU perceptron); width and depth from model.g, BN if norm: batch."""
+    _vector_data(info, "model.g.arch", num_classes)
+    return GridGenerator(z_dim, info.shape[0], net.width, net.depth, batch_norm=net.norm == "batch")
+
+
+def _grid_discriminator(net: NetConfig, z_dim: int, num_classes: int, info: DataInfo) -> nn.Module:
+    """PacGAN's 2-D grid D (maxout perceptron); width and depth from model.d."""
+    _vector_data(info, "model.d.arch", num_classes)
+    return GridDiscriminator(info.shape[0], net.width, net.depth)
+
+
 MODELS: dict[str, Arch] = {
     "mlp": Arch(G=MlpGenerator, D=MlpDiscriminator),
     "dcgan": Arch(G=DcganGenerator, D=DcganDiscriminator),
     "sngan": Arch(G=SnganGenerator, D=SnganDiscriminator),
     "began": Arch(G=BeganGenerator, D=BeganDiscriminator),
+    "grid": Arch(G=_grid_generator, D=_grid_discriminator),
 }
 
 
@@ -44,11 +63,19 @@ def _arch(name: str, key: str) -> Arch:
     return MODELS[name]
 
 
+MBSTD_ARCHS = ("mlp", "dcgan")  # discriminators that take a minibatch-stddev layer
+
+
 def build_generator(model_cfg: ModelConfig, info: DataInfo) -> nn.Module:
     """G for `model.g`; ConfigError naming `model.g.arch` for an unknown architecture."""
+    for key in ("mbstd_group", "pack"):
+        if getattr(model_cfg.g, key) != NetConfig.__dataclass_fields__[key].default:
+            raise ConfigError(f"model.g.{key}", "is a discriminator option; set it under model.d")
     return _arch(model_cfg.g.arch, "model.g.arch").G(model_cfg.g, model_cfg.z_dim, model_cfg.num_classes, info)
 
 
 def build_discriminator(model_cfg: ModelConfig, info: DataInfo) -> nn.Module:
     """D for `model.d`; ConfigError naming `model.d.arch` for an unknown architecture."""
+    if model_cfg.d.mbstd_group and model_cfg.d.arch not in MBSTD_ARCHS:
+        raise ConfigError("model.d.mbstd_group", f"the {model_cfg.d.arch} discriminator has no minibatch-stddev option; use one of {', '.join(MBSTD_ARCHS)}")
     return _arch(model_cfg.d.arch, "model.d.arch").D(model_cfg.d, model_cfg.z_dim, model_cfg.num_classes, info)

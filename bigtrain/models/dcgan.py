@@ -17,6 +17,7 @@ from bigtrain.config import NetConfig
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
 from bigtrain.models.layers import (
+    minibatch_stddev,
     D_CONDS,
     G_CONDS,
     CondSequential,
@@ -108,10 +109,12 @@ class DcganDiscriminator(nn.Module):
             layers += conv_block(
                 nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not batch_norm), norm_layer(c_out, net.norm), nn.LeakyReLU(0.2)
             )  # halves H, W
-        self.features = nn.Sequential(*layers, nn.Flatten())  # -> [N, channels[-1] * 4 * 4]
+        stddev = minibatch_stddev(net)  # + mbstd_channels maps at 4x4 when on
+        self.features = nn.Sequential(*layers, *stddev, nn.Flatten())  # -> [N, (channels[-1] + F) * 4 * 4]
         # A linear layer on the flattened 4x4 map is the paper's final 4x4 valid conv; keeping the map
         # flat lets the projection term use the same features.
-        self.head = DiscriminatorHead(channels[-1] * 4 * 4, num_classes, self.cond)
+        extra = net.mbstd_channels if stddev else 0
+        self.head = DiscriminatorHead((channels[-1] + extra) * 4 * 4, num_classes, self.cond)
         self.apply(init_dcgan)
         if net.spectral_norm:
             apply_spectral_norm(self)

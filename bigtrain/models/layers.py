@@ -163,6 +163,40 @@ class DiscriminatorHead(nn.Module):
         return logits
 
 
+class MinibatchStddev(nn.Module):
+    """Minibatch standard deviation (Karras et al. 2018, section 3): D's features get F more
+    channels holding the standard deviation of each feature over a group of `group_size`
+    samples, averaged over the feature's channels and positions, so D can see a lack of
+    variety in a batch. Sample i belongs to group i mod (N / group_size), as in the official
+    code. x [N, C, H, W] -> [N, C + F, H, W], or x [N, C] -> [N, C + F].
+
+    It mixes the samples of one batch: the recipes forward real and fake apart through it.
+    """
+
+    def __init__(self, group_size: int, num_channels: int = 1):
+        super().__init__()
+        self.group_size, self.num_channels = group_size, num_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.dim() == 2
+        h = x[:, :, None, None] if flat else x  # [N, C, H, W]
+        n, c, height, width = h.shape
+        g, f = min(self.group_size, n), self.num_channels
+        if n % g or c % f:
+            raise ValueError(f"minibatch stddev: batch {n} must be a multiple of the group size {g}, and {c} channels of the {f} groups")
+        y = h.reshape(g, n // g, f, c // f, height, width).float()  # [G, M, F, c, H, W]
+        y = (y - y.mean(dim=0)).square().mean(dim=0).add(1e-8).sqrt()  # [M, F, c, H, W]
+        y = y.mean(dim=(2, 3, 4)).to(h.dtype)  # [M, F]
+        y = y.reshape(1, n // g, f, 1, 1).expand(g, -1, -1, height, width).reshape(n, f, height, width)
+        out = torch.cat([h, y], dim=1)  # [N, C + F, H, W]
+        return out.flatten(1) if flat else out
+
+
+def minibatch_stddev(net: NetConfig) -> list[nn.Module]:
+    """The MinibatchStddev layer `model.d.mbstd_group` asks for ([] when off)."""
+    return [MinibatchStddev(net.mbstd_group, net.mbstd_channels)] if net.mbstd_group else []
+
+
 SPECTRAL_NORM_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)
 
 

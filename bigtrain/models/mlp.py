@@ -19,6 +19,7 @@ from bigtrain.models.layers import (
     apply_spectral_norm,
     check_labels,
     concat_one_hot,
+    minibatch_stddev,
     resolve_cond,
 )
 
@@ -66,8 +67,9 @@ class MlpDiscriminator(nn.Module):
         self.cond = resolve_cond(net, num_classes, "model.d.cond", "mlp", D_CONDS, default="concat")
         self.num_classes = num_classes
         in_features = math.prod(info.shape) + (num_classes if self.cond == "concat" else 0)
-        self.features = nn.Sequential(*hidden_layers(in_features, net.width, net.depth, lambda: nn.LeakyReLU(0.2)))
-        self.head = DiscriminatorHead(net.width, num_classes, self.cond)
+        stddev = minibatch_stddev(net)
+        self.features = nn.Sequential(*hidden_layers(in_features, net.width, net.depth, lambda: nn.LeakyReLU(0.2)), *stddev)
+        self.head = DiscriminatorHead(net.width + (net.mbstd_channels if stddev else 0), num_classes, self.cond)
         if net.spectral_norm:
             apply_spectral_norm(self)
 

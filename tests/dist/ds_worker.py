@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from bigtrain.config import load_config
-from bigtrain.engine import sampling
+from bigtrain import sampling
 from bigtrain.engine.loop import Trainer
 
 NUM_SAMPLES = 8
@@ -63,20 +63,20 @@ def master_abs_max(trainer, player) -> float:
 def module_abs_max_after_d_step(trainer) -> float:
     """One more D phase, no checkpoint after it: the largest |w| the next forward would use, read
     from the module without gathering (ZeRO-3 placeholders are empty, persistent parameters whole)."""
-    d_phase = next(p for p in trainer.objective.phases if p.player is trainer.D)
+    d_phase = next(p for p in trainer.recipe.phases if p.updates == ("D",))
     trainer.run_phase(d_phase, NullTracker())
-    return max((float(p.detach().abs().max()) for p in trainer.D.net.parameters() if p.numel()), default=0.0)
+    return max((float(p.detach().abs().max()) for p in trainer.players["D"].net.parameters() if p.numel()), default=0.0)
 
 
 def g_step_leaves_d_alone(trainer) -> dict:
     """One more G phase: D's parameters must not move, nor get gradients."""
-    g_phase = next(p for p in trainer.objective.phases if p.player is trainer.G)
-    d_before, g_before = flat_params(trainer, trainer.D), flat_params(trainer, trainer.G)
+    g_phase = next(p for p in trainer.recipe.phases if p.updates == ("G",))
+    d_before, g_before = flat_params(trainer, trainer.players["D"]), flat_params(trainer, trainer.players["G"])
     trainer.run_phase(g_phase, NullTracker())
-    d_after, g_after = flat_params(trainer, trainer.D), flat_params(trainer, trainer.G)
+    d_after, g_after = flat_params(trainer, trainer.players["D"]), flat_params(trainer, trainer.players["G"])
     return {
         "d_unchanged": bool(torch.equal(d_before, d_after)),
-        "d_grads_none": all(p.grad is None for p in trainer.D.net.parameters()),
+        "d_grads_none": all(p.grad is None for p in trainer.players["D"].net.parameters()),
         "g_moved": float((g_after - g_before).abs().max()),
     }
 
@@ -84,26 +84,26 @@ def g_step_leaves_d_alone(trainer) -> dict:
 def run(spec: dict, out_dir: Path) -> None:
     cfg = load_config(spec["config"], spec.get("overrides", []))
     trainer = Trainer(cfg)
-    initial = torch.cat([flat_params(trainer, p) for p in trainer.players])
+    initial = torch.cat([flat_params(trainer, p) for p in trainer.players.values()])
     trainer.train()
     assert trainer.backend.world_size == 2 and dist.get_world_size() == 2
-    params = {p.name: flat_params(trainer, p) for p in trainer.players}
+    params = {p.name: flat_params(trainer, p) for p in trainer.players.values()}
     flat = torch.cat(list(params.values()))
     result = {
         "backend": type(trainer.backend).__name__,
         "params": params,
         "initial": initial,
         "max_rank_diff": max_rank_diff(flat),
-        "dtype": str(next(trainer.G.engine.parameters()).dtype),
+        "dtype": str(next(trainer.players["G"].engine.parameters()).dtype),
         # ZeRO-3 leaves empty placeholders in the modules between gathers
-        "partitioned": all(p.numel() < getattr(p, "ds_numel", p.numel()) for player in trainer.players for p in player.net.parameters()),
+        "partitioned": all(p.numel() < getattr(p, "ds_numel", p.numel()) for player in trainer.players.values() for p in player.net.parameters()),
         "rounds": trainer.backend.rounds,
         "step": trainer.counters.step,
         # every rank runs G (ZeRO-3 gathers its parameters in the forward), rank 0 keeps it
-        "samples_G": samples(trainer, trainer.G.net) if trainer.cfg.train.precision == "fp32" else None,
-        "samples_G_ema": samples(trainer, trainer.ema.module) if trainer.ema is not None else None,
+        "samples_G": samples(trainer, trainer.players["G"].net) if trainer.cfg.train.precision == "fp32" else None,
+        "samples_G_ema": samples(trainer, trainer.emas["G"].module) if "G" in trainer.emas else None,
     }
-    result["d_master_abs_max"] = master_abs_max(trainer, trainer.D)
+    result["d_master_abs_max"] = master_abs_max(trainer, trainer.players["D"])
     result.update(g_step_leaves_d_alone(trainer))
     result["d_module_abs_max_after_step"] = module_abs_max_after_d_step(trainer)
     if dist.get_rank() == 0:

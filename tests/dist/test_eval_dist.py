@@ -51,7 +51,7 @@ class SmallFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from bigtrain.engine.sampling import to_uint8
+        from bigtrain.sampling import to_uint8
 
         x = to_uint8(images).float() / 127.5 - 1 if images.dtype != torch.uint8 else images.float() / 127.5 - 1
         return self.proj(x.flatten(1)), self.head(x.flatten(1)) * 5
@@ -70,8 +70,13 @@ def evaluate(rank: int, world_size: int) -> dict:
     real = np.random.default_rng(0).normal(0.3, 0.2, size=(40, 16)).astype(np.float32)
     mu, sigma = real.mean(0, dtype=np.float64), np.cov(real.astype(np.float64), rowvar=False)
     reference = RefStats("ref.npz", mu, sigma, real, {"num_images": 40})
+    from bigtrain.sampling import generate
+
+    def images(indices):
+        return generate(G, z_dim=Z_DIM, num_classes=NUM_CLASSES, indices=indices, seed=7, truncation=1.5, batch_size=BATCH)[0]
+
     return evaluate_generator(
-        G, z_dim=Z_DIM, num_classes=NUM_CLASSES, num_samples=NUM_SAMPLES, metrics=["fid", "is", "kid"],
+        images, num_samples=NUM_SAMPLES, metrics=["fid", "is", "kid"],
         ref_stats=reference, inception=features, seed=7, truncation=1.5, device="cpu", rank=rank,
         world_size=world_size, batch_size=BATCH,
     )  # fmt: skip

@@ -14,11 +14,11 @@ from bigtrain.engine.loop import Trainer
 def main() -> None:
     cfg = load_config(sys.argv[1], sys.argv[3:])
     trainer = Trainer(cfg)
-    initial = torch.cat([p.detach().flatten() for player in trainer.players for p in player.net.parameters()])
+    initial = torch.cat([p.detach().flatten() for player in trainer.players.values() for p in player.net.parameters()])
     trainer.train()
     world = trainer.backend.world_size
     assert world == 2 and dist.get_world_size() == 2, f"expected 2 processes, got {world}"
-    flat = torch.cat([p.detach().flatten() for player in trainer.players for p in player.net.parameters()])
+    flat = torch.cat([p.detach().flatten() for player in trainer.players.values() for p in player.net.parameters()])
     everyone = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(everyone, flat)
     if trainer.backend.rank == 0:

@@ -15,7 +15,7 @@ from scipy import linalg
 
 from bigtrain.config import load_config
 from bigtrain.demo import write_digits_npz
-from bigtrain.engine import sampling
+from bigtrain import sampling
 from bigtrain.engine.loop import Trainer
 
 
@@ -52,7 +52,7 @@ def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def generated(trainer: Trainer, n: int, class_idx: int | None = None, seed: int = 99) -> torch.Tensor:
-    G = trainer.ema.module if trainer.ema is not None else trainer.G.net
+    G = trainer.emas["G"].module if "G" in trainer.emas else trainer.players["G"].net
     x, _ = sampling.generate(G, z_dim=trainer.cfg.model.z_dim, num_classes=trainer.cfg.model.num_classes, indices=range(n), seed=seed, class_idx=class_idx)
     return x
 

@@ -144,8 +144,10 @@ def test_bad_input_is_one_clear_line(tmp_path, data):
     assert cond.returncode == 2 and "model.num_classes" in cond.stderr
     batch = run_cli("train", str(cfg), "train.micro_batch=5")
     assert batch.returncode == 2 and "train.batch_size" in batch.stderr
-    bn_d = run_cli("train", str(cfg), "model.d.arch=dcgan", "model.g.arch=dcgan", "model.d.norm=batch", "data.resolution=16")
-    assert bn_d.returncode == 2 and "model.d.norm" in bn_d.stderr
+    pack = run_cli("train", str(cfg), "model.d.pack=3")  # micro-batch 16 does not split into packs of 3
+    assert pack.returncode == 2 and "model.d.pack" in pack.stderr
+    unknown_player = run_cli("train", str(cfg), "optim.d7.lr=0.1")
+    assert unknown_player.returncode == 2 and "optim.d7" in unknown_player.stderr
 
 
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, data):

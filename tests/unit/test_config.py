@@ -40,7 +40,7 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg.train.batch_size == 32
     assert cfg.train.total_kimg == 9.0
     assert cfg.model.g.arch == "mlp" and cfg.model.d.arch == "dcgan"
-    assert cfg.optim.d.betas == [0.0, 0.9]
+    assert cfg.optim["d"].betas == [0.0, 0.9]
     assert cfg.model.num_classes == 10
 
 

@@ -122,7 +122,7 @@ def test_export_and_raw_g_fallback_for_engine_checkpoints(tmp_path):
     trainer = {"players": {"G": ds_state, "D": {"net": {"w": torch.ones(1)}}}, "G_ema": None, "counters": {"step": 1, "nimg": 8}, "config": {}, "data_info": {}}
     folder = checkpoint.save(root, "step-00000001", trainer_state=trainer, rank_state={"data_pos": 1}, rank=0, keep_last=2)
     with pytest.raises(CheckpointError, match="run `bigtrain export --checkpoint"):
-        checkpoint._raw_generator_weights(folder, trainer)
+        checkpoint.player_weights(folder, trainer, "G", use_ema=True)
 
     seen = []
     out = checkpoint.export(folder, checkpoint.export_folder(folder), lambda d, s: seen.append((d, s)) or G.state_dict())
@@ -131,7 +131,8 @@ def test_export_and_raw_g_fallback_for_engine_checkpoints(tmp_path):
     plain = torch.load(out, weights_only=True)
     assert torch.equal(plain["players"]["G"]["net"]["weight"], G.weight) and plain["players"]["D"]["net"]["w"].item() == 1.0
     assert plain["counters"] == trainer["counters"]
-    assert torch.equal(checkpoint._raw_generator_weights(folder, trainer)["weight"], G.weight)
+    weights, from_ema = checkpoint.player_weights(folder, trainer, "G", use_ema=True)
+    assert torch.equal(weights["weight"], G.weight) and not from_ema
     with pytest.raises(CheckpointError, match="refusing to overwrite"):
         checkpoint.export(folder, checkpoint.export_folder(folder), lambda d, s: G.state_dict())
     assert checkpoint.list_checkpoints(root) == [folder]  # the export is no checkpoint to resume or prune

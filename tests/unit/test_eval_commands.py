@@ -19,6 +19,7 @@ import torch
 from bigtrain.config import config_from_dict, to_dict, to_yaml
 from bigtrain.data import DataInfo
 from bigtrain.engine import checkpoint
+from bigtrain.engine.generation import load_generation
 from bigtrain.errors import BigtrainError
 from bigtrain.eval import commands
 from bigtrain.eval.inception import InceptionV3, load_inception
@@ -30,7 +31,8 @@ def run(name: str, argv: list[str], capsys) -> tuple[dict, str]:
     """Parse argv as the CLI would, run the command; (its JSON output, its stderr)."""
     parser = argparse.ArgumentParser(prog=f"bigtrain {name}")
     getattr(commands, f"add_{name.replace('-', '_')}_arguments")(parser)
-    assert getattr(commands, f"run_{name.replace('-', '_')}")(parser.parse_args(argv)) == 0
+    extra = (load_generation,) if name == "eval" else ()  # the CLI passes the engine's loader to eval
+    assert getattr(commands, f"run_{name.replace('-', '_')}")(parser.parse_args(argv), *extra) == 0
     out, err = capsys.readouterr()
     assert len(out.strip().splitlines()) == 1  # exactly one JSON object on stdout
     return json.loads(out), err
@@ -150,7 +152,7 @@ def test_eval_needs_reference_statistics_for_fid(trained_run, weights, tmp_path)
     commands.add_eval_arguments(parser)
     args = parser.parse_args(["--run", str(run_dir), "--ref-stats", str(tmp_path / "missing.npz"), *inception_args(weights)])
     with pytest.raises(BigtrainError, match="missing.npz"):
-        commands.run_eval(args)
+        commands.run_eval(args, load_generation)
 
 
 @pytest.mark.slow

@@ -14,8 +14,8 @@ def test_overflow_in_d_skips_only_d():
     assert G.scaler is not None and D.scaler is not None and G.scaler is not D.scaler
 
     x = torch.randn(4, 3)
-    backend.backward(D, D.engine(x).mean())
-    backend.backward(G, G.engine(x).pow(2).mean())
+    backend.backward([(D, D.engine(x).mean())])
+    backend.backward([(G, G.engine(x).pow(2).mean())])
     for p in D.net.parameters():
         p.grad[0] = float("inf")  # an overflow in D's gradients only
     d_before = [p.detach().clone() for p in D.net.parameters()]

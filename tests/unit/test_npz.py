@@ -51,7 +51,7 @@ def test_streams_are_seeded_per_rank_and_resumable(tmp_path):
     a = take(_source(path, rank=0).batches(), 7)
     again = take(_source(path, rank=0).batches(), 7)
     other_rank = take(_source(path, rank=1).batches(), 7)
-    resumed = take(_source(path, rank=0).batches(start=4), 3)
+    resumed = take(_source(path, rank=0).batches(start=4 * 5), 3)  # start counts samples: 4 micro-batches of 5
     assert all(torch.equal(p, q) for p, q in zip(a, again))
     assert not all(torch.equal(p, q) for p, q in zip(a, other_rank))
     assert all(torch.equal(p, q) for p, q in zip(a[4:], resumed))

@@ -1,4 +1,4 @@
-"""Gradient penalties inside D's update (engine/gan.py): taken through D's plain module, on the
+"""Gradient penalties inside D's update (bigtrain/recipes/gan.py): taken through D's plain module, on the
 weights of the step's main forward, with one spectral-norm power iteration per step, and
 reaching D's parameters. Checked against autograd on a copy of D made before the step."""
 import copy
@@ -7,8 +7,9 @@ import torch
 
 from bigtrain.config import load_config
 from bigtrain.data import DataInfo
-from bigtrain.engine.gan import RoundInputs, build_objective
 from bigtrain.engine.players import Player
+from bigtrain.recipes.base import Round
+from bigtrain.recipes.gan import GanRecipe
 from bigtrain.losses import regularizers
 from bigtrain.models import build_discriminator, build_generator
 
@@ -32,12 +33,15 @@ def _objective(*overrides):
     G, D = build_generator(cfg.model, info), build_discriminator(cfg.model, info)
     G_player = Player(name="G", net=G, engine=G, optimizer=torch.optim.SGD(G.parameters(), lr=0.1))
     D_player = Player(name="D", net=D, engine=CountingEngine(D), optimizer=torch.optim.SGD(D.parameters(), lr=0.1))
-    return build_objective(G_player, D_player, cfg, lambda t: t), G, D, D_player.engine
+    recipe = GanRecipe(cfg, info)
+    recipe.bind({"G": G_player, "D": D_player}, lambda t: t, 4)
+    return recipe, G, D, D_player.engine
 
 
 def _batch():
     gen = torch.Generator().manual_seed(3)
-    return RoundInputs(real=torch.rand(4, 1, 16, 16, generator=gen) * 2 - 1, y_real=None, z=torch.randn(4, 8, generator=gen), y_fake=None)
+    real = torch.rand(4, 1, 16, 16, generator=gen) * 2 - 1
+    return Round({"real": {"x": real}}, {"z": torch.randn(4, 8, generator=gen)})
 
 
 def _input_gradient(D, x):
@@ -51,14 +55,15 @@ def test_gradient_penalty_sees_the_step_weights_and_one_power_iteration():
     b = _batch()
     D_copy = copy.deepcopy(D)
     torch.manual_seed(1)
-    loss, stats = obj.d_main(b)
+    losses, stats = obj.d_main(b)
+    loss = losses["D"]
     assert engine.calls == 1  # the main scores went through the engine, once
 
     with torch.no_grad():
-        fake = G(b.z, None)
-    D_copy(torch.cat([b.real, fake]), None)  # one training-mode forward = one power iteration
+        fake = G(b.latents["z"], None)
+    D_copy(torch.cat([b.data["real"]["x"], fake]), None)  # one training-mode forward = one power iteration
     torch.manual_seed(1)
-    x_hat = regularizers.interpolates(b.real, fake)
+    x_hat = regularizers.interpolates(b.data["real"]["x"], fake)
     D_copy.eval()
     expected = ((_input_gradient(D_copy, x_hat).norm(dim=1) - 1) ** 2).mean()
     torch.testing.assert_close(stats["loss/D_gp"], expected, rtol=1e-5, atol=1e-7)
@@ -75,11 +80,12 @@ def test_lazy_r1_phase_goes_through_the_engine_and_adds_only_r1():
     assert [p.name for p in obj.phases] == ["D_main", "D_reg", "G_main"]
     b = _batch()
     D_copy = copy.deepcopy(D)
-    loss, stats = obj.d_reg(b)
+    losses, stats = obj.d_reg(b)
+    loss = losses["D"]
     assert engine.calls == 1  # DDP / DeepSpeed see the phase's forward
-    D_copy(b.real, None)
+    D_copy(b.data["real"]["x"], None)
     D_copy.eval()
-    r1 = _input_gradient(D_copy, b.real).pow(2).sum(dim=1).mean()
+    r1 = _input_gradient(D_copy, b.data["real"]["x"]).pow(2).sum(dim=1).mean()
     torch.testing.assert_close(stats["loss/D_r1"], r1, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(loss, 0.5 * 2 * 4 * r1, rtol=1e-5, atol=1e-7)
     loss.backward()

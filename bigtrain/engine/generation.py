@@ -1,0 +1,60 @@
+"""Generation from a checkpoint, for `bigtrain sample` and `bigtrain eval`: the recipe stored
+in the checkpoint's config rebuilds the players it samples from and says how they generate."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from bigtrain.data import DataInfo
+from bigtrain.engine import checkpoint
+from bigtrain.errors import CheckpointError
+from bigtrain.recipes.base import Recipe
+
+
+@dataclass
+class LoadedGeneration:
+    recipe: Recipe
+    nets: dict[str, nn.Module]  # the sampled players' modules, in eval mode
+    num_classes: int  # classes `class_idx` may name (0: unconditional)
+    info: DataInfo
+    kimg: float
+    path: str  # the checkpoint folder
+    ema: bool  # True when every sampled player holds its EMA weights
+
+    def generate(self, indices, **options) -> tuple[Tensor, Optional[Tensor]]:
+        """Samples for `indices` (see Recipe.generate for the options)."""
+        return self.recipe.generate(self.nets, indices, **options)
+
+    def to(self, device: torch.device | str) -> "LoadedGeneration":
+        for net in self.nets.values():
+            net.to(device)
+        return self
+
+
+def load_generation(run_dir: Optional[str], folder: Optional[str] = None, use_ema: bool = True) -> LoadedGeneration:
+    """The generating players of a checkpoint (EMA copies by default), in eval mode on CPU."""
+    from bigtrain.config import config_from_dict
+    from bigtrain.recipes import build_recipe
+
+    path = checkpoint.resolve_folder(run_dir, folder)
+    state = checkpoint.read_trainer_state(path)
+    cfg = config_from_dict(state["config"])
+    info = DataInfo.from_dict(state["data_info"])
+    recipe = build_recipe(cfg, info)
+    nets, from_ema = {}, []
+    for spec in recipe.players():
+        if spec.name not in recipe.sampled:
+            continue
+        net = spec.build()
+        weights, ema = checkpoint.player_weights(path, state, spec.name, use_ema)
+        try:
+            net.load_state_dict(weights)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: weights do not fit the stored config ({str(exc).splitlines()[0]})") from None
+        nets[spec.name] = net.eval()
+        from_ema.append(ema)
+    num_classes = cfg.model.num_classes if recipe.conditional_sampling else 0
+    return LoadedGeneration(recipe, nets, num_classes, info, state["counters"]["nimg"] / 1000, str(path), all(from_ema))

@@ -1,0 +1,45 @@
+"""Model families as recipes: `RECIPES` maps the config key `recipe` to a Recipe class.
+
+See bigtrain/recipes/base.py for what a recipe declares and docs/design.md for how to add one.
+"""
+from __future__ import annotations
+
+from bigtrain.config import Config
+from bigtrain.data import DataInfo
+from bigtrain.recipes.base import Recipe
+from bigtrain.recipes.began import BeganRecipe
+from bigtrain.recipes.gan import GanRecipe
+from bigtrain.recipes.gman import GmanRecipe
+from bigtrain.recipes.madgan import MadganRecipe
+
+RECIPES: dict[str, type[Recipe]] = {
+    "gan": GanRecipe,
+    "began": BeganRecipe,
+    "gman": GmanRecipe,
+    "madgan": MadganRecipe,
+}
+
+
+def recipe_class(cfg: Config) -> type[Recipe]:
+    """The recipe `cfg` asks for; `loss.type: began` under the default recipe means BEGAN
+    (configs written before recipes existed select it that way)."""
+    if cfg.recipe == "gan" and cfg.loss.type == "began":
+        return BeganRecipe
+    return RECIPES[cfg.recipe]
+
+
+def build_recipe(cfg: Config, info: DataInfo) -> Recipe:
+    """The recipe for `cfg` on data described by `info`, with its config checks done."""
+    recipe = recipe_class(cfg)(cfg, info)
+    names = {spec.name.lower() for spec in recipe.players()} | set(recipe.optim_groups())
+    for section, keys in (("optim", cfg.optim), ("backend.configs", cfg.backend.configs), ("schedule.lr", cfg.schedule.lr)):
+        for key in keys:
+            if key not in names:
+                raise_unknown_player(f"{section}.{key}", sorted(names))
+    return recipe
+
+
+def raise_unknown_player(key: str, names: list[str]) -> None:
+    from bigtrain.errors import ConfigError
+
+    raise ConfigError(key, f"this recipe has no player {key.rsplit('.', 1)[-1]!r}; its players are {', '.join(names)}")

@@ -1,0 +1,172 @@
+"""What a recipe declares and what the loop gives it (docs/design.md, "Recipes").
+
+A recipe is one model family: its named players (one network each, with an optimizer and
+optionally an EMA copy), its phases (which players a phase updates from one forward, which it
+freezes, which data streams it draws, how often it runs), how it generates samples, and its
+state (global, and per rank). The loop (bigtrain/engine/loop.py) runs any recipe the same way
+and never learns a family's name; recipes never import the distributed engine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from bigtrain.config import Config, OptimConfig
+from bigtrain.data import DataInfo
+
+Stats = dict[str, Tensor]
+ReduceMean = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class PlayerSpec:
+    """A player as the recipe declares it; the backend turns it into a trained `Player`."""
+
+    name: str  # "G", "D", "D2", "G_AB", ... (key of its state in checkpoints)
+    build: Callable[[], nn.Module]  # builds the plain module from its own config section
+    optim: OptimConfig  # its optimizer (optim.<name lowercased>, or the recipe's fallback)
+    ema: bool = False  # keep an exponential moving average of its weights (`<name>_ema`)
+
+
+class Net(Protocol):
+    """What a phase needs of a player: its plain module and what it is trained through."""
+
+    name: str
+    net: nn.Module  # plain module: frozen forwards, gradient penalties, EMA, saving
+    engine: nn.Module  # DDP wrapper, DeepSpeed engine, or the module itself
+
+
+@dataclass
+class Round:
+    """One accumulation round's inputs, already on the device.
+
+    `data[stream]` holds the named tensors of one micro-batch of that stream (`x` images in
+    [-1, 1] [B, C, H, W] or vectors [B, D]; `y` int64 [B] when the data has labels);
+    `latents` the recipe's draws for this round (sliced from one draw per phase, so micro-batch
+    8 x 2 rounds sees the same latents as 16 x 1).
+    """
+
+    data: dict[str, dict[str, Tensor]]
+    latents: dict[str, Tensor]
+
+
+class GradAccess(Protocol):
+    """Reading and replacing a player's gradients between backward and step, whatever the
+    engine keeps them as (DDP: `.grad`; DeepSpeed: fp32 partitions)."""
+
+    def get(self, param: nn.Parameter) -> Optional[Tensor]: ...
+
+    def set(self, param: nn.Parameter, grad: Tensor) -> None: ...
+
+
+@dataclass
+class Phase:
+    """One kind of update. `compute(round) -> (losses by updated player, stats)`."""
+
+    name: str  # "D_main", "D_reg", "G_main", ...
+    updates: tuple[str, ...]  # players stepped after this phase (one loss each)
+    frozen: tuple[str, ...]  # players that get no gradient here
+    compute: Callable[[Round], tuple[dict[str, Tensor], Stats]]
+    streams: tuple[str, ...] = ()  # data streams drawn once per accumulation round
+    repeats: int = 1  # runs per iteration (d_steps for D)
+    interval: int = 1  # runs only every `interval` iterations (lazy regularization)
+    clamp_weights: float = 0.0  # > 0: updated players' weights clamped to [-c, c] after the step (WGAN)
+    before_step: Optional[Callable[[str, nn.Module, GradAccess], None]] = None  # (player, net, grads) after backward
+
+
+@dataclass
+class Generation:
+    """What sampling needs: the players' modules by name, and how they map indices to samples."""
+
+    nets: dict[str, nn.Module]
+    sample: Callable[..., tuple[Tensor, Optional[Tensor]]] = field(repr=False)
+
+
+class Recipe:
+    """Base class: subclasses set `section` (their own config key, or None) and `Options`
+    (its dataclass), and implement `players`, `bind` and `generate`."""
+
+    section: Optional[str] = None  # top-level config key of the recipe's own options
+    Options: Optional[type] = None  # dataclass of those options
+    streams: tuple[str, ...] = ("real",)  # data streams the recipe reads
+    sampled: tuple[str, ...] = ("G",)  # players (EMA copy when kept) that generate samples
+    conditional_sampling: bool = True  # `--class` means something for this family
+
+    def __init__(self, cfg: Config, info: DataInfo):
+        self.cfg, self.info = cfg, info
+        self.phases: list[Phase] = []
+
+    # ---- declared before any engine starts ---------------------------------------------
+    def players(self) -> list[PlayerSpec]:
+        """Every player, in the order the loop builds them (each draws its initial weights
+        from the torch seed in turn, so the order is part of the reproducible result)."""
+        raise NotImplementedError
+
+    def bind(self, players: dict[str, Net], reduce_mean: ReduceMean, micro_batch: int) -> None:
+        """Receive the trained players (and the per-process micro-batch); set `self.phases`."""
+        raise NotImplementedError
+
+    def latents(self, n: int, gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+        """Draws for one phase of `n` samples from the rank's latent stream (CPU generator)."""
+        return {}
+
+    def optim_groups(self) -> tuple[str, ...]:
+        """Config keys besides the players' own that `optim.*` may use as a shared fallback."""
+        return ()
+
+    def check_players(self, players: dict[str, Net], second_order: Callable[[str], bool]) -> None:
+        """Refuse settings the engine cannot do for a player (e.g. gradient penalties at ZeRO-3)."""
+
+    def plan_values(self, nimg: int) -> dict[str, float]:
+        """Recipe values of the schedule at `nimg` (a resolution, a fade alpha, ...)."""
+        return {}
+
+    # ---- every iteration ---------------------------------------------------------------
+    def end_iteration(self) -> Stats:
+        """Bookkeeping after all phases of an iteration (collective if it reduces); stats."""
+        return {}
+
+    # ---- sampling ----------------------------------------------------------------------
+    def generate(self, nets: dict[str, nn.Module], indices: Sequence[int], *, seed: int, truncation: Optional[float] = None,
+                 class_idx: Optional[int] = None, device: torch.device | str = "cpu", batch_size: int = 64) -> tuple[Tensor, Optional[Tensor]]:
+        """Samples for `indices` (sample i depends only on (seed, i)): float images [N, C, H, W]
+        in [-1, 1] or vectors [N, D] on CPU, and int64 labels or None."""
+        raise NotImplementedError
+
+    def grid_classes(self, rows: int) -> list[Optional[int]]:
+        """The class shown in each row of a sample grid (None: unconditional)."""
+        return [None] * rows
+
+    # ---- state -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Global state (identical on every rank), saved by rank 0."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def rank_state_dict(self) -> dict[str, Any]:
+        """This rank's own state (e.g. an image pool), saved in rankN.pt."""
+        return {}
+
+    def load_rank_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def optim_for(cfg: Config, name: str, *fallbacks: str) -> OptimConfig:
+    """`optim.<name lowercased>`, else the first fallback key present, else the defaults."""
+    for key in (name.lower(), *fallbacks):
+        if key in cfg.optim:
+            return cfg.optim[key]
+    return OptimConfig()
+
+
+def has_batch_statistics(net: nn.Module) -> bool:
+    """True when a forward mixes samples of one batch (batch norm, minibatch stddev): then real
+    and fake must be forwarded apart (docs/design.md, "No D statistic mixes real and fake")."""
+    from bigtrain.models.layers import MinibatchStddev
+
+    return any(isinstance(m, (nn.modules.batchnorm._BatchNorm, MinibatchStddev)) for m in net.modules())
