@@ -532,7 +532,7 @@ def verify_deepspeed_files(folder: Path, zero_stage: Optional[int] = None, world
     Every rank checks every file, so on a shared filesystem all ranks reach the same verdict
     before any of them enters DeepSpeed's loading (which has collectives). DeepSpeed itself
     loads the files with weights_only=False; after this check nothing in them can name other
-    code to run (a bounded departure from DESIGN.md, see docs/deepspeed.md).
+    code to run (a bounded departure from docs/design.md, "Checkpoints"; see docs/deepspeed.md).
     """
     folder = Path(folder)
     files = sorted(folder.glob("*.pt"))

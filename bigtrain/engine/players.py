@@ -64,18 +64,19 @@ def ema_beta(cfg: EmaConfig, nimg: int, batch_size: int) -> float:
 class EMA:
     """A frozen copy of a player (G) whose parameters track an exponential moving average."""
 
-    def __init__(self, G: nn.Module, cfg: EmaConfig):
+    def __init__(self, net: nn.Module, cfg: EmaConfig):
         self.cfg = cfg
-        self.module = copy.deepcopy(G).eval().requires_grad_(False)
+        self.module = copy.deepcopy(net).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, G: nn.Module, nimg: int, batch_size: int) -> float:
-        """Blend G's current weights in (buffers such as BN statistics are copied); returns beta."""
+    def update(self, net: nn.Module, nimg: int, batch_size: int) -> float:
+        """Blend the player's current weights in (buffers such as BN statistics are copied);
+        returns beta."""
         beta = ema_beta(self.cfg, nimg, batch_size)
         ema_params = list(self.module.parameters())
-        params = [p.detach().to(e.dtype) for p, e in zip(G.parameters(), ema_params)]
+        params = [p.detach().to(e.dtype) for p, e in zip(net.parameters(), ema_params)]
         torch._foreach_lerp_(ema_params, params, 1.0 - beta)  # e = beta*e + (1-beta)*p
-        for b_ema, b in zip(self.module.buffers(), G.buffers()):
+        for b_ema, b in zip(self.module.buffers(), net.buffers()):
             b_ema.copy_(b)
         return beta
 
