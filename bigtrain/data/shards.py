@@ -509,7 +509,9 @@ class ShardSource:
         Worker w of this rank yields micro-batches w, w + W, w + 2W, ... (the DataLoader keeps
         that order), so the stream is reproducible for a fixed number of workers.
         """
-        loader = DataLoader(ShardStream(self.spec, start), batch_size=None, num_workers=self.num_workers)
+        # the seeds take the position in micro-batches, as before positions were counted in
+        # samples (the micro-batch is fixed for a run), so shard streams resume as they did
+        loader = DataLoader(ShardStream(self.spec, start // self.spec.micro_batch), batch_size=None, num_workers=self.num_workers)
         for x, y, note in loader:
             if "error" in note:
                 raise DataError(note["error"])
