@@ -511,6 +511,8 @@ class ShardSource:
         """
         # the seeds take the position in micro-batches, as before positions were counted in
         # samples (the micro-batch is fixed for a run), so shard streams resume as they did
+        if start % self.spec.micro_batch:
+            raise ValueError(f"shard streams resume at whole micro-batches: {start} samples is not a multiple of {self.spec.micro_batch}")
         loader = DataLoader(ShardStream(self.spec, start // self.spec.micro_batch), batch_size=None, num_workers=self.num_workers)
         for x, y, note in loader:
             if "error" in note:

@@ -117,9 +117,11 @@ def test_batches_through_two_loader_workers(dataset) -> None:
 def test_resume_does_not_replay_the_served_stream(dataset) -> None:
     out, _, _ = dataset
     first = [xb for xb, _ in take(source(out / "dataset.json").batches(0), 6)]
-    resumed = [xb for xb, _ in take(source(out / "dataset.json").batches(3), 3)]
+    resumed = [xb for xb, _ in take(source(out / "dataset.json").batches(3 * 4), 3)]  # after 3 micro-batches of 4 samples
     assert not any(torch.equal(a, b) for a, b in zip(first[:3], resumed)), "resumed stream replays the start"
     assert not any(torch.equal(a, b) for a, b in zip(first[3:], resumed))  # a fresh draw, not a position
+    with pytest.raises(ValueError, match="whole micro-batches"):
+        next(source(out / "dataset.json").batches(3))
 
 
 def test_xflip_mirrors_some_images(dataset) -> None:
