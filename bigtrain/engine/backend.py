@@ -149,17 +149,15 @@ class AccelerateBackend(Backend):
         skipped = None
         if player.scaler is not None:
             player.scaler.unscale_(player.optimizer)
-            if before_step is not None:
-                before_step(player.name, player.net, ParamGrads())
-            self._clip(player)
+        if before_step is not None:
+            before_step(player.name, player.net, ParamGrads())
+        self._clip(player)
+        if player.scaler is not None:
             scale_before = player.scaler._scale.clone()  # the tensor, not get_scale(): no sync
             player.scaler.step(player.optimizer)
             player.scaler.update()
             skipped = (player.scaler._scale < scale_before).float()
         else:
-            if before_step is not None:
-                before_step(player.name, player.net, ParamGrads())
-            self._clip(player)
             player.optimizer.step()
         player.optimizer.zero_grad(set_to_none=True)
         return skipped

@@ -17,16 +17,16 @@ from bigtrain.config import NetConfig
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
 from bigtrain.models.layers import (
-    minibatch_stddev,
-    D_CONDS,
-    G_CONDS,
     CondSequential,
+    D_CONDS,
     DiscriminatorHead,
+    G_CONDS,
     apply_spectral_norm,
     check_labels,
     concat_label_maps,
     concat_one_hot,
     image_resolution,
+    minibatch_stddev,
     norm_layer,
     resolve_cond,
 )

@@ -8,7 +8,7 @@ and never learns a family's name; recipes never import the distributed engine.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 import torch
@@ -75,14 +75,6 @@ class Phase:
     interval: int = 1  # runs only every `interval` iterations (lazy regularization)
     clamp_weights: float = 0.0  # > 0: updated players' weights clamped to [-c, c] after the step (WGAN)
     before_step: Optional[Callable[[str, nn.Module, GradAccess], None]] = None  # (player, net, grads) after backward
-
-
-@dataclass
-class Generation:
-    """What sampling needs: the players' modules by name, and how they map indices to samples."""
-
-    nets: dict[str, nn.Module]
-    sample: Callable[..., tuple[Tensor, Optional[Tensor]]] = field(repr=False)
 
 
 class Recipe:

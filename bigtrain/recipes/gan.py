@@ -131,14 +131,18 @@ class GanRecipe(Recipe):
         batch = b.data["real"]
         return batch["x"], (batch.get("y") if self.conditional else None)
 
-    # ---- phases ----------------------------------------------------------------------------
-    def d_main(self, b: Round) -> tuple[dict[str, Tensor], Stats]:
-        # (1) update D: score real data as real and G(z) as fake, plus its regularizers
+    def _d_inputs(self, b: Round) -> tuple[Tensor, Optional[Tensor], Tensor, Optional[Tensor]]:
+        """(real, y_real, fake, y_fake) for a D phase: G(z) without gradient, both augmented."""
         real, y_real = self._real(b)
         y_fake = b.latents.get("y")
         with torch.no_grad():
             fake = self.G.net(b.latents["z"], y_fake).to(real.dtype)
-        real, fake = self.augment(real), self.augment(fake)
+        return self.augment(real), y_real, self.augment(fake), y_fake
+
+    # ---- phases ----------------------------------------------------------------------------
+    def d_main(self, b: Round) -> tuple[dict[str, Tensor], Stats]:
+        # (1) update D: score real data as real and G(z) as fake, plus its regularizers
+        real, y_real, fake, y_fake = self._d_inputs(b)
         out_real, out_fake = self._score(self.D.engine, [real, fake], [y_real, y_fake])
         (s_real, c_real), (s_fake, c_fake) = self._split(out_real), self._split(out_fake)
         loss = self.loss.d_loss(s_real, s_fake)

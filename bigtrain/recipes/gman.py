@@ -11,8 +11,6 @@ combination of its K per-discriminator losses L_k:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 from torch import Tensor
 
@@ -75,7 +73,6 @@ class GmanRecipe(GanRecipe):
 
     def bind(self, players: dict[str, Net], reduce_mean: ReduceMean, micro_batch: int) -> None:
         self.G, self.Ds = players["G"], [players[n] for n in self.d_names]
-        self.D = self.Ds[0]  # for GanRecipe's helpers, which read D's settings only
         self.reduce_mean = reduce_mean
         self.separate = any(has_batch_statistics(d.net) for d in self.Ds)
         self.phases = [
@@ -83,16 +80,9 @@ class GmanRecipe(GanRecipe):
             Phase("G_main", ("G",), self.d_names, self.g_main),
         ]
 
-    def check_players(self, players: dict[str, Net], second_order: Callable[[str], bool]) -> None:
-        pass  # no gradient penalties (refused in _check)
-
     def d_main(self, b: Round) -> tuple[dict[str, Tensor], Stats]:
         # (1) update every D_k on the same real batch and the same fakes
-        real, y_real = self._real(b)
-        y_fake = b.latents.get("y")
-        with torch.no_grad():
-            fake = self.G.net(b.latents["z"], y_fake).to(real.dtype)
-        real, fake = self.augment(real), self.augment(fake)
+        real, y_real, fake, y_fake = self._d_inputs(b)
         losses, stats = {}, {}
         for name, D in zip(self.d_names, self.Ds):
             s_real, s_fake = self._score(D.engine, [real, fake], [y_real, y_fake])

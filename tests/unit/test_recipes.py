@@ -12,7 +12,7 @@ from bigtrain.config import CurveConfig, ScheduleConfig, load_config
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
 from bigtrain.models import build_discriminator, build_generator
-from bigtrain.recipes.base import Phase, PlayerSpec, Recipe, Round, optim_for
+from bigtrain.recipes.base import Phase, PlayerSpec, Recipe, optim_for
 from bigtrain.recipes.gan import GanRecipe
 from bigtrain.recipes.gman import combine
 from bigtrain.schedule import factor, make_plan
