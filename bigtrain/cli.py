@@ -7,6 +7,7 @@ Bad input (BigtrainError) -> one line on stderr naming the culprit, exit code 2.
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import sys
 import warnings
@@ -86,7 +87,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.class_idx is not None and loaded.num_classes == 0:
         raise BigtrainError("--class given but the model is unconditional")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    options = {"head": args.head} if args.head is not None else {}
+    options = {}
+    if args.head is not None:
+        if "head" not in inspect.signature(loaded.recipe.generate).parameters:
+            raise BigtrainError(f"--head: {loaded.path} holds a {loaded.recipe.__class__.__name__} model, which has one generator")
+        options["head"] = args.head
     x, y = loaded.to(device).generate(range(args.num), seed=args.seed, truncation=args.truncation, class_idx=args.class_idx, device=device, **options)
     is_image = loaded.info.kind == "image"
     if kind != "npz" and not is_image:

@@ -122,6 +122,10 @@ def test_madgan_samples_one_head_or_all(tmp_path):
     assert np.array_equal(every[0], h0[0]) and np.array_equal(every[2], h2[2])  # sample i from head i mod 3
     bad = run_cli("sample", "--run", str(run), "--num", "2", "--out", str(tmp_path / "bad.npz"), "--head", "3")
     assert bad.returncode == 2 and "--head" in bad.stderr
+    plain = _config(tmp_path, "plain", CASES["pacgan"])
+    assert run_cli("train", str(write_config(tmp_path / "p.yaml", plain))).returncode == 0
+    one_g = run_cli("sample", "--run", str(tmp_path / "runs" / "plain"), "--num", "2", "--out", str(tmp_path / "one.npz"), "--head", "0")
+    assert one_g.returncode == 2 and "--head" in one_g.stderr and "one generator" in one_g.stderr
 
 
 def test_dry_run_counts_every_players_parameters(tmp_path):
