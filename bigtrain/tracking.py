@@ -2,12 +2,17 @@
 
 `report(name, value)` keeps running sums on the device, so reporting never waits for the
 accelerator; `flush` averages every statistic across ranks in one reduction and one host copy.
-Only the main process writes files.
+Throughput counts training only: time spent in `maintenance()` (grids, checkpoints, evaluation)
+is reported apart, as `perf/maintenance_s`, with each rank's peak memory. Only the main process
+writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import resource
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -29,9 +34,13 @@ class Tracker:
         total_img: int,
         start_img: int = 0,
         progress_bar: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str = "cpu",
     ):
         self.run_dir = Path(run_dir)
         self.is_main = is_main
+        self.rank, self.world_size, self.device = rank, world_size, torch.device(device)
         self.reduce_mean = reduce_mean
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
@@ -40,6 +49,7 @@ class Tracker:
         self.jsonl = None
         self._last_time = time.perf_counter()
         self._last_img = start_img
+        self._maintenance = 0.0  # seconds in maintenance() since the last flush
         if is_main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -61,6 +71,15 @@ class Tracker:
             self.sums[name] = value.clone()
             self.counts[name] = 1
 
+    @contextlib.contextmanager
+    def maintenance(self):
+        """Time spent here (a grid, a checkpoint, an evaluation) is not training time."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._maintenance += time.perf_counter() - start
+
     def advance(self, nimg: int) -> None:
         if self.bar is not None:
             self.bar.update(nimg - self.bar.n)
@@ -69,17 +88,22 @@ class Tracker:
         """Average, write one metrics.jsonl line and TensorBoard scalars; returns the record."""
         now = time.perf_counter()
         record: dict[str, float] = {"step": step, "kimg": round(nimg / 1000, 3)}
-        if self.sums:
-            names = sorted(self.sums)
-            means = torch.stack([self.sums[n].to(self.sums[names[0]].device) / self.counts[n] for n in names])
-            values = self.reduce_mean(means).tolist()  # the one host sync per flush
-            record.update({n: v for n, v in zip(names, values)})
-        if now > self._last_time and nimg > self._last_img:
-            record["perf/img_per_s"] = (nimg - self._last_img) / (now - self._last_time)
+        names = sorted(self.sums)
+        means = [self.sums[n].to(self.device) / self.counts[n] for n in names]
+        # each rank's peak memory in its own slot: the mean over ranks times their number gives every slot back
+        peaks = torch.zeros(self.world_size, device=self.device)
+        peaks[self.rank] = _peak_memory_mb(self.device)
+        values = self.reduce_mean(torch.cat([*(m.reshape(1) for m in means), peaks])).tolist()  # the one host sync per flush
+        record.update({n: v for n, v in zip(names, values)})
+        train_s = now - self._last_time - self._maintenance
+        if train_s > 0 and nimg > self._last_img:
+            record["perf/img_per_s"] = (nimg - self._last_img) / train_s
+        record["perf/maintenance_s"] = self._maintenance
+        record.update({f"perf/peak_mem_mb/rank{r}": v * self.world_size for r, v in enumerate(values[len(names):])})
         record.update(extra or {})
         self.sums.clear()
         self.counts.clear()
-        self._last_time, self._last_img = now, nimg
+        self._last_time, self._last_img, self._maintenance = now, nimg, 0.0
         if self.is_main:
             self.write(record, step)
             if self.bar is not None:
@@ -98,10 +122,11 @@ class Tracker:
         self.writer.flush()
 
     def image(self, name: str, grid: np.ndarray, nimg: int) -> Optional[Path]:
-        """Save a uint8 [H, W, C] grid as samples/<name>-<kimg>.png and in TensorBoard."""
+        """Save a uint8 [H, W, C] grid as samples/<name>-KKKKKK.KKKkimg.png and in TensorBoard."""
         if not self.is_main:
             return None
-        path = self.run_dir / "samples" / f"{name}-{nimg // 1000:06d}kimg.png"
+        # kimg to three decimals: grids less than 1 kimg apart keep their own files, in order
+        path = self.run_dir / "samples" / f"{name}-{nimg // 1000:06d}.{nimg % 1000:03d}kimg.png"
         save_png(grid, path)
         self.writer.add_image(name, grid, global_step=nimg, dataformats="HWC")
         self.writer.flush()
@@ -114,6 +139,15 @@ class Tracker:
             self.writer.close()
         if self.jsonl is not None:
             self.jsonl.close()
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process on `device`: allocated CUDA memory, or on a CPU the
+    resident set's high-water mark (all of the process, not only tensors)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 def save_png(image: np.ndarray, path: Path) -> None:

@@ -161,7 +161,8 @@ class Trainer:
         total_img = int(round(cfg.train.total_kimg * 1000))
         if backend.is_main:
             self._write_config()
-        tracker = Tracker(self.run_dir, is_main=backend.is_main, reduce_mean=backend.reduce_mean, total_img=total_img, start_img=counters.nimg, progress_bar=cfg.log.progress_bar)
+        tracker = Tracker(self.run_dir, is_main=backend.is_main, reduce_mean=backend.reduce_mean, total_img=total_img, start_img=counters.nimg,
+                          progress_bar=cfg.log.progress_bar, rank=backend.rank, world_size=backend.world_size, device=backend.device)
         grid_path = None
         try:
             if counters.nimg == 0:
@@ -173,13 +174,14 @@ class Trainer:
                 done = counters.nimg >= total_img
                 if done or crossed(counters.nimg, batch, cfg.log.every_kimg):
                     tracker.flush(step=counters.step, nimg=counters.nimg, extra=self._data_stats())
-                if done or crossed(counters.nimg, batch, cfg.log.samples_every_kimg):
-                    grid_path = self.save_grid(tracker) or grid_path
-                saved = None
-                if done or crossed(counters.nimg, batch, cfg.checkpoint.every_kimg):
-                    saved = self.save_checkpoint()
-                if self.evaluator is not None and (done or crossed(counters.nimg, batch, cfg.eval.every_kimg)):
-                    self.evaluate(tracker, saved)
+                with tracker.maintenance():
+                    if done or crossed(counters.nimg, batch, cfg.log.samples_every_kimg):
+                        grid_path = self.save_grid(tracker) or grid_path
+                    saved = None
+                    if done or crossed(counters.nimg, batch, cfg.checkpoint.every_kimg):
+                        saved = self.save_checkpoint()
+                    if self.evaluator is not None and (done or crossed(counters.nimg, batch, cfg.eval.every_kimg)):
+                        self.evaluate(tracker, saved)
         finally:
             tracker.close()
         backend.barrier()

@@ -36,7 +36,9 @@ def test_run_directory_contract(tmp_path, data):
     assert rows[-1]["kimg"] == 0.128
     assert list((run / "tb").glob("events.out.tfevents.*"))
     grids = sorted((run / "samples").glob("fakes-*.png"))
-    assert grids and Image.open(grids[-1]).size == (4 * 8, 2 * 8)
+    # at 0, 0.064 and 0.128 kimg: grids under 1 kimg apart each keep their own file
+    assert [g.name for g in grids] == ["fakes-000000.000kimg.png", "fakes-000000.064kimg.png", "fakes-000000.128kimg.png"]
+    assert Image.open(grids[-1]).size == (4 * 8, 2 * 8)
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step-"))
     assert ckpts == ["step-00000004", "step-00000008"]
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000008"
