@@ -12,17 +12,47 @@ def _eval_rows(run):
     return [r for r in rows if any(k.startswith("eval/") for k in r)]
 
 
-def test_periodic_inception_score_with_protocol(tmp_path, weights):
+@pytest.fixture
+def sharp_weights(tmp_path, weights):
+    """The random Inception net with class logits that depend on the image: with random weights
+    the pool features of every image are nearly the same vector, so every image gets the same
+    class distribution and IS = 1 exactly. Here the logit weights are made orthogonal to that
+    common vector and scaled up, so a wrong number can show."""
+    import torch
+
+    from bigtrain.eval.inception import InceptionV3
+
+    net = InceptionV3()
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    with torch.no_grad():
+        pool, _ = net.eval()(torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))
+        common = pool.mean(0) / pool.mean(0).norm()
+        w = net.fc.weight
+        w.sub_(torch.outer(w @ common, common)).mul_(1000)
+    path = tmp_path / "sharp-inception.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_periodic_inception_score_with_protocol(tmp_path, sharp_weights):
+    weights = sharp_weights
     data = write_images_npz(tmp_path / "d.npz", n=32, res=8)
-    cfg = tiny_config(tmp_path, data, train={"total_kimg": 0.064}, eval={"every_kimg": 0.032, "num_samples": 6, "metrics": ["is"], "inception_weights": str(weights), "batch_size": 6})
+    cfg = tiny_config(tmp_path, data, train={"total_kimg": 0.064}, eval={"every_kimg": 0.032, "num_samples": 20, "metrics": ["is"], "inception_weights": str(weights), "batch_size": 10},
+                      checkpoint={"every_kimg": 0.064})
     out = run_cli("train", str(write_config(tmp_path / "c.yaml", cfg)))
     assert out.returncode == 0, out.stderr[-2000:]
     rows = _eval_rows(tmp_path / "runs" / "tiny")
     assert [r["kimg"] for r in rows] == [0.032, 0.064]
     for r in rows:
-        assert r["eval/is"] > 0.99 and "eval/fid" not in r
+        assert "eval/fid" not in r
         generated = r["eval/protocol"]["generated"]
-        assert generated["num_images"] == 6 and generated["ema"] is True
+        assert generated["num_images"] == 20 and generated["ema"] is True
+    # the number logged in training is the one `bigtrain eval` computes from that checkpoint
+    # (same latents, same Inception net); G_ema moved between the two evaluations
+    again = run_cli("eval", "--checkpoint", str(tmp_path / "runs" / "tiny" / "checkpoints" / "step-00000004"), "--metrics", "is", "--num", "20", "--batch-size", "10", "--weights", str(weights), "--device", "cpu")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout)["is"] == pytest.approx(rows[1]["eval/is"], rel=1e-5)
+    assert all(r["eval/is"] > 1.001 for r in rows) and rows[0]["eval/is"] != rows[1]["eval/is"]
     assert not (tmp_path / "runs" / "tiny" / "checkpoints" / "best").exists()  # no FID, no best
 
 
