@@ -589,7 +589,7 @@ def deepspeed_weights(engine_dir: Path, state: dict) -> dict[str, torch.Tensor]:
     except (OSError, KeyError, ValueError, RuntimeError) as exc:  # missing or mismatched partition files
         text = str(exc).strip()
         raise CheckpointError(f"{tag_dir}: cannot read the weights from DeepSpeed's files ({text.splitlines()[0] if text else type(exc).__name__})") from None
-    return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
+    return {k: (v.detach().float() if v.is_floating_point() else v.detach()).contiguous() for k, v in weights.items()}
 
 
 # ---- shared -------------------------------------------------------------------------------

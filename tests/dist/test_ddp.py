@@ -25,7 +25,8 @@ def torchrun() -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
 
 
-DIST_ENV = {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+# PYTHONFAULTHANDLER: a rank that aborts (SIGABRT, SIGSEGV) prints every thread's Python stack
+DIST_ENV = {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
 
 def run_worker(cfg: Path, out: Path, *overrides: str) -> dict:
@@ -71,6 +72,8 @@ def test_fp16_through_the_cli_under_torchrun(tmp_path, mlp_config):
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all("fp16/G_skipped" in r and "fp16/D_skipped" in r for r in rows)
+    # each rank's own peak memory (its process's resident high-water mark on a CPU): tens of MB at least
+    assert all(r["perf/peak_mem_mb/rank0"] > 50 and r["perf/peak_mem_mb/rank1"] > 50 for r in rows)
     assert all(torch.isfinite(torch.tensor([r["loss/D"], r["loss/G"]])).all() for r in rows)
     ckpt = run / "checkpoints" / "step-00000003"
     assert {p.name for p in ckpt.iterdir()} == {"trainer.pt", "rank0.pt", "rank1.pt"}
