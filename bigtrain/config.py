@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from bigtrain.errors import ConfigError
 
@@ -62,40 +62,162 @@ class DataConfig:
             raise ConfigError("data.max_skipped_fraction", f"must be in [0, 1], got {self.max_skipped_fraction}")
 
 
+NORMS = ("batch", "none")
+
+
 @dataclass
 class NetConfig:
-    arch: str = "dcgan"  # key of bigtrain.models.MODELS
-    width: int = 64  # channels of the widest conv layer (dcgan) or hidden units (mlp)
-    depth: int = 2  # hidden layers (mlp only)
-    norm: str = "batch"  # batch | none: normalisation layers of conv nets (D: none, see README)
-    cond: str = "auto"  # class conditioning: auto (the arch's default) | concat | cbn (G) | projection | acgan (D)
-    spectral_norm: bool = False  # spectral normalisation of every weight layer (Miyato et al. 2018)
-    h_dim: int = 64  # BEGAN: size of the autoencoder's bottleneck embedding
-    mbstd_group: int = 0  # D: minibatch standard deviation over groups of this many samples (Karras et al. 2018); 0 = off
-    mbstd_channels: int = 1  # D: feature groups of the minibatch-stddev statistic
-    pack: int = 1  # D: PacGAN packing, D scores m samples joined along channels (Lin et al. 2018); 1 = off
+    """A `model.g` / `model.d` section. `arch` and the side pick its class (NET_CONFIGS), which
+    declares exactly the keys that net reads (docs/design.md, "Network config per architecture")."""
+
+    norms: ClassVar[tuple[str, ...]] = NORMS  # the values `norm` may take, in the classes that have it
+    arch: str = "dcgan"  # key of bigtrain.models.MODELS; picks this section's class, and so its other keys
+    width: int = 64  # dcgan: channels at res/2 (doubled at each halving); sngan: channel multiple; began: filters; mlp, grid: hidden units
 
     def validate(self, prefix: str) -> None:
-        _check_positive(f"{prefix}.width", self.width)
-        _check_positive(f"{prefix}.depth", self.depth)
-        _check_choice(f"{prefix}.norm", self.norm, ("batch", "none"))
-        _check_choice(f"{prefix}.cond", self.cond, COND_CHOICES)
-        _check_positive(f"{prefix}.h_dim", self.h_dim)
-        _check_positive(f"{prefix}.mbstd_group", self.mbstd_group, allow_zero=True)
-        _check_positive(f"{prefix}.mbstd_channels", self.mbstd_channels)
-        _check_positive(f"{prefix}.pack", self.pack)
+        """Value checks of this class's keys, each error naming `prefix.key`."""
+        for f in dataclasses.fields(self):
+            key, value = f"{prefix}.{f.name}", getattr(self, f.name)
+            if f.name in ("width", "depth", "h_dim", "mbstd_channels", "pack"):
+                _check_positive(key, value)
+            elif f.name == "mbstd_group":
+                _check_positive(key, value, allow_zero=True)
+            elif f.name == "norm":
+                _check_choice(key, value, self.norms)
+            elif f.name == "cond":
+                _check_choice(key, value, COND_CHOICES)
+
+
+# The keys some nets read, one mixin each. A class lists its mixins last key first, so that its
+# fields keep the order arch, width, depth, norm, cond, spectral_norm, h_dim, mbstd_*, pack.
+@dataclass
+class _Depth:
+    depth: int = 2  # hidden layers
+
+
+@dataclass
+class _Norm:
+    norm: str = "batch"  # batch | none: batch norm in the hidden layers (D: real and fake forwarded apart, see README)
+
+
+@dataclass
+class _Cond:
+    cond: str = "auto"  # class conditioning: auto (the arch's default) | concat | cbn (G) | projection | acgan (D)
+
+
+@dataclass
+class _SpectralNorm:
+    spectral_norm: bool = False  # spectral normalisation of every weight layer (Miyato et al. 2018)
+
+
+@dataclass
+class _HDim:
+    h_dim: int = 64  # BEGAN: size of the autoencoder's bottleneck embedding
+
+
+@dataclass
+class _Mbstd:
+    mbstd_group: int = 0  # minibatch standard deviation over groups of this many samples (Karras et al. 2018); 0 = off
+    mbstd_channels: int = 1  # feature groups of the minibatch-stddev statistic
+
+
+@dataclass
+class _Pack:
+    pack: int = 1  # PacGAN packing, D scores m samples joined along channels (Lin et al. 2018); 1 = off
+
+
+@dataclass
+class MlpGConfig(_SpectralNorm, _Cond, _Depth, NetConfig):
+    arch: str = "mlp"  # this class's architecture
+
+
+@dataclass
+class MlpDConfig(_Pack, _Mbstd, _SpectralNorm, _Cond, _Depth, NetConfig):
+    arch: str = "mlp"  # this class's architecture
+
+
+@dataclass
+class DcganGConfig(_SpectralNorm, _Cond, _Norm, NetConfig):
+    pass
+
+
+@dataclass
+class DcganDConfig(_Pack, _Mbstd, _SpectralNorm, _Cond, _Norm, NetConfig):
+    norm: str = "none"  # D: batch | none, none by default
+
+
+@dataclass
+class SnganGConfig(_SpectralNorm, _Cond, _Norm, NetConfig):
+    arch: str = "sngan"  # this class's architecture
+
+
+@dataclass
+class SnganDConfig(_Pack, _SpectralNorm, _Cond, _Norm, NetConfig):
+    """`norm` can only be none: this D has no normalisation layers (spectral norm is its normaliser)."""
+
+    norms: ClassVar[tuple[str, ...]] = ("none",)
+    arch: str = "sngan"  # this class's architecture
+    norm: str = "none"  # none only
+
+
+@dataclass
+class BeganGConfig(_SpectralNorm, _HDim, NetConfig):
+    """G takes z (model.z_dim), not the bottleneck: it accepts `h_dim` but does not read it, so a
+    config may give both began nets one h_dim (docs/design.md, "Network config per architecture")."""
+
+    arch: str = "began"  # this class's architecture
+
+
+@dataclass
+class BeganDConfig(_SpectralNorm, _HDim, NetConfig):
+    arch: str = "began"  # this class's architecture
+
+
+@dataclass
+class GridGConfig(_Norm, _Depth, NetConfig):
+    arch: str = "grid"  # this class's architecture
+
+
+@dataclass
+class GridDConfig(_Pack, _Depth, NetConfig):
+    arch: str = "grid"  # this class's architecture
+
+
+# arch -> (its G's section class, its D's); bigtrain.models.MODELS holds their builders
+NET_CONFIGS: dict[str, tuple[type[NetConfig], type[NetConfig]]] = {
+    "mlp": (MlpGConfig, MlpDConfig),
+    "dcgan": (DcganGConfig, DcganDConfig),
+    "sngan": (SnganGConfig, SnganDConfig),
+    "began": (BeganGConfig, BeganDConfig),
+    "grid": (GridGConfig, GridDConfig),
+}
+SIDES = {"g": "generator", "d": "discriminator"}
+
+
+def net_config_class(side: str, arch: Any) -> type[NetConfig]:
+    """The section class of `model.<side>` for `arch`; ConfigError naming model.<side>.arch."""
+    if not isinstance(arch, str) or arch not in NET_CONFIGS:
+        raise ConfigError(f"model.{side}.arch", f"unknown architecture {arch!r}; choose one of {', '.join(sorted(NET_CONFIGS))}")
+    return NET_CONFIGS[arch][list(SIDES).index(side)]
+
+
+def _net_keys(cls: type[NetConfig]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
 
 
 @dataclass
 class ModelConfig:
-    g: NetConfig = field(default_factory=NetConfig)  # generator
-    d: NetConfig = field(default_factory=lambda: NetConfig(norm="none"))  # discriminator
+    g: NetConfig = field(default_factory=DcganGConfig)  # generator: the class NET_CONFIGS has for its arch
+    d: NetConfig = field(default_factory=DcganDConfig)  # discriminator: likewise
     z_dim: int = 100  # latent size
     num_classes: int = 0  # 0 = unconditional; >0 = class-conditional G and D
 
     def __post_init__(self) -> None:
-        self.g.validate("model.g")
-        self.d.validate("model.d")
+        for side, net in (("g", self.g), ("d", self.d)):
+            cls = net_config_class(side, net.arch)
+            if type(net) is not cls:
+                raise ConfigError(f"model.{side}", f"arch {net.arch} takes a {cls.__name__}, got a {type(net).__name__}")
+            net.validate(f"model.{side}")
         _check_positive("model.z_dim", self.z_dim)
         _check_positive("model.num_classes", self.num_classes, allow_zero=True)
 
@@ -322,14 +444,53 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _recipe_name(layers: list[Any]) -> str:
-    """The `recipe` the layers ask for (the last one that names it), before validation."""
-    name = Config.recipe
+def _last(layers: list[Any], path: tuple[str, ...], default: Any) -> Any:
+    """The value at `path` in the last layer that sets it (not null), before validation."""
+    value = default
     for layer in layers:
-        value = (OmegaConf.to_container(layer) if OmegaConf.is_config(layer) else layer).get("recipe")
-        if value is not None:
-            name = value
-    return name
+        node = OmegaConf.to_container(layer) if OmegaConf.is_config(layer) else layer
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            value = node
+    return value
+
+
+# The shared NetConfig that every `model.g` / `model.d` section had before per-architecture
+# classes; configs and checkpoints of that time hold every one of these keys (docs/design.md).
+OLD_NET_DEFAULTS = {"arch": "dcgan", "width": 64, "depth": 2, "norm": "batch", "cond": "auto", "spectral_norm": False,
+                    "h_dim": 64, "mbstd_group": 0, "mbstd_channels": 1, "pack": 1}  # G's; D's norm was none
+
+
+def _drop_old_defaults(layer: Any, nets: dict[str, type[NetConfig]]) -> Any:
+    """`layer` without the untouched fields of an old shared-NetConfig section.
+
+    A net section holding every OLD_NET_DEFAULTS key was written before per-architecture
+    classes (a checkpoint's config or a run's config.yaml). A key its class does not have is
+    dropped when it holds the old default, i.e. nobody set it; any other value stays and is
+    refused like a key set by hand. New sections never hold all those keys, so this exception
+    does not reach them (docs/design.md, "Network config per architecture").
+    """
+    model = layer.get("model") if isinstance(layer, dict) else None
+    if not isinstance(model, dict):
+        return layer
+    model = dict(model)
+    for side, cls in nets.items():
+        net = model.get(side)
+        if isinstance(net, dict) and net.keys() >= OLD_NET_DEFAULTS.keys():
+            old = {**OLD_NET_DEFAULTS, "norm": "none"} if side == "d" else OLD_NET_DEFAULTS
+            keep = set(_net_keys(cls))
+            model[side] = {k: v for k, v in net.items() if k in keep or k not in old or v != old[k]}
+    return {**layer, "model": model}
+
+
+def _reason(exc: OmegaConfBaseException, key: str, nets: dict[str, type[NetConfig]]) -> str:
+    """OmegaConf's message, or for a key a net section's class lacks, which keys it has."""
+    parts = key.split(".")
+    if isinstance(exc, ConfigKeyError) and len(parts) == 3 and parts[0] == "model" and parts[1] in nets:
+        cls = nets[parts[1]]
+        return f"the {cls.arch} {SIDES[parts[1]]} has no key {parts[2]!r}; its keys: {', '.join(_net_keys(cls))}"
+    return _first_line(exc)
 
 
 def schema(recipe: str) -> type:
@@ -345,15 +506,18 @@ def schema(recipe: str) -> type:
 
 
 def _merge(layers: list[Any], origin: str) -> Any:
-    if not isinstance(_recipe_name(layers), str):
+    recipe = _last(layers, ("recipe",), Config.recipe)
+    if not isinstance(recipe, str):
         raise ConfigError("recipe", f"must be a name (in {origin})")
-    merged = OmegaConf.structured(schema(_recipe_name(layers)))
+    # each net section's class follows its arch, the last one the layers set
+    nets = {side: net_config_class(side, _last(layers, ("model", side, "arch"), NetConfig.arch)) for side in SIDES}
+    merged = OmegaConf.structured(schema(recipe)(model=ModelConfig(g=nets["g"](), d=nets["d"]())))
     for layer in layers:
         try:
-            merged = OmegaConf.merge(merged, layer)
+            merged = OmegaConf.merge(merged, _drop_old_defaults(layer, nets))
         except OmegaConfBaseException as exc:
             key = getattr(exc, "full_key", "") or origin
-            raise ConfigError(key, f"{_first_line(exc)} (in {origin})") from None
+            raise ConfigError(key, f"{_reason(exc, key, nets)} (in {origin})") from None
     return merged
 
 

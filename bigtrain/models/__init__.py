@@ -5,7 +5,8 @@ G(z [N, z_dim], y int64 [N] | None) -> images [N, C, H, W] in [-1, 1] or vectors
 D(x, y | None) -> logits [N]; with `model.d.cond: acgan`, [N, 1 + num_classes] (column 0 the
 adversarial logit, columns 1: the class logits); began's autoencoder D -> per-sample
 reconstruction errors [N]. Nets are class-conditional when num_classes > 0, and then need y;
-`model.{g,d}.cond` picks how y enters (see layers.py).
+`model.{g,d}.cond` picks how y enters (see layers.py). A builder's `net` is the section class
+bigtrain.config.NET_CONFIGS has for its arch and side: it holds exactly the keys the net reads.
 Models are plain nn.Modules: the engine decides devices and distribution.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Callable, NamedTuple
 
 from torch import nn
 
-from bigtrain.config import ModelConfig, NetConfig
+from bigtrain.config import GridDConfig, GridGConfig, ModelConfig, NetConfig
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
 from bigtrain.models.began import BeganDiscriminator, BeganGenerator
@@ -36,13 +37,13 @@ def _vector_data(info: DataInfo, key: str, num_classes: int) -> None:
         raise ConfigError(key, "grid is PacGAN's net for unconditional vector data (e.g. `bigtrain make-toy grid25`); use mlp, dcgan, ...")
 
 
-def _grid_generator(net: NetConfig, z_dim: int, num_classes: int, info: DataInfo) -> nn.Module:
+def _grid_generator(net: GridGConfig, z_dim: int, num_classes: int, info: DataInfo) -> nn.Module:
     """PacGAN's 2-D grid G (BN-ReLU perceptron); width and depth from model.g, BN if norm: batch."""
     _vector_data(info, "model.g.arch", num_classes)
     return GridGenerator(z_dim, info.shape[0], net.width, net.depth, batch_norm=net.norm == "batch")
 
 
-def _grid_discriminator(net: NetConfig, z_dim: int, num_classes: int, info: DataInfo) -> nn.Module:
+def _grid_discriminator(net: GridDConfig, z_dim: int, num_classes: int, info: DataInfo) -> nn.Module:
     """PacGAN's 2-D grid D (maxout perceptron); width and depth from model.d."""
     _vector_data(info, "model.d.arch", num_classes)
     return GridDiscriminator(info.shape[0], net.width, net.depth)
@@ -57,25 +58,11 @@ MODELS: dict[str, Arch] = {
 }
 
 
-def _arch(name: str, key: str) -> Arch:
-    if name not in MODELS:
-        raise ConfigError(key, f"unknown architecture {name!r}; choose one of {', '.join(sorted(MODELS))}")
-    return MODELS[name]
-
-
-MBSTD_ARCHS = ("mlp", "dcgan")  # discriminators that take a minibatch-stddev layer
-
-
 def build_generator(model_cfg: ModelConfig, info: DataInfo) -> nn.Module:
-    """G for `model.g`; ConfigError naming `model.g.arch` for an unknown architecture."""
-    for key in ("mbstd_group", "pack"):
-        if getattr(model_cfg.g, key) != NetConfig.__dataclass_fields__[key].default:
-            raise ConfigError(f"model.g.{key}", "is a discriminator option; set it under model.d")
-    return _arch(model_cfg.g.arch, "model.g.arch").G(model_cfg.g, model_cfg.z_dim, model_cfg.num_classes, info)
+    """G for `model.g`."""
+    return MODELS[model_cfg.g.arch].G(model_cfg.g, model_cfg.z_dim, model_cfg.num_classes, info)
 
 
 def build_discriminator(model_cfg: ModelConfig, info: DataInfo) -> nn.Module:
-    """D for `model.d`; ConfigError naming `model.d.arch` for an unknown architecture."""
-    if model_cfg.d.mbstd_group and model_cfg.d.arch not in MBSTD_ARCHS:
-        raise ConfigError("model.d.mbstd_group", f"the {model_cfg.d.arch} discriminator has no minibatch-stddev option; use one of {', '.join(MBSTD_ARCHS)}")
-    return _arch(model_cfg.d.arch, "model.d.arch").D(model_cfg.d, model_cfg.z_dim, model_cfg.num_classes, info)
+    """D for `model.d`."""
+    return MODELS[model_cfg.d.arch].D(model_cfg.d, model_cfg.z_dim, model_cfg.num_classes, info)

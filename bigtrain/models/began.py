@@ -16,7 +16,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from bigtrain.config import NetConfig
+from bigtrain.config import BeganDConfig, BeganGConfig
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
 from bigtrain.models.layers import apply_spectral_norm, image_resolution
@@ -79,7 +79,7 @@ class BeganEncoder(nn.Module):
 class BeganGenerator(nn.Module):
     """z [N, z_dim] -> images [N, C, res, res] in [-1, 1] (y is ignored: unconditional)."""
 
-    def __init__(self, net: NetConfig, z_dim: int, num_classes: int, info: DataInfo):
+    def __init__(self, net: BeganGConfig, z_dim: int, num_classes: int, info: DataInfo):
         super().__init__()
         check_unconditional(num_classes)
         res = image_resolution(info, "model.g.arch", "began", RESOLUTIONS)
@@ -98,7 +98,7 @@ class BeganDiscriminator(nn.Module):
     the opposite sign of a logit. The BEGAN objective (k_t control) lives in the losses.
     """
 
-    def __init__(self, net: NetConfig, z_dim: int, num_classes: int, info: DataInfo):
+    def __init__(self, net: BeganDConfig, z_dim: int, num_classes: int, info: DataInfo):
         super().__init__()
         check_unconditional(num_classes)
         res = image_resolution(info, "model.d.arch", "began", RESOLUTIONS)

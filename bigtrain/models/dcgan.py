@@ -13,9 +13,8 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from bigtrain.config import NetConfig
+from bigtrain.config import DcganDConfig, DcganGConfig
 from bigtrain.data import DataInfo
-from bigtrain.errors import ConfigError
 from bigtrain.models.layers import (
     CondSequential,
     D_CONDS,
@@ -60,7 +59,7 @@ def init_dcgan(module: nn.Module) -> None:
 class DcganGenerator(nn.Module):
     """z [N, z_dim] (+ y) -> images [N, C, res, res] in [-1, 1]."""
 
-    def __init__(self, net: NetConfig, z_dim: int, num_classes: int, info: DataInfo):
+    def __init__(self, net: DcganGConfig, z_dim: int, num_classes: int, info: DataInfo):
         super().__init__()
         res = image_resolution(info, "model.g.arch", "dcgan", RESOLUTIONS)
         self.cond = resolve_cond(net, num_classes, "model.g.cond", "dcgan", G_CONDS, default="concat")
@@ -95,7 +94,7 @@ class DcganGenerator(nn.Module):
 class DcganDiscriminator(nn.Module):
     """x [N, C, res, res] (+ y) -> logits [N], or [N, 1 + K] with cond acgan (see DiscriminatorHead)."""
 
-    def __init__(self, net: NetConfig, z_dim: int, num_classes: int, info: DataInfo):
+    def __init__(self, net: DcganDConfig, z_dim: int, num_classes: int, info: DataInfo):
         super().__init__()
         res = image_resolution(info, "model.d.arch", "dcgan", RESOLUTIONS)
         self.cond = resolve_cond(net, num_classes, "model.d.cond", "dcgan", D_CONDS, default="projection")

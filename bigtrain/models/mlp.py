@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 from torch import Tensor, nn
 
-from bigtrain.config import NetConfig
+from bigtrain.config import MlpDConfig, MlpGConfig
 from bigtrain.data import DataInfo
 from bigtrain.models.layers import (
     D_CONDS,
@@ -42,7 +42,7 @@ def perceptron(
 class MlpGenerator(nn.Module):
     """z [N, z_dim] (+ one-hot y) -> images [N, C, H, W] in [-1, 1], or vectors [N, D]."""
 
-    def __init__(self, net: NetConfig, z_dim: int, num_classes: int, info: DataInfo):
+    def __init__(self, net: MlpGConfig, z_dim: int, num_classes: int, info: DataInfo):
         super().__init__()
         # No batch norm here, so concat is the only way in for the labels.
         resolve_cond(net, num_classes, "model.g.cond", "mlp", ("concat",), default="concat")
@@ -62,7 +62,7 @@ class MlpGenerator(nn.Module):
 class MlpDiscriminator(nn.Module):
     """x [N, C, H, W] or [N, D] (+ y) -> logits [N], or [N, 1 + K] with cond acgan."""
 
-    def __init__(self, net: NetConfig, z_dim: int, num_classes: int, info: DataInfo):
+    def __init__(self, net: MlpDConfig, z_dim: int, num_classes: int, info: DataInfo):
         super().__init__()
         self.cond = resolve_cond(net, num_classes, "model.d.cond", "mlp", D_CONDS, default="concat")
         self.num_classes = num_classes

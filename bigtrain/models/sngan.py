@@ -7,7 +7,7 @@ D: an "optimized" first block (conv3x3, ReLU, conv3x3, avgpool; shortcut avgpool
 residual down-blocks (ReLU, conv3x3, ReLU, conv3x3, avgpool; learnable 1x1 shortcut where the
 channels change or the block downsamples), ReLU, global SUM pooling, a linear logit (+ the
 projection term). D has no normalisation layers (spectral norm is its normaliser), so
-`model.d.norm` is not used.
+`model.d.norm` can only be none.
 
 Channels are multiples of `width` (64 in the papers): see LADDERS. Initialisation follows the
 authors' Chainer code: Glorot-uniform with gain sqrt(2) for the residual 3x3 convs (they are
@@ -21,7 +21,7 @@ from typing import NamedTuple, Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bigtrain.config import NetConfig
+from bigtrain.config import SnganDConfig, SnganGConfig
 from bigtrain.data import DataInfo
 from bigtrain.models.layers import (
     D_CONDS,
@@ -123,7 +123,7 @@ class DownBlock(nn.Module):
 class SnganGenerator(nn.Module):
     """z [N, z_dim] (+ y) -> images [N, C, res, res] in [-1, 1]."""
 
-    def __init__(self, net: NetConfig, z_dim: int, num_classes: int, info: DataInfo):
+    def __init__(self, net: SnganGConfig, z_dim: int, num_classes: int, info: DataInfo):
         super().__init__()
         res = image_resolution(info, "model.g.arch", "sngan", tuple(LADDERS))
         self.cond = resolve_cond(net, num_classes, "model.g.cond", "sngan", G_CONDS, default="cbn")
@@ -153,7 +153,7 @@ class SnganGenerator(nn.Module):
 class SnganDiscriminator(nn.Module):
     """x [N, C, res, res] (+ y) -> logits [N], or [N, 1 + K] with cond acgan (see DiscriminatorHead)."""
 
-    def __init__(self, net: NetConfig, z_dim: int, num_classes: int, info: DataInfo):
+    def __init__(self, net: SnganDConfig, z_dim: int, num_classes: int, info: DataInfo):
         super().__init__()
         res = image_resolution(info, "model.d.arch", "sngan", tuple(LADDERS))
         self.cond = resolve_cond(net, num_classes, "model.d.cond", "sngan", D_CONDS, default="projection")

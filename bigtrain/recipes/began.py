@@ -31,8 +31,6 @@ class BeganRecipe(GanRecipe):
                 # BEGAN's D outputs reconstruction errors, not logits: these regularizers are
                 # defined on a critic's scores, and the paper uses none of them
                 raise ConfigError(f"loss.{key}", "is not supported by BEGAN (its D scores reconstruction errors); set it to 0")
-        if cfg.model.d.pack > 1:
-            raise ConfigError("model.d.pack", "is not supported by BEGAN; set it to 1")
         self.k = cfg.loss.began_k0
         self._real_err: list[Tensor] = []
         self._fake_err: list[Tensor] = []

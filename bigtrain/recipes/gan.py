@@ -55,8 +55,10 @@ class GanRecipe(Recipe):
         self.lcfg = cfg.loss
         self.z_dim, self.num_classes = cfg.model.z_dim, cfg.model.num_classes
         self.conditional = self.num_classes > 0
-        self.pack = cfg.model.d.pack
-        self.acgan = cfg.model.d.cond == "acgan" and self.conditional
+        # began's D has neither key, grid's (unconditional) no `cond` (bigtrain.config.NET_CONFIGS)
+        self.pack: int = getattr(cfg.model.d, "pack", 1)
+        self.d_cond: str = getattr(cfg.model.d, "cond", "auto")
+        self.acgan = self.d_cond == "acgan" and self.conditional
         self.loss = build_loss(cfg.loss)
         policy = cfg.augment.policy.strip()
         self.augment: Callable[[Tensor], Tensor] = partial(diff_augment, policy=policy) if policy else (lambda x: x)
@@ -65,7 +67,7 @@ class GanRecipe(Recipe):
 
     def _check(self, cfg: Config, info: DataInfo, policy: str) -> None:
         """Cross-field checks, before any engine starts."""
-        if cfg.model.d.cond == "acgan" and not self.conditional:
+        if self.d_cond == "acgan" and not self.conditional:
             raise ConfigError("model.d.cond", "acgan needs class labels: set model.num_classes")
         if cfg.model.d.arch == "began":
             raise ConfigError("model.d.arch", "the began autoencoder D needs loss.type=began")

@@ -11,7 +11,7 @@ Sampling mixes the generators (sample i comes from head i mod K) unless one head
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional
 
 import torch
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bigtrain import sampling
-from bigtrain.config import Config, NetConfig, _check_positive
+from bigtrain.config import Config, MlpDConfig, MlpGConfig, _check_positive
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
 from bigtrain.models.mlp import hidden_layers
@@ -37,7 +37,7 @@ class MadganOptions:
 class MultiHeadGenerator(nn.Module):
     """z [N, z_dim] -> K outputs [K, N, *shape]: a shared ReLU perceptron, then K linear heads."""
 
-    def __init__(self, net: NetConfig, z_dim: int, heads: int, info: DataInfo):
+    def __init__(self, net: MlpGConfig, z_dim: int, heads: int, info: DataInfo):
         super().__init__()
         self.shape = tuple(info.shape)
         self.trunk = nn.Sequential(*hidden_layers(z_dim, net.width, net.depth, nn.ReLU))
@@ -53,7 +53,7 @@ class MultiHeadGenerator(nn.Module):
 class MadganDiscriminator(nn.Module):
     """x [N, *shape] -> logits [N, K + 1] (column k: made by G_k; column K: real)."""
 
-    def __init__(self, net: NetConfig, heads: int, info: DataInfo):
+    def __init__(self, net: MlpDConfig, heads: int, info: DataInfo):
         super().__init__()
         self.features = nn.Sequential(*hidden_layers(math.prod(info.shape), net.width, net.depth, lambda: nn.LeakyReLU(0.2)))
         self.head = nn.Linear(net.width, heads + 1)
@@ -63,7 +63,7 @@ class MadganDiscriminator(nn.Module):
 
 
 class MadganRecipe(Recipe):
-    """G (K heads) and a (K + 1)-way D; `model.g` / `model.d` give widths and depths."""
+    """G (K heads) and a (K + 1)-way D; `model.g` / `model.d` (arch mlp) give widths and depths."""
 
     section = "madgan"
     Options = MadganOptions
@@ -75,6 +75,12 @@ class MadganRecipe(Recipe):
         self.z_dim = cfg.model.z_dim
         if cfg.model.num_classes:
             raise ConfigError("model.num_classes", "madgan is unconditional; set it to 0")
+        for side, net in (("g", cfg.model.g), ("d", cfg.model.d)):
+            if net.arch != "mlp":
+                raise ConfigError(f"model.{side}.arch", "madgan's nets are perceptrons sized by mlp's width and depth; set it to mlp")
+            for f in fields(net):
+                if f.name not in ("arch", "width", "depth") and getattr(net, f.name) != f.default:
+                    raise ConfigError(f"model.{side}.{f.name}", "is not read by the madgan recipe, whose nets take width and depth only")
         for key in ("gp_weight", "r1_gamma", "dragan_weight", "clip_d_weights"):
             if getattr(cfg.loss, key) > 0:
                 raise ConfigError(f"loss.{key}", "is not supported by the madgan recipe; set it to 0")

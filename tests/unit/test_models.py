@@ -1,11 +1,13 @@
 """Architectures: shapes, value ranges, conditioning, DCGAN structure and config errors."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
-from bigtrain.config import ModelConfig, NetConfig
+from bigtrain.config import NET_CONFIGS, DcganGConfig, ModelConfig, NetConfig, load_config
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
 from bigtrain.models import MODELS, build_discriminator, build_generator
@@ -41,14 +43,16 @@ def info_of(name: str) -> DataInfo:
     return VECTOR_INFO if name == "vector" else IMAGE_INFOS[name]
 
 
+def net_config(cls: type[NetConfig], width: int, norm: str) -> NetConfig:
+    """A `cls` of `width`, with `norm` where the net has a norm key that allows it."""
+    has_norm = "norm" in {f.name for f in dataclasses.fields(cls)} and norm in cls.norms
+    return cls(width=width, **({"norm": norm} if has_norm else {}))
+
+
 def build(arch: str, info: DataInfo, num_classes: int, norm: str = "batch") -> tuple[nn.Module, nn.Module]:
     width = WIDTHS.get(arch, WIDTH)
-    cfg = ModelConfig(
-        g=NetConfig(arch=arch, width=width, norm=norm),
-        d=NetConfig(arch=arch, width=width, norm=norm),
-        z_dim=Z_DIM,
-        num_classes=num_classes,
-    )
+    g, d = (net_config(cls, width, norm) for cls in NET_CONFIGS[arch])
+    cfg = ModelConfig(g=g, d=d, z_dim=Z_DIM, num_classes=num_classes)
     return build_generator(cfg, info), build_discriminator(cfg, info)
 
 
@@ -160,7 +164,7 @@ def test_dcgan_without_batch_norm() -> None:
 def test_dcgan_init() -> None:
     torch.manual_seed(0)
     # Wider than the other tests, so the first layer has enough weights (~200k) for a tight std.
-    G = MODELS["dcgan"].G(NetConfig(width=32), 100, 0, DataInfo("image", (3, 32, 32), 0))
+    G = MODELS["dcgan"].G(DcganGConfig(width=32), 100, 0, DataInfo("image", (3, 32, 32), 0))
     first = G.net[0].weight
     assert abs(first.std().item() - 0.02) < 0.002 and abs(first.mean().item()) < 0.002
     bn = G.net[1]
@@ -169,20 +173,20 @@ def test_dcgan_init() -> None:
 
 
 def test_mlp_has_no_batch_statistics() -> None:
-    G, D = build("mlp", IMAGE_INFOS["rgb32"], NUM_CLASSES, norm="batch")
+    G, D = build("mlp", IMAGE_INFOS["rgb32"], NUM_CLASSES)  # it has no norm key (tests/unit/test_net_config.py)
     assert not any(isinstance(m, nn.modules.batchnorm._NormBase) for m in [*G.modules(), *D.modules()])
 
 
 @pytest.mark.parametrize("shape", [(3, 48, 48), (3, 8, 8), (3, 256, 256), (3, 32, 64)])
 def test_dcgan_rejects_unsupported_resolution(shape: tuple[int, ...]) -> None:
-    for builder in MODELS["dcgan"]:
+    for builder, net in zip(MODELS["dcgan"], NET_CONFIGS["dcgan"]):
         with pytest.raises(ConfigError) as err:
-            builder(NetConfig(), Z_DIM, 0, DataInfo("image", shape, 0))
+            builder(net(), Z_DIM, 0, DataInfo("image", shape, 0))
         assert err.value.key == "data.resolution"
 
 
 def test_dcgan_rejects_vector_data() -> None:
-    cfg = ModelConfig(g=NetConfig(arch="dcgan"), d=NetConfig(arch="dcgan"))
+    cfg = ModelConfig()  # dcgan G and D
     with pytest.raises(ConfigError) as err:
         build_generator(cfg, VECTOR_INFO)
     assert err.value.key == "model.g.arch"
@@ -192,11 +196,7 @@ def test_dcgan_rejects_vector_data() -> None:
 
 
 def test_unknown_arch() -> None:
-    cfg = ModelConfig(g=NetConfig(arch="nope"), d=NetConfig(arch="nope"))
-    info = IMAGE_INFOS["rgb32"]
-    with pytest.raises(ConfigError, match="unknown architecture 'nope'; choose one of began, dcgan, grid, mlp, sngan") as err:
-        build_generator(cfg, info)
-    assert err.value.key == "model.g.arch"
-    with pytest.raises(ConfigError) as err:
-        build_discriminator(cfg, info)
-    assert err.value.key == "model.d.arch"
+    for side in ("g", "d"):
+        with pytest.raises(ConfigError, match="unknown architecture 'nope'; choose one of began, dcgan, grid, mlp, sngan") as err:
+            load_config(None, [f"model.{side}.arch=nope"])
+        assert err.value.key == f"model.{side}.arch"

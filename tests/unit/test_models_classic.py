@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from bigtrain.config import NetConfig
+from bigtrain.config import NET_CONFIGS
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
 from bigtrain.models import MODELS
@@ -25,8 +25,8 @@ def image(res: int, channels: int = 3, num_classes: int = K) -> DataInfo:
 
 def make(arch: str, player: str, res: int = 32, num_classes: int = 0, **net) -> nn.Module:
     net.setdefault("width", WIDTH)
-    builder = getattr(MODELS[arch], player)
-    return builder(NetConfig(**net), Z_DIM, num_classes, image(res, num_classes=num_classes))
+    side = "GD".index(player)
+    return MODELS[arch][side](NET_CONFIGS[arch][side](**net), Z_DIM, num_classes, image(res, num_classes=num_classes))
 
 
 def labels(*values: int) -> torch.Tensor:
