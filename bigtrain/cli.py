@@ -2,7 +2,8 @@
 
 Works the same when started by `accelerate launch -m bigtrain ...` or `torchrun -m bigtrain ...`:
 the backend reads the process group from the environment those launchers set.
-Bad input (BigtrainError) -> one line on stderr naming the culprit, exit code 2.
+Bad input (BigtrainError) -> one line on stderr naming the culprit, exit code 2; a run that
+diverged (TrainingDiverged: non-finite values it could not skip past) -> one line, exit code 3.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
-from bigtrain.errors import BigtrainError
+from bigtrain.errors import BigtrainError, TrainingDiverged
 
 EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -186,6 +188,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BigtrainError as exc:
         print(f"bigtrain: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingDiverged as exc:
+        print(f"bigtrain: error: training diverged: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
     except KeyboardInterrupt:
         print("bigtrain: interrupted", file=sys.stderr)
         return 130

@@ -281,9 +281,11 @@ class TrainConfig:
     d_steps: int = 1  # D updates per G update, each on a fresh real batch
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: independent loss scale per player)
     resume: str = "auto"  # auto (latest in run dir, if any) | none | path of a checkpoint folder
+    max_nonfinite: int = 10  # a player's steps in a row skipped for a non-finite loss or gradient before the run stops (exit 3)
 
     def __post_init__(self) -> None:
         _check_positive("train.total_kimg", self.total_kimg)
+        _check_positive("train.max_nonfinite", self.max_nonfinite)
         _check_positive("train.batch_size", self.batch_size)
         _check_positive("train.micro_batch", self.micro_batch, allow_zero=True)
         _check_positive("train.d_steps", self.d_steps)

@@ -1,4 +1,4 @@
-"""Errors that the command line reports as one line and exit code 2."""
+"""Errors that the command line reports as one line: bad input (exit code 2), a diverged run (3)."""
 from __future__ import annotations
 
 
@@ -21,3 +21,8 @@ class DataError(BigtrainError):
 
 class CheckpointError(BigtrainError):
     """A missing, unreadable or incompatible checkpoint."""
+
+
+class TrainingDiverged(Exception):
+    """Training produced non-finite values it cannot recover from (train.max_nonfinite steps
+    skipped in a row, or non-finite weights at a checkpoint): exit code 3, nothing saved."""

@@ -142,22 +142,28 @@ class AccelerateBackend(Backend):
             total = total + loss
         self.accelerator.backward(total)
 
-    def step(self, player: Player, before_step: BeforeStep = None) -> Optional[torch.Tensor]:
+    def step(self, player: Player, before_step: BeforeStep = None, finite_loss: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         """Optimizer step of one player, after `before_step(name, net, grads)` (unscaled
-        gradients, before clipping). With fp16, returns a 0-d tensor that is 1 when the
-        player's own scaler skipped the step (inf/NaN gradients), without a host sync."""
+        gradients, before clipping). Returns a 0-d tensor that is 1 when the step was skipped:
+        with fp16 by the player's own scaler (inf/NaN gradients); otherwise, given
+        `finite_loss` (the phase's losses were finite), when the loss or any gradient is
+        non-finite, the way the scaler skips (docs/design.md, "Non-finite guard"). A skip
+        leaves what was non-finite in `player.nonfinite`."""
         skipped = None
         if player.scaler is not None:
             player.scaler.unscale_(player.optimizer)
         if before_step is not None:
             before_step(player.name, player.net, ParamGrads())
+        if player.scaler is None and finite_loss is not None:
+            skipped = _nonfinite_gradients(player, finite_loss)
         self._clip(player)
         if player.scaler is not None:
             scale_before = player.scaler._scale.clone()  # the tensor, not get_scale(): no sync
             player.scaler.step(player.optimizer)
             player.scaler.update()
             skipped = (player.scaler._scale < scale_before).float()
-        else:
+            player.nonfinite = "a gradient (fp16 overflow)"
+        elif skipped is None or not skipped.item():  # one host read, as GradScaler's own step does
             player.optimizer.step()
         player.optimizer.zero_grad(set_to_none=True)
         return skipped
@@ -301,19 +307,32 @@ class DeepSpeedBackend(Backend):
             if not player.engine.is_gradient_accumulation_boundary():
                 player.engine.step()
 
-    def step(self, player: Player, before_step: BeforeStep = None) -> Optional[torch.Tensor]:
+    def step(self, player: Player, before_step: BeforeStep = None, finite_loss: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         """The boundary's engine.step, after `before_step(name, net, grads)` (grads: the fp32
-        gradients as DeepSpeed keeps them, at any ZeRO stage). With fp16, returns a 0-d
-        tensor that is 1 when the engine's own loss scaler skipped the step. DeepSpeed has
-        already synchronised to check for overflow, so reading its flag costs nothing more."""
+        gradients as DeepSpeed keeps them, at any ZeRO stage). Returns a 0-d tensor that is 1
+        when the step was skipped: with fp16 by the engine's own loss scaler (DeepSpeed has
+        already synchronised to check for overflow, so reading its flag costs nothing more).
+        Otherwise, given `finite_loss`, a non-finite loss zeroes the gradients before the
+        engine's step (DeepSpeed cannot skip a step outside fp16): the weights then move by the
+        optimizer's momentum only, never by a NaN (docs/design.md, "Non-finite guard")."""
         engine = player.engine
         if before_step is not None:
             before_step(player.name, player.net, _DeepSpeedGrads())
+        skipped = None
+        if self.precision != "fp16" and finite_loss is not None:
+            skipped = (~finite_loss).float()
+            if skipped.item():
+                grads = _DeepSpeedGrads()
+                for p in player.net.parameters():  # collective at ZeRO-3, like the hook's access
+                    if grads.get(p) is not None:
+                        grads.set(p, torch.zeros_like(grads.get(p)))
+                player.nonfinite = "the loss"
         engine.step()
         if engine.micro_steps % engine.gradient_accumulation_steps() != 0:
             raise RuntimeError(f"{player.name}: {engine.micro_steps} backward calls are not a whole number of {engine.gradient_accumulation_steps()}-round phases")
         if self.precision != "fp16":
-            return None
+            return skipped
+        player.nonfinite = "a gradient (fp16 overflow)"
         return torch.tensor(0.0 if engine.was_step_applied() else 1.0, device=self.device)
 
     def supports_second_order(self, player: Player) -> bool:
@@ -593,6 +612,27 @@ def deepspeed_weights(engine_dir: Path, state: dict) -> dict[str, torch.Tensor]:
 
 
 # ---- shared -------------------------------------------------------------------------------
+
+
+def _nonfinite_gradients(player: Player, finite_loss: torch.Tensor) -> torch.Tensor:
+    """1 (a 0-d float tensor) when the loss or a gradient of the player is non-finite, else 0.
+    One fused check of every gradient, GradScaler's own (it multiplies by 1.0: exact); on a
+    skip `player.nonfinite` names the loss or the first parameter with a non-finite gradient."""
+    named = [(n, p.grad) for n, p in player.net.named_parameters() if p.grad is not None]
+    found = (~finite_loss).float().reshape(1).to(torch.float32)
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for _, g in named:
+        by_device.setdefault(g.device, []).append(g)
+    for device, grads in by_device.items():
+        flag = torch.zeros(1, device=device)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, torch.ones(1, device=device))
+        found = torch.maximum(found, flag.to(found.device))
+    if found.item():  # rare: name the culprit
+        bad = next((n for n, g in named if not torch.isfinite(g).all()), None)
+        player.nonfinite = "the loss" if not finite_loss.item() else f"the gradient of {bad}"
+    return found.reshape(())
+
+
 
 
 def split_batch(train_cfg: TrainConfig, world_size: int) -> tuple[int, int]:

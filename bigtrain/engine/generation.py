@@ -25,8 +25,12 @@ class LoadedGeneration:
     ema: bool  # True when every sampled player holds its EMA weights
 
     def generate(self, indices, **options) -> tuple[Tensor, Optional[Tensor]]:
-        """Samples for `indices` (see Recipe.generate for the options)."""
-        return self.recipe.generate(self.nets, indices, **options)
+        """Samples for `indices` (see Recipe.generate for the options); CheckpointError when a
+        sample is non-finite (nothing is written or scored from a diverged generator)."""
+        x, y = self.recipe.generate(self.nets, indices, **options)
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            raise CheckpointError(f"{self.path}: {', '.join(self.nets)} produces non-finite output; refusing to use it")
+        return x, y
 
     def to(self, device: torch.device | str) -> "LoadedGeneration":
         for net in self.nets.values():
@@ -50,6 +54,9 @@ def load_generation(run_dir: Optional[str], folder: Optional[str] = None, use_em
             continue
         net = spec.build()
         weights, ema = checkpoint.player_weights(path, state, spec.name, use_ema)
+        bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad is not None:
+            raise CheckpointError(f"{path}: {spec.name}{'_ema' if ema else ''}.{bad} holds non-finite values; refusing to sample from it")
         try:
             net.load_state_dict(weights)
         except RuntimeError as exc:

@@ -23,7 +23,7 @@ from bigtrain.data import DataInfo, Source, build_source
 from bigtrain.engine import checkpoint
 from bigtrain.engine.backend import build_backend
 from bigtrain.engine.players import EMA, Player
-from bigtrain.errors import CheckpointError, ConfigError
+from bigtrain.errors import CheckpointError, ConfigError, TrainingDiverged
 from bigtrain.recipes import build_recipe
 from bigtrain.recipes.base import Phase, Round
 from bigtrain.schedule import Plan, make_plan
@@ -38,6 +38,33 @@ class Counters:
     step: int = 0  # iterations done (each: every phase whose interval has come, then EMA)
     nimg: int = 0  # images trained on: the plan's global batch per iteration
     data_pos: dict[str, int] = field(default_factory=dict)  # per stream: samples this rank has taken
+
+
+class Health:
+    """Skipped steps per player (non-finite loss or gradient, fp16 overflow): a total for the
+    logs, and the run stops when one player has skipped `limit` steps in a row
+    (docs/design.md, "Non-finite guard")."""
+
+    def __init__(self, limit: int, totals: Optional[dict[str, int]] = None):
+        self.limit = limit
+        self.totals: dict[str, int] = dict(totals or {})
+        self.streak: dict[str, int] = {}
+        self.first: dict[str, str] = {}  # where the current streak began
+
+    def observe(self, player: str, phase: str, step: int, skipped: bool, what: Optional[str]) -> None:
+        if not skipped:
+            self.streak[player] = 0
+            return
+        if not self.streak.get(player):
+            self.first[player] = f"step {step}, phase {phase}: {what or 'a non-finite value'}"
+        self.streak[player] = self.streak.get(player, 0) + 1
+        self.totals[player] = self.totals.get(player, 0) + 1
+        if self.streak[player] >= self.limit:
+            raise TrainingDiverged(f"{player} skipped {self.streak[player]} steps in a row for non-finite values (train.max_nonfinite={self.limit}); "
+                                   f"the first at {self.first[player]}. No checkpoint was written after it")
+
+    def stats(self) -> dict[str, float]:
+        return {f"health/nonfinite_{name}": float(n) for name, n in sorted(self.totals.items())}
 
 
 def crossed(nimg: int, batch: int, every_kimg: float) -> bool:
@@ -78,6 +105,7 @@ class Trainer:
         self.evaluator = self._build_evaluator()
         self.best_fid = checkpoint.best_fid(self.ckpt_root)
         self.counters = Counters(data_pos={s: 0 for s in self.recipe.streams})
+        self.health = Health(cfg.train.max_nonfinite, totals={name: 0 for name in self.players})
         self.latent_gen = generator(cfg.run.seed, backend.rank, LATENT_STREAM)
         if resumed is not None:
             self._restore(*resumed)  # every rank's torch RNG as it was when the checkpoint was saved
@@ -107,18 +135,23 @@ class Trainer:
         # drawn for a whole phase at once, so micro-batch 8 x 2 rounds sees the same latents as 16 x 1
         drawn = self.recipe.latents(micro * backend.rounds, self.latent_gen, backend.device)
         updated = [self.players[name] for name in phase.updates]
+        finite = {p.name: torch.ones((), dtype=torch.bool, device=backend.device) for p in updated}  # on the device: no sync
         for r in range(backend.rounds):
             inputs = Round({s: self._draw(s) for s in phase.streams}, {k: v[r * micro : (r + 1) * micro] for k, v in drawn.items()})
             with backend.accumulate(list(self.players.values())):
                 with backend.autocast():
                     losses, stats = phase.compute(inputs)
+                for p in updated:
+                    finite[p.name] &= torch.isfinite(losses[p.name].detach()).all()
                 backend.backward([(p, losses[p.name]) for p in updated])
             for name, value in stats.items():
                 tracker.report(name, value)
         for player in updated:
-            skipped = backend.step(player, phase.before_step)
+            skipped = backend.step(player, phase.before_step, finite[player.name])
             if skipped is not None:
-                tracker.report(f"fp16/{player.name}_skipped", skipped)
+                if backend.precision == "fp16":
+                    tracker.report(f"fp16/{player.name}_skipped", skipped)
+                self.health.observe(player.name, phase.name, self.counters.step, bool(skipped), player.nonfinite)
             if phase.clamp_weights > 0:
                 backend.clamp_parameters(player, phase.clamp_weights)
         for name in phase.frozen:
@@ -173,7 +206,7 @@ class Trainer:
                 tracker.advance(counters.nimg)
                 done = counters.nimg >= total_img
                 if done or crossed(counters.nimg, batch, cfg.log.every_kimg):
-                    tracker.flush(step=counters.step, nimg=counters.nimg, extra=self._data_stats())
+                    tracker.flush(step=counters.step, nimg=counters.nimg, extra={**self._data_stats(), **self.health.stats()})
                 with tracker.maintenance():
                     if done or crossed(counters.nimg, batch, cfg.log.samples_every_kimg):
                         grid_path = self.save_grid(tracker) or grid_path
@@ -278,8 +311,24 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------
 
+    def _nonfinite_weights(self) -> Optional[str]:
+        """Collective: the first player or EMA copy tensor (weights or buffers) holding a
+        non-finite value, on any rank, or None."""
+        bad = None
+        for name, player in self.players.items():
+            with self.backend.full_parameters(player) as net:
+                bad = bad or next((f"{name}.{k}" for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        for name, ema in self.emas.items():
+            bad = bad or next((f"{name}_ema.{k}" for k, v in ema.module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if self.backend.all_ranks(bad is None):
+            return None
+        return bad or "a tensor on another rank"
+
     def save_checkpoint(self) -> Path:
         backend, c = self.backend, self.counters
+        bad = self._nonfinite_weights()
+        if bad is not None:  # never written: `latest` keeps naming the last finite checkpoint
+            raise TrainingDiverged(f"not writing the checkpoint of step {c.step}: {bad} is non-finite; the run's last checkpoint is kept")
         trainer_state = None
         if backend.is_main:
             trainer_state = {
@@ -287,6 +336,7 @@ class Trainer:
                 **{f"{name}_ema": ema.state_dict() for name, ema in self.emas.items()},
                 "recipe": self.recipe.state_dict(),
                 "counters": {"step": c.step, "nimg": c.nimg},
+                "health": dict(self.health.totals),
                 "config": config_mod.to_dict(self.cfg),
                 "data_info": self.info.to_dict(),
             }
@@ -320,6 +370,7 @@ class Trainer:
         if isinstance(data_pos, int):  # written before streams were named: micro-batches of the one stream
             data_pos = {s: data_pos * self.backend.micro_batch for s in self.recipe.streams}
         self.counters = Counters(step=trainer_state["counters"]["step"], nimg=trainer_state["counters"]["nimg"], data_pos=dict(data_pos))
+        self.health.totals.update(trainer_state.get("health") or {})
         self.latent_gen.set_state(rank_state["latent_gen"])
         torch.set_rng_state(rank_state["torch_rng"])
         if rank_state.get("cuda_rng") is not None and torch.cuda.is_available():

@@ -20,6 +20,7 @@ class Player:
     scaler: Optional[torch.amp.GradScaler] = None  # fp16 only; one per player
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     base_lr: float = 0.0  # optim.<name>.lr: the schedule's factors multiply it
+    nonfinite: Optional[str] = None  # what was non-finite at the last skipped step (the backend says)
     _trainable: Optional[list[bool]] = None  # requires_grad of each parameter while frozen
 
     def freeze(self) -> None:

@@ -11,5 +11,5 @@ def test_every_test_folder_is_collected_by_default():
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     collected = {line.split("/")[1] for line in out.stdout.splitlines() if line.startswith("tests/") and "::" in line}
     folders = {p.name for p in (REPO / "tests").iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
-    assert folders == {"dist", "golden", "learning", "smoke", "unit"}
+    assert folders == {"dist", "faults", "golden", "learning", "smoke", "unit"}
     assert collected == folders

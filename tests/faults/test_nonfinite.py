@@ -1,0 +1,172 @@
+"""The non-finite guard: a NaN in a player's gradient skips that player's step (weights and
+optimizer state untouched), is counted, and after train.max_nonfinite skips in a row the run
+stops with one line and exit code 3; a checkpoint is never written with non-finite weights, so
+`latest` keeps naming a finite one; sample/eval refuse a checkpoint that is not finite."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bigtrain.config import config_from_dict
+from bigtrain.engine.loop import Trainer
+from bigtrain.errors import TrainingDiverged
+from tests.conftest import REPO, run_cli, tiny_config, write_config, write_images_npz
+from tests.dist.test_ddp import DIST_ENV, torchrun
+
+# `python -c` prelude: from D's K-th optimizer step on (1-based), its gradients hold a NaN
+INJECT = """
+import sys
+from bigtrain.engine import backend as b
+K, ONLY = int(sys.argv[1]), sys.argv[2] == "once"
+calls = {"D": 0}
+step = b.AccelerateBackend.step
+def poisoned(self, player, *args, **kwargs):
+    if player.name == "D":
+        calls["D"] += 1
+        if calls["D"] == K or (calls["D"] > K and not ONLY):
+            next(p for p in player.net.parameters() if p.grad is not None).grad.view(-1)[0] = float("nan")
+    return step(self, player, *args, **kwargs)
+b.AccelerateBackend.step = poisoned
+from bigtrain.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _config(tmp_path: Path, **train) -> Path:
+    data = write_images_npz(tmp_path / "d.npz", n=64, res=8, classes=4)
+    # 8 steps of 16 images; a checkpoint every 2 steps
+    cfg = tiny_config(tmp_path, data, train={"total_kimg": 0.128, "batch_size": 16, **train}, checkpoint={"every_kimg": 0.032, "keep_last": 2})
+    return write_config(tmp_path / "c.yaml", cfg)
+
+
+def _poisoned_train(cfg: Path, k: int, mode: str, *overrides: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    cmd = [*(launcher or [sys.executable]), "-c", INJECT, str(k), mode, "train", str(cfg), *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, **DIST_ENV})
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_persistent_nan_stops_the_run_with_exit_3_and_keeps_the_finite_checkpoint(tmp_path):
+    out = _poisoned_train(_config(tmp_path, max_nonfinite=3), 4, "always")
+    assert out.returncode == 3, out.stderr[-2000:]
+    lines = [l for l in out.stderr.splitlines() if l.startswith("bigtrain: error")]
+    assert len(lines) == 1
+    # D's 4th step is iteration 3 (0-based); 3 skips in a row end the run at iteration 5
+    assert "D skipped 3 steps in a row" in lines[0] and "step 3, phase D_main" in lines[0] and "the gradient of" in lines[0], lines[0]
+    run = tmp_path / "runs" / "tiny"
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+    assert ckpts == ["step-00000002", "step-00000004"]  # step 4's weights were finite: D's steps were skipped
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000004"
+    state = torch.load(run / "checkpoints" / "step-00000004" / "trainer.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["players"]["D"]["net"].values())
+    assert state["health"]["D"] == 1 and state["health"]["G"] == 0  # the skip at iteration 3
+    assert [r["health/nonfinite_D"] for r in _rows(run)] == [0, 0, 0, 1, 2]
+
+
+def test_one_nan_is_skipped_and_the_run_goes_on(tmp_path):
+    out = _poisoned_train(_config(tmp_path), 3, "once")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = _rows(tmp_path / "runs" / "tiny")
+    assert rows[-1]["step"] == 8 and rows[-1]["health/nonfinite_D"] == 1 and rows[-1]["health/nonfinite_G"] == 0
+    assert all(torch.isfinite(torch.tensor([r["loss/D"], r["loss/G"]])).all() for r in rows)
+
+
+def test_a_skipped_step_leaves_the_players_weights_and_optimizer_untouched(tmp_path):
+    cfg = config_from_dict(tiny_config(tmp_path, write_images_npz(tmp_path / "d.npz", n=32, res=8), log={"progress_bar": False}))
+    trainer = Trainer(cfg)
+    from bigtrain.tracking import Tracker
+
+    tracker = Tracker(trainer.run_dir, is_main=False, reduce_mean=lambda t: t, total_img=64)
+    trainer.iteration(tracker)  # Adam has state now
+    D = trainer.players["D"]
+    before = {k: v.clone() for k, v in D.net.state_dict().items()}
+    opt_before = {i: {k: v.clone() for k, v in s.items()} for i, s in D.optimizer.state.items()}
+    g_before = [p.detach().clone() for p in trainer.players["G"].net.parameters()]
+    d_phase = next(p for p in trainer.recipe.phases if p.updates == ("D",) or list(p.updates) == ["D"])
+    d_phase.before_step = lambda name, net, grads: next(net.parameters()).grad.fill_(float("inf"))
+    trainer.iteration(tracker)
+    for k, v in D.net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for i, s in D.optimizer.state.items():
+        for k, v in s.items():
+            assert torch.equal(v, opt_before[i][k]), k
+    assert trainer.health.totals["D"] == 1 and D.nonfinite.startswith("the gradient of ")
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, trainer.players["G"].net.parameters()))  # G still trained
+    trainer.backend.close()
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
+    cfg = config_from_dict(tiny_config(tmp_path, write_images_npz(tmp_path / "d.npz", n=32, res=8), train={"total_kimg": 0.032}, log={"progress_bar": False}))
+    trainer = Trainer(cfg)
+    trainer.train()  # step-00000002 written
+    root = trainer.ckpt_root
+    assert (root / "latest").read_text().strip() == "step-00000002"
+    with torch.no_grad():
+        next(trainer.emas["G"].module.parameters()).view(-1)[0] = float("nan")
+    trainer.counters.step += 1
+    with pytest.raises(TrainingDiverged, match=r"G_ema\..* is non-finite"):
+        trainer.save_checkpoint()
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-00000002"] and (root / "latest").read_text().strip() == "step-00000002"
+    trainer.backend.close()
+
+
+def test_sample_and_eval_refuse_a_non_finite_checkpoint(tmp_path, weights):
+    cfg = _config(tmp_path)
+    assert run_cli("train", str(cfg), "train.total_kimg=0.032").returncode == 0
+    ckpt = tmp_path / "runs" / "tiny" / "checkpoints" / "step-00000002"
+    state = torch.load(ckpt / "trainer.pt", weights_only=True)
+    key = next(iter(state["G_ema"]))
+    state["G_ema"][key] = torch.full_like(state["G_ema"][key], float("nan"))
+    torch.save(state, ckpt / "trainer.pt")
+    out = run_cli("sample", "--checkpoint", str(ckpt), "--num", "4", "--out", str(tmp_path / "s.npz"))
+    assert out.returncode == 2 and f"G_ema.{key} holds non-finite values" in out.stderr and not (tmp_path / "s.npz").exists()
+    out = run_cli("eval", "--checkpoint", str(ckpt), "--metrics", "is", "--num", "4", "--weights", str(weights), "--device", "cpu")
+    assert out.returncode == 2 and "non-finite" in out.stderr
+
+
+@pytest.mark.dist
+def test_two_processes_stop_together_with_exit_3(tmp_path):
+    out = _poisoned_train(_config(tmp_path, max_nonfinite=2), 2, "always", launcher=torchrun() + ["--no-python", sys.executable])
+    assert out.returncode != 0 and "exitcode  : 3" in out.stderr, out.stderr[-3000:]  # torchrun's report of its ranks
+    assert "D skipped 2 steps in a row" in out.stderr
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny" / "checkpoints").glob("step-*")) == ["step-00000002"]
+
+
+# `python -c` prelude: from D's K-th loss on (1-based), the classic recipe's D loss is NaN
+NAN_LOSS = """
+import sys
+from bigtrain.recipes import gan
+K = int(sys.argv[1])
+calls = [0]
+d_main = gan.GanRecipe.d_main
+def poisoned(self, inputs):
+    losses, stats = d_main(self, inputs)
+    calls[0] += 1
+    return ({k: v * float("nan") for k, v in losses.items()} if calls[0] >= K else losses), stats
+gan.GanRecipe.d_main = poisoned
+from bigtrain.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("backend", ["accelerate", "deepspeed"])
+def test_a_nan_loss_stops_the_run_without_a_nan_checkpoint(tmp_path, backend):
+    if backend == "deepspeed":
+        pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install -e .[deepspeed])")
+    extra = ["backend.kind=deepspeed", "backend.zero_stage=2"] if backend == "deepspeed" else []
+    cmd = [sys.executable, "-c", NAN_LOSS, "3", "train", str(_config(tmp_path, max_nonfinite=3)), *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, **DIST_ENV, "DS_ACCELERATOR": "cpu"})
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert "D skipped 3 steps in a row" in out.stderr and "step 2, phase D_main: the loss" in out.stderr
+    run = tmp_path / "runs" / "tiny"
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000004"
+    exported = run_cli("sample", "--checkpoint", str(run / "checkpoints" / "step-00000004"), "--num", "4", "--out", str(tmp_path / "s.npz"), env={"DS_ACCELERATOR": "cpu"})
+    assert exported.returncode == 0, exported.stderr[-2000:]  # G_ema finite, and sampled
+    rows = _rows(run)
+    assert all(r["loss/G"] == r["loss/G"] for r in rows)  # G never saw a NaN
