@@ -46,7 +46,7 @@ def _parameter_counts(cfg) -> str:
     from bigtrain.recipes import build_recipe
 
     try:
-        info = build_source(cfg.data, micro_batch=1, rank=0, world_size=1, seed=cfg.run.seed).info
+        info = build_source(cfg.data, micro_batch=1, rank=0, world_size=1, seed=cfg.run.seed, num_classes=cfg.model.num_classes).info
     except BigtrainError as exc:
         return f"# parameters: not counted, the data cannot be read ({exc})"
     recipe = build_recipe(cfg, info)

@@ -48,8 +48,9 @@ class Source(Protocol):
         ...
 
 
-def build_source(cfg: DataConfig, *, micro_batch: int, rank: int, world_size: int, seed: int) -> Source:
-    """The data source named by `data.source`."""
+def build_source(cfg: DataConfig, *, micro_batch: int, rank: int, world_size: int, seed: int, num_classes: int = 0) -> Source:
+    """The data source named by `data.source`. `num_classes` (model.num_classes) lets shards
+    that no dataset.json describes serve the labels of their `.cls` / `.label` members."""
     if not cfg.path:
         raise ConfigError("data.path", "is empty; point it at the training data")
     if cfg.source == "npz":
@@ -59,5 +60,5 @@ def build_source(cfg: DataConfig, *, micro_batch: int, rank: int, world_size: in
     if cfg.source == "shards":
         from bigtrain.data.shards import ShardSource
 
-        return ShardSource(cfg, micro_batch=micro_batch, rank=rank, world_size=world_size, seed=seed)
+        return ShardSource(cfg, micro_batch=micro_batch, rank=rank, world_size=world_size, seed=seed, num_classes=num_classes)
     raise ConfigError("data.source", f"unknown source {cfg.source!r}")

@@ -10,7 +10,7 @@ import torch
 from bigtrain.config import DataConfig
 from bigtrain.data import Batch, DataInfo
 from bigtrain.data.transforms import resize_images
-from bigtrain.errors import DataError
+from bigtrain.errors import ConfigError, DataError
 from bigtrain.seeding import generator
 
 
@@ -70,6 +70,8 @@ class NpzSource:
     """
 
     def __init__(self, cfg: DataConfig, *, micro_batch: int, rank: int, seed: int):
+        if not Path(cfg.path).is_file():
+            raise ConfigError("data.path", f"data file not found: {cfg.path}")
         self.x, self.y = load_npz(cfg.path, cfg.resolution)
         if len(self.x) == 0:
             raise DataError(f"{cfg.path}: contains no samples")

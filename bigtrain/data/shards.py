@@ -20,6 +20,8 @@ stream mode costs more per member than decoding a 32x32 PNG. webdataset still op
 """
 from __future__ import annotations
 
+import dataclasses
+
 import gzip
 import io
 import json
@@ -67,6 +69,7 @@ class ShardSet:
     counts: dict = field(default_factory=dict)  # shard file name -> samples (from dataset.json)
     channels: Optional[int] = None  # None: not known without reading a sample
     num_classes: int = 0  # 0: unlabelled, or labels not described by any dataset.json
+    label_key: str = "dataset.json"  # what declared num_classes (named in label errors)
     meta_path: Optional[str] = None  # the dataset.json used, if any
 
     def expected(self, url: str) -> Optional[int]:
@@ -379,13 +382,19 @@ def decode_sample(raw: dict, spec: StreamSpec, counter: SkipCounter) -> Optional
         if ext is None:
             raise ValueError(f"no image member (found: {', '.join(k for k in raw if not k.startswith('__'))})")
         if spec.num_classes:
-            label = int(raw["cls"])
+            text = raw.get("cls", raw.get("label"))
+            if text is None:
+                raise DataError(f"{url}: sample {key} has no label ({spec.shards.label_key} is {spec.num_classes}): give every sample a KEY.cls (or KEY.label) member "
+                                "holding its class index, or train unconditionally (model.num_classes=0)")
+            label = int(text)
         pixels = decode_raw(raw[ext], spec.channels) if ext == "npy" else decode_image(raw[ext], spec.channels, _PIL_FORMATS.get(ext))
+    except DataError:
+        raise
     except Exception as exc:  # PIL, numpy and int() raise many types; every one means a broken sample
         counter.bad(url, f"sample {key} skipped ({type(exc).__name__}: {exc})")
         return None
     if label is not None and not 0 <= label < spec.num_classes:
-        raise DataError(f"{url}: sample {key} has label {label}, outside 0..{spec.num_classes - 1} of dataset.json")
+        raise DataError(f"{url}: sample {key} has label {label}, outside 0..{spec.num_classes - 1} of {spec.shards.label_key}")
     return Decoded(key, url, pixels, label)
 
 
@@ -476,7 +485,7 @@ def peek_channels(url: str) -> int:
 class ShardSource:
     """Infinite micro-batches of one rank from WebDataset shards (see the module docstring)."""
 
-    def __init__(self, cfg: DataConfig, *, micro_batch: int, rank: int, world_size: int, seed: int):
+    def __init__(self, cfg: DataConfig, *, micro_batch: int, rank: int, world_size: int, seed: int, num_classes: int = 0):
         shuffle_buffer = int(cfg.shuffle_buffer)
         max_skipped = float(cfg.max_skipped_fraction)
         if shuffle_buffer < 0:
@@ -486,6 +495,8 @@ class ShardSource:
         shards = resolve_shards(cfg.path, cfg.dataset_json)
         check_local_shards(shards.urls)
         channels = shards.channels or peek_channels(shards.urls[0])
+        if shards.meta_path is None and num_classes:  # foreign shards (webdataset, img2dataset): labels as model.num_classes says
+            shards = dataclasses.replace(shards, num_classes=num_classes, label_key="model.num_classes")
         self.num_workers = cfg.num_workers
         self.spec = StreamSpec(
             shards=shards,

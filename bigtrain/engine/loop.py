@@ -87,7 +87,8 @@ class Trainer:
         if resumed is None and checkpoint.list_checkpoints(self.ckpt_root):
             raise ConfigError("train.resume", f"{self.run_dir} already holds checkpoints; use train.resume=auto to continue, or another run.name")
 
-        self.source: Source = build_source(cfg.data, micro_batch=backend.micro_batch, rank=backend.rank, world_size=backend.world_size, seed=cfg.run.seed)
+        self.source: Source = build_source(cfg.data, micro_batch=backend.micro_batch, rank=backend.rank, world_size=backend.world_size, seed=cfg.run.seed,
+                                           num_classes=cfg.model.num_classes)
         self.info: DataInfo = self.source.info
         _check_labels(cfg, self.info)
         self.recipe = build_recipe(cfg, self.info)  # every config check before an engine starts

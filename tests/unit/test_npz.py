@@ -71,7 +71,7 @@ def test_xflip_mirrors_some_images(tmp_path):
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(ConfigError, match="data.path: data file not found"):  # the key to fix
         _source(tmp_path / "missing.npz")
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")

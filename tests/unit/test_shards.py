@@ -356,3 +356,61 @@ def test_http_urls_stream_every_sample(dataset, http_server) -> None:
     gone = source(f"{http_server}/train-000000.tar::{http_server}/gone.tar", shuffle_buffer=0)
     with pytest.raises(DataError, match="gone.tar"):
         list(gone.samples(resampled=False))
+
+
+# ---- foreign shards (webdataset's ShardWriter, img2dataset): labels without a dataset.json ----
+
+
+def _foreign_shards(folder: Path, labels: list[int | None], member: str = "cls") -> str:
+    """Shards as webdataset's ShardWriter writes them: KEY.png (+ KEY.cls), no dataset.json."""
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    with wds.ShardWriter(str(folder / "s-%03d.tar"), maxcount=8, verbose=0) as sink:
+        for i, label in enumerate(labels):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, size=(RES, RES, 3), dtype=np.uint8)).save(buf, format="PNG")
+            sample = {"__key__": f"{i:05d}", "png": buf.getvalue()}
+            if label is not None:
+                sample[member] = str(label).encode()
+            sink.write(sample)
+    return str(folder / "s-{000..001}.tar")
+
+
+@pytest.mark.parametrize("member", ["cls", "label"])
+def test_foreign_shards_serve_their_labels_when_the_config_names_classes(tmp_path, member):
+    labels = [i % 3 for i in range(16)]
+    path = _foreign_shards(tmp_path / "s", labels, member)
+    cfg = DataConfig(source="shards", path=path, resolution=RES, shuffle_buffer=0)
+    src = build_source(cfg, micro_batch=16, rank=0, world_size=1, seed=0, num_classes=3)
+    assert src.info.num_classes == 3
+    x, y = next(src.batches())
+    assert sorted(y.tolist()) == sorted(labels)  # one epoch: every sample once, with its own label
+    assert build_source(cfg, micro_batch=16, rank=0, world_size=1, seed=0).info.num_classes == 0  # unconditional: labels ignored
+
+
+def test_foreign_label_out_of_range_or_missing_is_one_clear_error(tmp_path):
+    cfg = DataConfig(source="shards", path=_foreign_shards(tmp_path / "big", [0, 1, 5, 2] * 4), resolution=RES, shuffle_buffer=0)
+    with pytest.raises(DataError, match=r"has label 5, outside 0\.\.2 of model\.num_classes"):
+        next(build_source(cfg, micro_batch=16, rank=0, world_size=1, seed=0, num_classes=3).batches())
+    cfg = DataConfig(source="shards", path=_foreign_shards(tmp_path / "none", [None] * 16), resolution=RES, shuffle_buffer=0)
+    with pytest.raises(DataError, match=r"has no label \(model\.num_classes is 3\): give every sample a KEY\.cls"):
+        next(build_source(cfg, micro_batch=16, rank=0, world_size=1, seed=0, num_classes=3).batches())
+
+
+def test_missing_npz_names_data_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.path: data file not found"):
+        build_source(DataConfig(source="npz", path=str(tmp_path / "nope.npz")), micro_batch=2, rank=0, world_size=1, seed=0)
+
+
+def test_conditional_training_on_foreign_shards_through_the_cli(tmp_path):
+    from tests.conftest import run_cli, tiny_config, write_config
+
+    labelled = _foreign_shards(tmp_path / "s", [i % 3 for i in range(16)])
+    cfg = tiny_config(tmp_path, Path("unused"), data={"source": "shards", "path": labelled, "shuffle_buffer": 0}, model={"num_classes": 3}, train={"total_kimg": 0.032})
+    out = run_cli("train", str(write_config(tmp_path / "c.yaml", cfg)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    cfg["data"]["path"], cfg["run"]["name"] = _foreign_shards(tmp_path / "u", [None] * 16), "unlabelled"
+    out = run_cli("train", str(write_config(tmp_path / "u.yaml", cfg)))
+    assert out.returncode == 2 and "has no label (model.num_classes is 3): give every sample a KEY.cls" in out.stderr, out.stderr[-2000:]
