@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -37,6 +38,7 @@ class Tracker:
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | str = "cpu",
+        start_step: Optional[int] = None,
     ):
         self.run_dir = Path(run_dir)
         self.is_main = is_main
@@ -55,6 +57,8 @@ class Tracker:
 
             (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
             self.writer = SummaryWriter(str(self.run_dir / "tb"))
+            if start_step is not None:
+                _keep_rows_until(self.run_dir / "metrics.jsonl", start_step)
             self.jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
             if progress_bar:
                 from tqdm import tqdm
@@ -139,6 +143,24 @@ class Tracker:
             self.writer.close()
         if self.jsonl is not None:
             self.jsonl.close()
+
+
+def _keep_rows_until(path: Path, step: int) -> None:
+    """Rewrite metrics.jsonl without the rows after `step` (a resumed run logs those steps
+    again, with the same values) and without a line torn by a kill; atomic."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the last line, cut short by a kill
+        if row.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
 
 
 def _peak_memory_mb(device: torch.device) -> float:

@@ -196,7 +196,7 @@ class Trainer:
         if backend.is_main:
             self._write_config()
         tracker = Tracker(self.run_dir, is_main=backend.is_main, reduce_mean=backend.reduce_mean, total_img=total_img, start_img=counters.nimg,
-                          progress_bar=cfg.log.progress_bar, rank=backend.rank, world_size=backend.world_size, device=backend.device)
+                          progress_bar=cfg.log.progress_bar, rank=backend.rank, world_size=backend.world_size, device=backend.device, start_step=counters.step)
         grid_path = None
         try:
             if counters.nimg == 0:
