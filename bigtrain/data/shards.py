@@ -20,8 +20,6 @@ stream mode costs more per member than decoding a 32x32 PNG. webdataset still op
 """
 from __future__ import annotations
 
-import dataclasses
-
 import gzip
 import io
 import json
@@ -29,7 +27,7 @@ import os
 import random
 import re
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO, Iterable, Iterator, NamedTuple, Optional
 from urllib.parse import urlparse
 
@@ -496,7 +494,7 @@ class ShardSource:
         check_local_shards(shards.urls)
         channels = shards.channels or peek_channels(shards.urls[0])
         if shards.meta_path is None and num_classes:  # foreign shards (webdataset, img2dataset): labels as model.num_classes says
-            shards = dataclasses.replace(shards, num_classes=num_classes, label_key="model.num_classes")
+            shards = replace(shards, num_classes=num_classes, label_key="model.num_classes")
         self.num_workers = cfg.num_workers
         self.spec = StreamSpec(
             shards=shards,

@@ -155,7 +155,11 @@ class AccelerateBackend(Backend):
         if before_step is not None:
             before_step(player.name, player.net, ParamGrads())
         if player.scaler is None and finite_loss is not None:
-            skipped = _nonfinite_gradients(player, finite_loss)
+            # the one host read of the guard (GradScaler's own step reads its flag likewise);
+            # the flag goes back on the host, so the loop's bool() costs nothing more
+            skipped = torch.tensor(_nonfinite_gradients(player, finite_loss).item())
+            if skipped:
+                player.nonfinite = _name_nonfinite(player, finite_loss)
         self._clip(player)
         if player.scaler is not None:
             scale_before = player.scaler._scale.clone()  # the tensor, not get_scale(): no sync
@@ -163,7 +167,7 @@ class AccelerateBackend(Backend):
             player.scaler.update()
             skipped = (player.scaler._scale < scale_before).float()
             player.nonfinite = "a gradient (fp16 overflow)"
-        elif skipped is None or not skipped.item():  # one host read, as GradScaler's own step does
+        elif skipped is None or not skipped:
             player.optimizer.step()
         player.optimizer.zero_grad(set_to_none=True)
         return skipped
@@ -320,8 +324,8 @@ class DeepSpeedBackend(Backend):
             before_step(player.name, player.net, _DeepSpeedGrads())
         skipped = None
         if self.precision != "fp16" and finite_loss is not None:
-            skipped = (~finite_loss).float()
-            if skipped.item():
+            skipped = torch.tensor((~finite_loss).float().item())  # on the host: read once
+            if skipped:
                 grads = _DeepSpeedGrads()
                 for p in player.net.parameters():  # collective at ZeRO-3, like the hook's access
                     if grads.get(p) is not None:
@@ -615,24 +619,28 @@ def deepspeed_weights(engine_dir: Path, state: dict) -> dict[str, torch.Tensor]:
 
 
 def _nonfinite_gradients(player: Player, finite_loss: torch.Tensor) -> torch.Tensor:
-    """1 (a 0-d float tensor) when the loss or a gradient of the player is non-finite, else 0.
-    One fused check of every gradient, GradScaler's own (it multiplies by 1.0: exact); on a
-    skip `player.nonfinite` names the loss or the first parameter with a non-finite gradient."""
-    named = [(n, p.grad) for n, p in player.net.named_parameters() if p.grad is not None]
-    found = (~finite_loss).float().reshape(1).to(torch.float32)
+    """1 (a 0-d float tensor, on the device) when the loss or a gradient of the player is
+    non-finite, else 0: one fused check of every gradient, GradScaler's own (it multiplies by
+    1.0: exact)."""
+    found = (~finite_loss).float().reshape(1)
     by_device: dict[torch.device, list[torch.Tensor]] = {}
-    for _, g in named:
-        by_device.setdefault(g.device, []).append(g)
+    for p in player.net.parameters():
+        if p.grad is not None:
+            by_device.setdefault(p.grad.device, []).append(p.grad)
     for device, grads in by_device.items():
         flag = torch.zeros(1, device=device)
         torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, torch.ones(1, device=device))
         found = torch.maximum(found, flag.to(found.device))
-    if found.item():  # rare: name the culprit
-        bad = next((n for n, g in named if not torch.isfinite(g).all()), None)
-        player.nonfinite = "the loss" if not finite_loss.item() else f"the gradient of {bad}"
     return found.reshape(())
 
 
+def _name_nonfinite(player: Player, finite_loss: torch.Tensor) -> str:
+    """What made a step non-finite (called only on a skip): the loss, or the first parameter
+    with a non-finite gradient."""
+    if not finite_loss.item():
+        return "the loss"
+    bad = next((n for n, p in player.net.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()), None)
+    return f"the gradient of {bad}"
 
 
 def split_batch(train_cfg: TrainConfig, world_size: int) -> tuple[int, int]:

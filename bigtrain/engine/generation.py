@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from bigtrain.data import DataInfo
 from bigtrain.engine import checkpoint
+from bigtrain.engine.players import first_nonfinite
 from bigtrain.errors import CheckpointError
 from bigtrain.recipes.base import Recipe
 
@@ -54,9 +55,9 @@ def load_generation(run_dir: Optional[str], folder: Optional[str] = None, use_em
             continue
         net = spec.build()
         weights, ema = checkpoint.player_weights(path, state, spec.name, use_ema)
-        bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        bad = first_nonfinite(weights, f"{spec.name}{'_ema' if ema else ''}.")
         if bad is not None:
-            raise CheckpointError(f"{path}: {spec.name}{'_ema' if ema else ''}.{bad} holds non-finite values; refusing to sample from it")
+            raise CheckpointError(f"{path}: {bad} holds non-finite values; refusing to sample from it")
         try:
             net.load_state_dict(weights)
         except RuntimeError as exc:

@@ -22,7 +22,7 @@ from bigtrain.config import Config
 from bigtrain.data import DataInfo, Source, build_source
 from bigtrain.engine import checkpoint
 from bigtrain.engine.backend import build_backend
-from bigtrain.engine.players import EMA, Player
+from bigtrain.engine.players import EMA, Player, first_nonfinite
 from bigtrain.errors import CheckpointError, ConfigError, TrainingDiverged
 from bigtrain.recipes import build_recipe
 from bigtrain.recipes.base import Phase, Round
@@ -318,9 +318,9 @@ class Trainer:
         bad = None
         for name, player in self.players.items():
             with self.backend.full_parameters(player) as net:
-                bad = bad or next((f"{name}.{k}" for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+                bad = bad or first_nonfinite(net.state_dict(), f"{name}.")  # every rank enters: collective at ZeRO-3
         for name, ema in self.emas.items():
-            bad = bad or next((f"{name}_ema.{k}" for k, v in ema.module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+            bad = bad or first_nonfinite(ema.module.state_dict(), f"{name}_ema.")
         if self.backend.all_ranks(bad is None):
             return None
         return bad or "a tensor on another rank"

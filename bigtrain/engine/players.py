@@ -38,6 +38,12 @@ class Player:
         self._trainable = None
 
 
+def first_nonfinite(state: dict[str, torch.Tensor], prefix: str = "") -> Optional[str]:
+    """`prefix` + the name of the first floating-point tensor of a state dict holding a NaN or
+    inf, or None."""
+    return next((prefix + k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+
+
 def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
     """The optimizer named by `optim.<player>.type`."""
     params = list(params)
