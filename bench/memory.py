@@ -166,3 +166,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    from bigtrain.cli import leave_process
+
+    leave_process(0)  # a torchrun worker ends as the CLI does: no teardown racing gloo's threads

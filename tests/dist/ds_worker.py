@@ -121,3 +121,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    from bigtrain.cli import leave_process
+
+    leave_process(0)  # as the CLI does: no interpreter teardown racing gloo's threads

@@ -7,6 +7,7 @@ import sys
 import torch
 import torch.distributed as dist
 
+from bigtrain.cli import leave_process
 from bigtrain.config import load_config
 from bigtrain.engine.loop import Trainer
 
@@ -39,3 +40,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    leave_process(0)  # as the CLI does: no interpreter teardown racing gloo's threads
