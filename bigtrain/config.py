@@ -194,10 +194,11 @@ NET_CONFIGS: dict[str, tuple[type[NetConfig], type[NetConfig]]] = {
 SIDES = {"g": "generator", "d": "discriminator"}
 
 
-def net_config_class(side: str, arch: Any) -> type[NetConfig]:
-    """The section class of `model.<side>` for `arch`; ConfigError naming model.<side>.arch."""
+def net_config_class(side: str, arch: Any, section: str = "") -> type[NetConfig]:
+    """The class of a `side` net section for `arch`; ConfigError naming <section>.arch
+    (section: model.<side> unless given)."""
     if not isinstance(arch, str) or arch not in NET_CONFIGS:
-        raise ConfigError(f"model.{side}.arch", f"unknown architecture {arch!r}; choose one of {', '.join(sorted(NET_CONFIGS))}")
+        raise ConfigError(f"{section or f'model.{side}'}.arch", f"unknown architecture {arch!r}; choose one of {', '.join(sorted(NET_CONFIGS))}")
     return NET_CONFIGS[arch][list(SIDES).index(side)]
 
 
@@ -211,6 +212,7 @@ class ModelConfig:
     d: NetConfig = field(default_factory=DcganDConfig)  # discriminator: likewise
     z_dim: int = 100  # latent size
     num_classes: int = 0  # 0 = unconditional; >0 = class-conditional G and D
+    nets: Dict[str, Any] = field(default_factory=dict)  # one player's own network (lowercased name: d2, g_ab, ...): keys over its side's model.g / model.d
 
     def __post_init__(self) -> None:
         for side, net in (("g", self.g), ("d", self.d)):
@@ -220,6 +222,33 @@ class ModelConfig:
             net.validate(f"model.{side}")
         _check_positive("model.z_dim", self.z_dim)
         _check_positive("model.num_classes", self.num_classes, allow_zero=True)
+        for name, over in self.nets.items():
+            if not isinstance(over, dict):
+                raise ConfigError(f"model.nets.{name}", "must be a mapping of network keys (arch, width, ...) over model.g or model.d")
+
+
+def net_for(model: ModelConfig, player: str, side: str) -> NetConfig:
+    """Player `player`'s network section: `model.<side>` with `model.nets.<player lowercased>`
+    over it. An override that names another arch starts from that arch's defaults; each key it
+    sets is checked as in `model.<side>`, errors naming `model.nets.<player>.<key>`
+    (docs/design.md, "Network config per architecture")."""
+    key = player.lower()
+    base = getattr(model, side)
+    over = model.nets.get(key)
+    if over is None:
+        return base
+    section = f"model.nets.{key}"
+    cls = net_config_class(side, over.get("arch", base.arch), section)
+    for name in over:
+        if name not in _net_keys(cls):
+            raise ConfigError(f"{section}.{name}", f"the {cls.arch} {SIDES[side]} has no key {name!r}; its keys: {', '.join(_net_keys(cls))}")
+    start = base if type(base) is cls else cls()
+    try:
+        net = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(start), over))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{section}.{getattr(exc, 'key', '') or ''}".rstrip("."), _first_line(exc)) from None
+    net.validate(section)
+    return net
 
 
 @dataclass

@@ -11,7 +11,7 @@ Models are plain nn.Modules: the engine decides devices and distribution.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 from torch import nn
 
@@ -58,11 +58,13 @@ MODELS: dict[str, Arch] = {
 }
 
 
-def build_generator(model_cfg: ModelConfig, info: DataInfo) -> nn.Module:
-    """G for `model.g`."""
-    return MODELS[model_cfg.g.arch].G(model_cfg.g, model_cfg.z_dim, model_cfg.num_classes, info)
+def build_generator(model_cfg: ModelConfig, info: DataInfo, net: Optional[NetConfig] = None) -> nn.Module:
+    """G for `net` (a player's own section, config.net_for), by default `model.g`."""
+    net = net or model_cfg.g
+    return MODELS[net.arch].G(net, model_cfg.z_dim, model_cfg.num_classes, info)
 
 
-def build_discriminator(model_cfg: ModelConfig, info: DataInfo) -> nn.Module:
-    """D for `model.d`."""
-    return MODELS[model_cfg.d.arch].D(model_cfg.d, model_cfg.z_dim, model_cfg.num_classes, info)
+def build_discriminator(model_cfg: ModelConfig, info: DataInfo, net: Optional[NetConfig] = None) -> nn.Module:
+    """D for `net` (a player's own section, config.net_for), by default `model.d`."""
+    net = net or model_cfg.d
+    return MODELS[net.arch].D(net, model_cfg.z_dim, model_cfg.num_classes, info)

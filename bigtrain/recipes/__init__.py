@@ -4,7 +4,8 @@ See bigtrain/recipes/base.py for what a recipe declares and docs/design.md for h
 """
 from __future__ import annotations
 
-from bigtrain.config import Config
+from bigtrain.config import SIDES, Config
+from bigtrain.errors import ConfigError
 from bigtrain.data import DataInfo
 from bigtrain.recipes.base import Recipe
 from bigtrain.recipes.began import BeganRecipe
@@ -36,10 +37,14 @@ def build_recipe(cfg: Config, info: DataInfo) -> Recipe:
         for key in keys:
             if key not in names:
                 raise_unknown_player(f"{section}.{key}", sorted(names))
+    players = sorted(spec.name.lower() for spec in recipe.players())
+    for key in cfg.model.nets:
+        if key in SIDES and key in players:  # players G and D are model.g and model.d themselves
+            raise ConfigError(f"model.nets.{key}", f"player {key.upper()}'s network is model.{key}; set its keys there")
+        if key not in players:
+            raise_unknown_player(f"model.nets.{key}", players)
     return recipe
 
 
 def raise_unknown_player(key: str, names: list[str]) -> None:
-    from bigtrain.errors import ConfigError
-
     raise ConfigError(key, f"this recipe has no player {key.rsplit('.', 1)[-1]!r}; its players are {', '.join(names)}")

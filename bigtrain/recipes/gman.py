@@ -11,10 +11,12 @@ combination of its K per-discriminator losses L_k:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+
 import torch
 from torch import Tensor
 
-from bigtrain.config import Config, _check_choice, _check_positive
+from bigtrain.config import Config, _check_choice, _check_positive, net_for
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
 from bigtrain.models import build_discriminator, build_generator
@@ -26,7 +28,7 @@ COMBINERS = ("mean", "max", "soft_mean")
 
 @dataclass
 class GmanOptions:
-    discriminators: int = 2  # K: players D1..DK, each built from model.d with its own weights, optimizer optim.dk (else optim.d)
+    discriminators: int = 2  # K: players D1..DK, each its own weights from model.d (model.nets.dk over it), optimizer optim.dk (else optim.d)
     combiner: str = "mean"  # how G combines its K losses: mean | max | soft_mean
     softmax_lambda: float = 1.0  # soft_mean: lambda of w = softmax(lambda L); 0 = mean, large = max
 
@@ -57,15 +59,21 @@ class GmanRecipe(GanRecipe):
         for key in (*GRADIENT_PENALTIES, "clip_d_weights"):
             if getattr(cfg.loss, key) > 0:
                 raise ConfigError(f"loss.{key}", "is not supported by the gman recipe; set it to 0")
-        if self.acgan or self.pack > 1:
-            raise ConfigError("model.d", "gman supports neither cond: acgan nor pack > 1 in its discriminators")
         self.opts: GmanOptions = cfg.gman
         self.d_names = tuple(f"D{k + 1}" for k in range(self.opts.discriminators))
+        # each D_k is model.d with model.nets.dk over it (a different width, arch, ...)
+        self.d_nets = {name: net_for(cfg.model, name, "d") for name in self.d_names}
+        for name, net in self.d_nets.items():
+            section = f"model.nets.{name.lower()}" if name.lower() in cfg.model.nets else "model.d"
+            if net.arch == "began":
+                raise ConfigError(f"{section}.arch", "the began autoencoder D needs the began recipe")
+            if getattr(net, "cond", "auto") == "acgan" or getattr(net, "pack", 1) > 1:
+                raise ConfigError(section, "gman supports neither cond: acgan nor pack > 1 in its discriminators")
 
     def players(self) -> list[PlayerSpec]:
         cfg = self.cfg
         specs = [PlayerSpec("G", lambda: build_generator(cfg.model, self.info), optim_for(cfg, "G"), ema=cfg.ema.enabled)]
-        specs += [PlayerSpec(name, lambda: build_discriminator(cfg.model, self.info), optim_for(cfg, name, "d")) for name in self.d_names]
+        specs += [PlayerSpec(name, partial(build_discriminator, cfg.model, self.info, self.d_nets[name]), optim_for(cfg, name, "d")) for name in self.d_names]
         return specs
 
     def optim_groups(self) -> tuple[str, ...]:
