@@ -293,9 +293,12 @@ class OptimConfig:
     eps: float = 1e-8  # optimizer epsilon
     weight_decay: float = 0.0  # L2 weight decay
     grad_clip: float = 0.0  # clip the global gradient norm to this; 0 = off
+    fused: Optional[bool] = None  # torch's fused kernel (adam, sgd; accelerate backend), which skips non-finite steps without a host read; null = on CUDA
 
     def validate(self, prefix: str) -> None:
         _check_choice(f"{prefix}.type", self.type, OPTIMIZERS)
+        if self.fused and self.type not in ("adam", "sgd"):
+            raise ConfigError(f"{prefix}.fused", f"torch has no fused {self.type}; fused kernels exist for adam and sgd")
         _check_positive(f"{prefix}.lr", self.lr)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"{prefix}.betas", f"needs two values in [0, 1), got {list(self.betas)}")
@@ -455,6 +458,8 @@ class Config:
     def __post_init__(self) -> None:
         for name, optim in self.optim.items():
             optim.validate(f"optim.{name}")
+            if optim.fused and self.backend.kind == "deepspeed":
+                raise ConfigError(f"optim.{name}.fused", "is for the accelerate backend; DeepSpeed steps its own optimizer (its JSON may name FusedAdam)")
 
 
 def _to_object(merged: Any) -> Config:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from bigtrain.config import BackendConfig, OptimConfig, TrainConfig
-from bigtrain.engine.players import Player, build_optimizer
+from bigtrain.engine.players import Player, build_optimizer, uses_fused
 from bigtrain.recipes.base import GradAccess
 from bigtrain.errors import CheckpointError, ConfigError
 
@@ -116,9 +116,11 @@ class AccelerateBackend(Backend):
         """Move `net` to the device, wrap it for DDP and give it its own optimizer and scaler."""
         net = net.to(self.device)
         engine = self.accelerator.prepare_model(net)
-        optimizer = build_optimizer(net.parameters(), opt_cfg)
+        fused = uses_fused(opt_cfg, self.device)
+        optimizer = build_optimizer(net.parameters(), opt_cfg, fused=fused)
         scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
-        return Player(name=name, net=net, engine=engine, optimizer=optimizer, scaler=scaler, grad_clip=opt_cfg.grad_clip, base_lr=opt_cfg.lr)
+        return Player(name=name, net=net, engine=engine, optimizer=optimizer, scaler=scaler, grad_clip=opt_cfg.grad_clip, base_lr=opt_cfg.lr,
+                      deferred_guard=fused)
 
     def set_rounds(self, rounds: int) -> None:
         """Accumulation rounds from the next phase on (called between iterations, where
@@ -155,20 +157,28 @@ class AccelerateBackend(Backend):
         if before_step is not None:
             before_step(player.name, player.net, ParamGrads())
         if player.scaler is None and finite_loss is not None:
-            # the one host read of the guard (GradScaler's own step reads its flag likewise);
-            # the flag goes back on the host, so the loop's bool() costs nothing more
-            skipped = torch.tensor(_nonfinite_gradients(player, finite_loss).item())
-            if skipped:
-                player.nonfinite = _name_nonfinite(player, finite_loss)
+            skipped = _nonfinite_gradients(player, finite_loss)
+            if player.deferred_guard:
+                # a fused kernel skips the step on the device when found_inf is 1 (as it does
+                # for GradScaler): no host read; the loop reads the flags at the log interval
+                player.optimizer.found_inf, player.optimizer.grad_scale = skipped, None
+                player.nonfinite = torch.where(finite_loss, 2, 1)  # NONFINITE_WHAT
+            else:
+                # the one host read of the guard (GradScaler's own step reads its flag likewise);
+                # the flag goes back on the host, so the loop's bool() costs nothing more
+                skipped = torch.tensor(skipped.item())
+                if skipped:
+                    player.nonfinite = _name_nonfinite(player, finite_loss)
         self._clip(player)
         if player.scaler is not None:
             scale_before = player.scaler._scale.clone()  # the tensor, not get_scale(): no sync
-            player.scaler.step(player.optimizer)
+            player.scaler.step(player.optimizer)  # fused: found_inf goes to the kernel, no sync
             player.scaler.update()
             skipped = (player.scaler._scale < scale_before).float()
-            player.nonfinite = "a gradient (fp16 overflow)"
-        elif skipped is None or not skipped:
+            player.nonfinite = torch.tensor(3, device=skipped.device) if player.deferred_guard else "a gradient (fp16 overflow)"
+        elif skipped is None or player.deferred_guard or not skipped:
             player.optimizer.step()
+            player.optimizer.found_inf = None
         player.optimizer.zero_grad(set_to_none=True)
         return skipped
 

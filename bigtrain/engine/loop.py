@@ -12,7 +12,7 @@ import contextlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -22,7 +22,7 @@ from bigtrain.config import Config
 from bigtrain.data import DataInfo, Source, build_source
 from bigtrain.engine import checkpoint
 from bigtrain.engine.backend import build_backend
-from bigtrain.engine.players import EMA, Player, first_nonfinite
+from bigtrain.engine.players import EMA, NONFINITE_WHAT, Player, first_nonfinite
 from bigtrain.errors import CheckpointError, ConfigError, TrainingDiverged
 from bigtrain.recipes import build_recipe
 from bigtrain.recipes.base import Phase, Round
@@ -43,16 +43,24 @@ class Counters:
 class Health:
     """Skipped steps per player (non-finite loss or gradient, fp16 overflow): a total for the
     logs, and the run stops when one player has skipped `limit` steps in a row
-    (docs/design.md, "Non-finite guard")."""
+    (docs/design.md, "Non-finite guard").
+
+    A flag the backend read on the host is checked at once. A deferred one (a fused optimizer
+    skipped the step on the device) is only folded into tensors here, and `check()` reads them
+    at the log interval and before any checkpoint: no host read per step."""
 
     def __init__(self, limit: int, totals: Optional[dict[str, int]] = None):
         self.limit = limit
         self.totals: dict[str, int] = dict(totals or {})
         self.streak: dict[str, int] = {}
         self.first: dict[str, str] = {}  # where the current streak began
+        self.phases: list[str] = []  # deferred: a phase's index in this list stands for its name
+        self.deferred: dict[str, dict[str, torch.Tensor]] = {}  # player -> device counters
 
-    def observe(self, player: str, phase: str, step: int, skipped: bool, what: Optional[str]) -> None:
-        if not skipped:
+    def observe(self, player: str, phase: str, step: int, skipped: torch.Tensor, what: Any, deferred: bool = False) -> None:
+        if deferred:
+            return self._observe_on_device(player, phase, step, skipped, what)
+        if not bool(skipped):
             self.streak[player] = 0
             return
         if not self.streak.get(player):
@@ -60,8 +68,42 @@ class Health:
         self.streak[player] = self.streak.get(player, 0) + 1
         self.totals[player] = self.totals.get(player, 0) + 1
         if self.streak[player] >= self.limit:
-            raise TrainingDiverged(f"{player} skipped {self.streak[player]} steps in a row for non-finite values (train.max_nonfinite={self.limit}); "
-                                   f"the first at {self.first[player]}. No checkpoint was written after it")
+            self._raise(player, self.streak[player], self.first[player])
+
+    def _observe_on_device(self, player: str, phase: str, step: int, skipped: torch.Tensor, what: torch.Tensor) -> None:
+        if phase not in self.phases:
+            self.phases.append(phase)
+        here = torch.tensor([step, self.phases.index(phase)], device=skipped.device).to(what.dtype)
+        c = self.deferred.get(player)
+        if c is None:
+            zero = torch.zeros((), dtype=torch.long, device=skipped.device)
+            c = self.deferred[player] = {"streak": zero, "total": zero, "start": torch.zeros(3, dtype=what.dtype, device=skipped.device),
+                                         "tripped": zero.bool(), "trip": torch.zeros(3, dtype=what.dtype, device=skipped.device)}
+        hit = skipped.reshape(()) > 0
+        c["streak"] = torch.where(hit, c["streak"] + 1, 0)
+        c["total"] = c["total"] + hit.long()
+        c["start"] = torch.where(hit & (c["streak"] == 1), torch.cat([here, what.reshape(1)]), c["start"])  # step, phase, what
+        trips = (c["streak"] >= self.limit) & ~c["tripped"]
+        c["trip"] = torch.where(trips, c["start"], c["trip"])
+        c["tripped"] = c["tripped"] | trips
+
+    def check(self) -> None:
+        """Read the deferred counters (one host read for all players): add their skips to the
+        totals and stop the run if a player reached `limit` skips in a row since the last check."""
+        if not self.deferred:
+            return
+        names = list(self.deferred)
+        read = torch.stack([torch.cat([c["total"].reshape(1), c["tripped"].long().reshape(1), c["trip"].long()]) for c in self.deferred.values()]).tolist()
+        for name, (total, tripped, step, phase, what) in zip(names, read):
+            self.totals[name] = self.totals.get(name, 0) + total
+            self.deferred[name]["total"] = torch.zeros_like(self.deferred[name]["total"])
+        for name, (total, tripped, step, phase, what) in zip(names, read):
+            if tripped:
+                self._raise(name, self.limit, f"step {step}, phase {self.phases[phase]}: {NONFINITE_WHAT.get(what, 'a non-finite value')}")
+
+    def _raise(self, player: str, streak: int, first: str) -> None:
+        raise TrainingDiverged(f"{player} skipped {streak} steps in a row for non-finite values (train.max_nonfinite={self.limit}); "
+                               f"the first at {first}. No checkpoint was written after it")
 
     def stats(self) -> dict[str, float]:
         return {f"health/nonfinite_{name}": float(n) for name, n in sorted(self.totals.items())}
@@ -152,7 +194,7 @@ class Trainer:
             if skipped is not None:
                 if backend.precision == "fp16":
                     tracker.report(f"fp16/{player.name}_skipped", skipped)
-                self.health.observe(player.name, phase.name, self.counters.step, bool(skipped), player.nonfinite)
+                self.health.observe(player.name, phase.name, self.counters.step, skipped, player.nonfinite, deferred=player.deferred_guard)
             if phase.clamp_weights > 0:
                 backend.clamp_parameters(player, phase.clamp_weights)
         for name in phase.frozen:
@@ -206,6 +248,9 @@ class Trainer:
                 batch = self.plan.batch_size
                 tracker.advance(counters.nimg)
                 done = counters.nimg >= total_img
+                every = (cfg.log.every_kimg, cfg.log.samples_every_kimg, cfg.checkpoint.every_kimg, cfg.eval.every_kimg if self.evaluator else 0)
+                if done or any(e > 0 and crossed(counters.nimg, batch, e) for e in every):
+                    self.health.check()  # deferred skip flags: read before logging or saving anything
                 if done or crossed(counters.nimg, batch, cfg.log.every_kimg):
                     tracker.flush(step=counters.step, nimg=counters.nimg, extra={**self._data_stats(), **self.health.stats()})
                 with tracker.maintenance():
@@ -327,6 +372,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         backend, c = self.backend, self.counters
+        self.health.check()  # a player past train.max_nonfinite (deferred flags) saves nothing
         bad = self._nonfinite_weights()
         if bad is not None:  # never written: `latest` keeps naming the last finite checkpoint
             raise TrainingDiverged(f"not writing the checkpoint of step {c.step}: {bad} is non-finite; the run's last checkpoint is kept")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
@@ -20,7 +20,8 @@ class Player:
     scaler: Optional[torch.amp.GradScaler] = None  # fp16 only; one per player
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     base_lr: float = 0.0  # optim.<name>.lr: the schedule's factors multiply it
-    nonfinite: Optional[str] = None  # what was non-finite at the last skipped step (the backend says)
+    nonfinite: Any = None  # what was non-finite at the last skipped step: a description, or (deferred) a NONFINITE_WHAT code on the device
+    deferred_guard: bool = False  # the optimizer skips non-finite steps on the device (fused): the loop reads the flags at the log interval
     _trainable: Optional[list[bool]] = None  # requires_grad of each parameter while frozen
 
     def freeze(self) -> None:
@@ -38,21 +39,37 @@ class Player:
         self._trainable = None
 
 
+# codes of a deferred skip's cause (a 0-d long tensor the backend leaves in Player.nonfinite)
+NONFINITE_WHAT = {1: "the loss", 2: "a gradient", 3: "a gradient (fp16 overflow)"}
+
+
 def first_nonfinite(state: dict[str, torch.Tensor], prefix: str = "") -> Optional[str]:
     """`prefix` + the name of the first floating-point tensor of a state dict holding a NaN or
     inf, or None."""
     return next((prefix + k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The optimizer named by `optim.<player>.type`."""
+FUSED_OPTIMIZERS = ("adam", "sgd")  # torch has fused kernels for these, which can skip a step on the device
+
+
+def uses_fused(cfg: OptimConfig, device: torch.device) -> bool:
+    """`optim.<player>.fused`, where null means: on CUDA, for an optimizer that has a kernel."""
+    if cfg.fused is None:
+        return device.type == "cuda" and cfg.type in FUSED_OPTIMIZERS
+    return cfg.fused
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """The optimizer named by `optim.<player>.type`; `fused`: torch's fused kernel (adam, sgd),
+    which takes a found-inf flag and skips the step on the device (docs/design.md, "Non-finite guard")."""
     params = list(params)
+    extra = {"fused": True} if fused else {}
     if cfg.type == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, **extra)
     if cfg.type == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, eps=cfg.eps, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.type == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **extra)
     raise ValueError(f"unknown optimizer {cfg.type!r}")
 
 

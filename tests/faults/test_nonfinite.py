@@ -4,6 +4,7 @@ stops with one line and exit code 3; a checkpoint is never written with non-fini
 `latest` keeps naming a finite one; sample/eval refuse a checkpoint that is not finite."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bigtrain.config import config_from_dict
+from bigtrain.config import config_from_dict, load_config
 from bigtrain.engine.loop import Trainer
-from bigtrain.errors import TrainingDiverged
+from bigtrain.errors import ConfigError, TrainingDiverged
 from tests.conftest import REPO, run_cli, tiny_config, write_config, write_images_npz
 from tests.dist.test_ddp import DIST_ENV, torchrun
 
@@ -52,13 +53,20 @@ def _rows(run: Path) -> list[dict]:
     return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_persistent_nan_stops_the_run_with_exit_3_and_keeps_the_finite_checkpoint(tmp_path):
-    out = _poisoned_train(_config(tmp_path, max_nonfinite=3), 4, "always")
+# fused optimizers skip on the device and the loop reads the flags at the log interval (here
+# every step, as the checkpoints below need): the same run, the same stop
+FUSED = ["optim.g.fused=true", "optim.d.fused=true"]
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["host-read", "fused"])
+def test_persistent_nan_stops_the_run_with_exit_3_and_keeps_the_finite_checkpoint(tmp_path, fused):
+    out = _poisoned_train(_config(tmp_path, max_nonfinite=3), 4, "always", *(FUSED if fused else []))
     assert out.returncode == 3, out.stderr[-2000:]
     lines = [l for l in out.stderr.splitlines() if l.startswith("bigtrain: error")]
     assert len(lines) == 1
     # D's 4th step is iteration 3 (0-based); 3 skips in a row end the run at iteration 5
-    assert "D skipped 3 steps in a row" in lines[0] and "step 3, phase D_main" in lines[0] and "the gradient of" in lines[0], lines[0]
+    what = "a gradient" if fused else "the gradient of"
+    assert "D skipped 3 steps in a row" in lines[0] and f"step 3, phase D_main: {what}" in lines[0], lines[0]
     run = tmp_path / "runs" / "tiny"
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
     assert ckpts == ["step-00000002", "step-00000004"]  # step 4's weights were finite: D's steps were skipped
@@ -77,8 +85,10 @@ def test_one_nan_is_skipped_and_the_run_goes_on(tmp_path):
     assert all(torch.isfinite(torch.tensor([r["loss/D"], r["loss/G"]])).all() for r in rows)
 
 
-def test_a_skipped_step_leaves_the_players_weights_and_optimizer_untouched(tmp_path):
-    cfg = config_from_dict(tiny_config(tmp_path, write_images_npz(tmp_path / "d.npz", n=32, res=8), log={"progress_bar": False}))
+@pytest.mark.parametrize("fused", [False, True], ids=["host-read", "fused"])
+def test_a_skipped_step_leaves_the_players_weights_and_optimizer_untouched(tmp_path, fused):
+    optim = {"g": {"fused": fused}, "d": {"fused": fused}}
+    cfg = config_from_dict(tiny_config(tmp_path, write_images_npz(tmp_path / "d.npz", n=32, res=8), log={"progress_bar": False}, optim=optim))
     trainer = Trainer(cfg)
     from bigtrain.tracking import Tracker
 
@@ -96,9 +106,86 @@ def test_a_skipped_step_leaves_the_players_weights_and_optimizer_untouched(tmp_p
     for i, s in D.optimizer.state.items():
         for k, v in s.items():
             assert torch.equal(v, opt_before[i][k]), k
-    assert trainer.health.totals["D"] == 1 and D.nonfinite.startswith("the gradient of ")
+    if fused:  # counted on the device until the loop's next read
+        assert trainer.health.totals["D"] == 0 and D.deferred_guard and int(D.nonfinite) == 2
+        trainer.health.check()
+    else:
+        assert D.nonfinite.startswith("the gradient of ")
+    assert trainer.health.totals["D"] == 1
     assert any(not torch.equal(a, b) for a, b in zip(g_before, trainer.players["G"].net.parameters()))  # G still trained
     trainer.backend.close()
+
+
+HOST_READS = ("item", "__bool__", "tolist", "__float__", "__int__")
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["host-read", "fused"])
+def test_with_fused_optimizers_an_iteration_reads_nothing_back_to_the_host(tmp_path, monkeypatch, fused):
+    """The guard's cost on a GPU is its host read; with fused kernels there is none per step
+    (the flags are read at the log interval). On the CPU a read is free, so count them."""
+    optim = {"g": {"fused": fused}, "d": {"fused": fused}}
+    cfg = config_from_dict(tiny_config(tmp_path, write_images_npz(tmp_path / "d.npz", n=32, res=8), log={"progress_bar": False}, optim=optim))
+    trainer = Trainer(cfg)
+    from bigtrain.tracking import Tracker
+
+    tracker = Tracker(trainer.run_dir, is_main=False, reduce_mean=lambda t: t, total_img=640)
+    trainer.iteration(tracker)
+    reads = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: (reads.append(_n), _o(self, *a, **k))[1])
+    for _ in range(3):
+        trainer.iteration(tracker)
+    monkeypatch.undo()
+    if fused:
+        assert reads == []
+    else:  # the host-read guard reads at least once per player step
+        assert reads.count("item") >= 3 * 2, reads
+    trainer.backend.close()
+
+
+def test_a_fused_run_stops_at_its_next_read_and_saves_nothing_after_the_streak(tmp_path):
+    data = write_images_npz(tmp_path / "d.npz", n=64, res=8, classes=4)
+    # flags read every 4 steps (log and checkpoint interval); D's gradients NaN from its 2nd step
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(tmp_path, data, train={"total_kimg": 0.128, "batch_size": 16, "max_nonfinite": 2},
+                                                        log={"every_kimg": 0.064}, checkpoint={"every_kimg": 0.064}))
+    out = _poisoned_train(cfg, 2, "always", *FUSED)
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert "D skipped 2 steps in a row" in out.stderr and "the first at step 1, phase D_main: a gradient" in out.stderr, out.stderr[-2000:]
+    run = tmp_path / "runs" / "tiny"
+    assert not list((run / "checkpoints").glob("step-*"))  # the read came before step 4's checkpoint
+    assert not (run / "metrics.jsonl").exists() or _rows(run) == []
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["optim.d.type=rmsprop", "optim.d.fused=true"], "torch has no fused rmsprop"),
+    (["optim.g.fused=true", "backend.kind=deepspeed"], "is for the accelerate backend"),
+])
+def test_fused_is_refused_where_there_is_no_fused_kernel(tmp_path, overrides, words):
+    key = overrides[-1].split("=")[0] if "rmsprop" in overrides[0] else overrides[0].split("=")[0]
+    with pytest.raises(ConfigError, match=re.escape(f"{key}: {words}")):
+        load_config(_config(tmp_path), overrides)
+
+
+def test_deferred_flags_stop_the_run_at_the_next_read_naming_where_the_streak_began():
+    from bigtrain.engine.loop import Health
+
+    health = Health(limit=3, totals={"D": 5})
+    flags = [0, 1, 1, 0, 1, 1, 1, 1, 0]  # a streak of 2, then one of 4 from step 4
+    for step, flag in enumerate(flags):
+        health.observe("D", "D_main", step, torch.tensor(float(flag)), torch.tensor(1 if step >= 6 else 2), deferred=True)
+        health.observe("G", "G_main", step, torch.tensor(0.0), torch.tensor(2), deferred=True)
+    assert health.totals == {"D": 5}  # nothing read yet
+    with pytest.raises(TrainingDiverged, match=r"D skipped 3 steps in a row .* the first at step 4, phase D_main: a gradient\."):
+        health.check()
+    assert health.totals == {"D": 5 + 6, "G": 0}
+    quiet = Health(limit=3)
+    for step, flag in enumerate([1, 1, 0, 1, 1, 0]):
+        quiet.observe("D", "D_main", step, torch.tensor(float(flag)), torch.tensor(1), deferred=True)
+    quiet.check()  # no streak reached 3
+    assert quiet.totals == {"D": 4}
+    quiet.check()  # counted once
+    assert quiet.totals == {"D": 4}
 
 
 def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
