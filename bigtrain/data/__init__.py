@@ -47,6 +47,10 @@ class Source(Protocol):
         """Cumulative counters for metrics.jsonl (e.g. `data/skipped`); may be empty."""
         ...
 
+    def restore_stats(self, stats: dict[str, float]) -> None:
+        """Continue the counters of `stats()` from a checkpoint (this rank's)."""
+        ...
+
 
 def build_source(cfg: DataConfig, *, micro_batch: int, rank: int, world_size: int, seed: int, num_classes: int = 0) -> Source:
     """The data source named by `data.source`. `num_classes` (model.num_classes) lets shards

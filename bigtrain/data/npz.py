@@ -116,3 +116,6 @@ class NpzSource:
 
     def stats(self) -> dict[str, float]:
         return {}
+
+    def restore_stats(self, stats: dict[str, float]) -> None:
+        pass

@@ -542,3 +542,8 @@ class ShardSource:
 
     def stats(self) -> dict[str, float]:
         return {"data/skipped": float(self._skipped)}
+
+    def restore_stats(self, stats: dict[str, float]) -> None:
+        # a resumed stream refills its shuffle buffer and meets the same bad samples again, so
+        # the total grows past an uninterrupted run's, but it never goes back
+        self._skipped = int(stats.get("data/skipped", 0))

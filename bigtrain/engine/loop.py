@@ -392,6 +392,7 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
             "latent_gen": self.latent_gen.get_state(),
             "data_pos": dict(c.data_pos),
+            "data_stats": self.source.stats(),  # this rank's counters (data/skipped)
             "recipe": self.recipe.rank_state_dict(),
         }
         return checkpoint.save(
@@ -413,6 +414,7 @@ class Trainer:
             raise CheckpointError(f"{folder}: cannot be read ({exc})") from None
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{folder}: does not fit this config ({str(exc).splitlines()[0]})") from None
+        self.source.restore_stats(rank_state.get("data_stats") or {})
         data_pos = rank_state["data_pos"]
         if isinstance(data_pos, int):  # written before streams were named: micro-batches of the one stream
             data_pos = {s: data_pos * self.backend.micro_batch for s in self.recipe.streams}
