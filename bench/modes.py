@@ -13,10 +13,10 @@ runs): GAN 17.3 modes / 94.8 %, PacGAN4 24.8 / 93.6 %.
 
 --cpu runs the CPU-sized configs instead, by default for their own lengths (see their comments:
 at the reference sizes a run of minutes learns nothing): configs/pacgan_grid25_cpu.yaml
-(12,000 steps) for GAN, PacGAN2 and PacGAN4, which differ only in the pack; the same nets,
+(20,000 steps) for GAN, PacGAN2 and PacGAN4, which differ only in the pack; the same nets,
 optimizer and schedule under the gman recipe (3 discriminators, soft mean; the recipe takes no
 R1 penalty, so GMAN trains without it); configs/madgan_grid25_cpu.yaml (3,000 steps). About
-10 minutes for all five on one core.
+20 minutes for all five on one core.
 """
 from __future__ import annotations
 
