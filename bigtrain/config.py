@@ -183,6 +183,36 @@ class GridDConfig(_Pack, _Depth, NetConfig):
     arch: str = "grid"  # this class's architecture
 
 
+@dataclass
+class _ProganNet(NetConfig):
+    """The keys both progan nets read. `width` is no progan key (fmap_* set the channels), but
+    every NetConfig declares it: it is refused unless left at its default."""
+
+    arch: str = "progan"  # this class's architecture
+    fmap_base: int = 8192  # channels at stage s (resolution 2**(s+1)): min(fmap_base / 2**(s * fmap_decay), fmap_max)
+    fmap_decay: float = 1.0  # log2 of the channel reduction per doubling of the resolution
+    fmap_max: int = 512  # most channels of any layer
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        if self.width != NetConfig.width:
+            raise ConfigError(f"{prefix}.width", f"progan does not read width (fmap_base, fmap_decay and fmap_max set its channels); got {self.width}")
+        _check_positive(f"{prefix}.fmap_base", self.fmap_base)
+        _check_positive(f"{prefix}.fmap_decay", self.fmap_decay, allow_zero=True)
+        _check_positive(f"{prefix}.fmap_max", self.fmap_max)
+
+
+@dataclass
+class ProganGConfig(_ProganNet):
+    arch: str = "progan"  # this class's architecture
+
+
+@dataclass
+class ProganDConfig(_ProganNet):
+    arch: str = "progan"  # this class's architecture
+    mbstd_group: int = 4  # minibatch standard deviation over groups of this many samples, one feature map (official minibatch_stddev_layer); 0 or 1 = off
+
+
 # arch -> (its G's section class, its D's); bigtrain.models.MODELS holds their builders
 NET_CONFIGS: dict[str, tuple[type[NetConfig], type[NetConfig]]] = {
     "mlp": (MlpGConfig, MlpDConfig),
@@ -190,6 +220,7 @@ NET_CONFIGS: dict[str, tuple[type[NetConfig], type[NetConfig]]] = {
     "sngan": (SnganGConfig, SnganDConfig),
     "began": (BeganGConfig, BeganDConfig),
     "grid": (GridGConfig, GridDConfig),
+    "progan": (ProganGConfig, ProganDConfig),
 }
 SIDES = {"g": "generator", "d": "discriminator"}
 

@@ -22,6 +22,7 @@ from bigtrain.models.began import BeganDiscriminator, BeganGenerator
 from bigtrain.models.dcgan import DcganDiscriminator, DcganGenerator
 from bigtrain.models.grid import GridDiscriminator, GridGenerator
 from bigtrain.models.mlp import MlpDiscriminator, MlpGenerator
+from bigtrain.models.progan import ProganDiscriminator, ProganGenerator
 from bigtrain.models.sngan import SnganDiscriminator, SnganGenerator
 
 Builder = Callable[[NetConfig, int, int, DataInfo], nn.Module]
@@ -55,6 +56,7 @@ MODELS: dict[str, Arch] = {
     "sngan": Arch(G=SnganGenerator, D=SnganDiscriminator),
     "began": Arch(G=BeganGenerator, D=BeganDiscriminator),
     "grid": Arch(G=_grid_generator, D=_grid_discriminator),
+    "progan": Arch(G=ProganGenerator, D=ProganDiscriminator),
 }
 
 

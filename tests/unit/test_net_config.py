@@ -20,6 +20,8 @@ READS = {
     ("began", "d"): ["arch", "width", "h_dim", "spectral_norm"],
     ("grid", "g"): ["arch", "width", "depth", "norm"],
     ("grid", "d"): ["arch", "width", "depth", "pack"],
+    ("progan", "g"): ["arch", "width", "fmap_base", "fmap_decay", "fmap_max"],  # width: refused unless at its default
+    ("progan", "d"): ["arch", "width", "fmap_base", "fmap_decay", "fmap_max", "mbstd_group"],
 }
 # The shared NetConfig of before, as its sections were saved (D's norm defaulted to none).
 OLD_SECTION = {"width": 64, "depth": 2, "norm": "batch", "cond": "auto", "spectral_norm": False, "h_dim": 64, "mbstd_group": 0, "mbstd_channels": 1, "pack": 1}
