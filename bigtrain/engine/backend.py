@@ -93,6 +93,10 @@ class Backend:
         for group in player.optimizer.param_groups:
             group["lr"] = lr
 
+    def reset_optimizer(self, player: Player) -> None:
+        """Forget the optimizer's state (Adam's moments and step count), as at the start."""
+        player.optimizer.state.clear()
+
 
 class AccelerateBackend(Backend):
     """Plain PyTorch modules and optimizers, DDP through Accelerate (one process or many)."""
@@ -278,6 +282,9 @@ class DeepSpeedBackend(Backend):
         self.micro_batch, self.rounds = split_batch(train_cfg, self.world_size)
         self.zero_stages: dict[str, int] = {}
         self.engines: list = []
+
+    def reset_optimizer(self, player: Player) -> None:
+        raise ConfigError("progan.reset_optimizer", f"resetting {player.name}'s optimizer state is not supported under DeepSpeed (its ZeRO partitions hold it); set it to false")
 
     def make_player(self, name: str, net: nn.Module, opt_cfg: OptimConfig) -> Player:
         """Wrap `net` in its own DeepSpeed engine; the optimizer is built from `optim.<name>`

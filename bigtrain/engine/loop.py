@@ -9,6 +9,7 @@ touches the distributed engine directly (engine/backend.py). See docs/design.md.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,6 +206,9 @@ class Trainer:
         cfg = self.cfg
         plan = make_plan(cfg.schedule, self.counters.nimg, base_lr={n: p.base_lr for n, p in self.players.items()},
                          default_batch=cfg.train.batch_size, total_kimg=cfg.train.total_kimg, values=self.recipe.plan_values(self.counters.nimg))
+        own = self.recipe.schedule(self.counters.nimg, {n: p.base_lr for n, p in self.players.items()})
+        if own is not None:
+            plan = dataclasses.replace(plan, batch_size=own[0], lr=dict(own[1]))
         last = self.plan
         if last is None or plan.batch_size != last.batch_size:
             rounds = self.backend.rounds_for(plan.batch_size)
@@ -218,6 +222,8 @@ class Trainer:
 
     def iteration(self, tracker: Tracker) -> None:
         plan = self.apply_plan()
+        for name in self.recipe.begin_iteration(plan):
+            self.backend.reset_optimizer(self.players[name])
         for phase in self.recipe.phases:
             if self.counters.step % phase.interval == 0:
                 for _ in range(phase.repeats):

@@ -12,12 +12,14 @@ from bigtrain.recipes.began import BeganRecipe
 from bigtrain.recipes.gan import GanRecipe
 from bigtrain.recipes.gman import GmanRecipe
 from bigtrain.recipes.madgan import MadganRecipe
+from bigtrain.recipes.progan import ProganRecipe
 
 RECIPES: dict[str, type[Recipe]] = {
     "gan": GanRecipe,
     "began": BeganRecipe,
     "gman": GmanRecipe,
     "madgan": MadganRecipe,
+    "progan": ProganRecipe,
 }
 
 

@@ -116,6 +116,17 @@ class Recipe:
         """Recipe values of the schedule at `nimg` (a resolution, a fade alpha, ...)."""
         return {}
 
+    def schedule(self, nimg: int, base_lr: dict[str, float]) -> Optional[tuple[int, dict[str, float]]]:
+        """The recipe's own (global batch, learning rate by player) at `nimg`, replacing
+        `schedule.batch` / `schedule.lr` (progressive growing looks both up by resolution); None:
+        the config's schedule. A pure function of `nimg`, as the plan must be."""
+        return None
+
+    def begin_iteration(self, plan: Any) -> tuple[str, ...]:
+        """Called with the iteration's plan before its phases (e.g. set a resolution on the
+        nets); returns the players whose optimizer state the backend should reset now."""
+        return ()
+
     # ---- every iteration ---------------------------------------------------------------
     def end_iteration(self) -> Stats:
         """Bookkeeping after all phases of an iteration (collective if it reduces); stats."""

@@ -50,6 +50,9 @@ def pack_samples(x: Tensor, pack: int) -> Tensor:
 class GanRecipe(Recipe):
     """G and D with the adversarial loss named by `loss.type` and the regularizers in `loss`."""
 
+    gp_target: float = 1.0  # the gradient norm the WGAN-GP penalty pulls to (progan sets its own)
+    drift: float = 0.0  # weight of E[D(x)^2] on reals in D's loss (progan's epsilon drift)
+
     def __init__(self, cfg: Config, info: DataInfo):
         super().__init__(cfg, info)
         self.lcfg = cfg.loss
@@ -91,8 +94,9 @@ class GanRecipe(Recipe):
         self.G, self.D = players["G"], players["D"]
         self.reduce_mean = reduce_mean
         self.separate = has_batch_statistics(self.D.net)
-        if self.separate and self.penalizes_d_gradient:
-            raise ConfigError("model.d", "gradient penalties score D in eval mode, which batch norm / minibatch stddev in D would change; use neither with loss.gp_weight, dragan_weight or r1_gamma")
+        if self.penalizes_d_gradient and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.D.net.modules()):
+            # minibatch stddev is the same in eval mode (over the penalty's own batch, as ProGAN's official code scores it)
+            raise ConfigError("model.d", "gradient penalties score D in eval mode, which batch norm in D would change; use no batch norm in D with loss.gp_weight, dragan_weight or r1_gamma")
         lcfg = self.lcfg
         # WGAN (Arjovsky et al. 2017) keeps the critic K-Lipschitz by clipping its weights; the
         # backend clamps them, since under DeepSpeed the optimizer's master copy must follow
@@ -150,8 +154,9 @@ class GanRecipe(Recipe):
         loss = self.loss.d_loss(s_real, s_fake)
         stats = {"loss/D": loss.detach(), "D/real": s_real.detach().float().mean(), "D/fake": s_fake.detach().float().mean()}
         lcfg, penalties = self.lcfg, []
-        if lcfg.gp_weight > 0:
-            penalties.append(("loss/D_gp", lcfg.gp_weight, regularizers.gradient_penalty, regularizers.interpolates(real.detach(), fake)))
+        if lcfg.gp_weight > 0:  # target gamma: lambda / gamma^2 (|grad| - gamma)^2 (Karras et al. 2018; gamma 1 = WGAN-GP)
+            gp = partial(regularizers.gradient_penalty, center=self.gp_target)
+            penalties.append(("loss/D_gp", lcfg.gp_weight / self.gp_target ** 2, gp, regularizers.interpolates(real.detach(), fake)))
         if lcfg.dragan_weight > 0:
             penalties.append(("loss/D_dragan", lcfg.dragan_weight, regularizers.gradient_penalty, regularizers.dragan_perturbed(real.detach())))
         if lcfg.r1_gamma > 0 and lcfg.r1_interval == 1:
@@ -160,6 +165,10 @@ class GanRecipe(Recipe):
             value = penalty(*self._penalty_scores(x, y_real))
             loss = loss + weight * value
             stats[name] = value.detach()
+        if self.drift > 0:  # ProGAN's epsilon drift: keeps D's scores of reals near 0
+            drift = s_real.float().square().mean()
+            loss = loss + self.drift * drift
+            stats["loss/D_drift"] = drift.detach()
         if self.acgan:
             cls = self._class_loss(torch.cat([c_real, c_fake]), torch.cat([y_real, y_fake]))
             loss = loss + cls
