@@ -1,7 +1,6 @@
 import dataclasses
 import inspect
 import typing
-from pathlib import Path
 
 import pytest
 

@@ -22,7 +22,7 @@ from bigtrain.engine import checkpoint
 from bigtrain.engine.generation import load_generation
 from bigtrain.errors import BigtrainError
 from bigtrain.eval import commands
-from bigtrain.eval.inception import InceptionV3, load_inception
+from bigtrain.eval.inception import load_inception
 from bigtrain.models import build_generator
 from tests.conftest import tiny_config, write_images_npz
 
