@@ -179,7 +179,7 @@ class AccelerateBackend(Backend):
             player.scaler.step(player.optimizer)  # fused: found_inf goes to the kernel, no sync
             player.scaler.update()
             skipped = (player.scaler._scale < scale_before).float()
-            player.nonfinite = torch.tensor(3, device=skipped.device) if player.deferred_guard else "a gradient (fp16 overflow)"
+            player.nonfinite = torch.full((), 3, device=skipped.device) if player.deferred_guard else "a gradient (fp16 overflow)"  # full: no host-to-device copy
         elif skipped is None or player.deferred_guard or not skipped:
             player.optimizer.step()
             player.optimizer.found_inf = None

@@ -55,8 +55,10 @@ class Health:
         self.totals: dict[str, int] = dict(totals or {})
         self.streak: dict[str, int] = {}
         self.first: dict[str, str] = {}  # where the current streak began
-        self.phases: list[str] = []  # deferred: a phase's index in this list stands for its name
         self.deferred: dict[str, dict[str, torch.Tensor]] = {}  # player -> device counters
+        self.count: dict[str, int] = {}  # deferred: observations per player so far
+        self.log: dict[str, dict[int, tuple[int, str]]] = {}  # deferred: observation index -> (step, phase), since the last check
+        self.pending = False  # deferred observations not read yet
 
     def observe(self, player: str, phase: str, step: int, skipped: torch.Tensor, what: Any, deferred: bool = False) -> None:
         if deferred:
@@ -72,35 +74,44 @@ class Health:
             self._raise(player, self.streak[player], self.first[player])
 
     def _observe_on_device(self, player: str, phase: str, step: int, skipped: torch.Tensor, what: torch.Tensor) -> None:
-        if phase not in self.phases:
-            self.phases.append(phase)
-        here = torch.tensor([step, self.phases.index(phase)], device=skipped.device).to(what.dtype)
+        # only device ops on device tensors and Python scalars: no host read and no host-to-device
+        # copy (a blocking copy would wait for the GPU as a read does). The device holds the
+        # index of an observation; `log` maps it back to (step, phase) when check() reads it.
+        n = self.count.get(player, 0)
+        self.count[player] = n + 1
+        self.log.setdefault(player, {})[n] = (step, phase)
         c = self.deferred.get(player)
         if c is None:
             zero = torch.zeros((), dtype=torch.long, device=skipped.device)
-            c = self.deferred[player] = {"streak": zero, "total": zero, "start": torch.zeros(3, dtype=what.dtype, device=skipped.device),
-                                         "tripped": zero.bool(), "trip": torch.zeros(3, dtype=what.dtype, device=skipped.device)}
+            c = self.deferred[player] = {"streak": zero, "total": zero, "start": zero, "start_what": zero, "tripped": zero.bool(), "trip": zero, "trip_what": zero}
         hit = skipped.reshape(()) > 0
         c["streak"] = torch.where(hit, c["streak"] + 1, 0)
         c["total"] = c["total"] + hit.long()
-        c["start"] = torch.where(hit & (c["streak"] == 1), torch.cat([here, what.reshape(1)]), c["start"])  # step, phase, what
+        first = hit & (c["streak"] == 1)
+        c["start"], c["start_what"] = torch.where(first, n, c["start"]), torch.where(first, what.reshape(()).long(), c["start_what"])
         trips = (c["streak"] >= self.limit) & ~c["tripped"]
-        c["trip"] = torch.where(trips, c["start"], c["trip"])
+        c["trip"], c["trip_what"] = torch.where(trips, c["start"], c["trip"]), torch.where(trips, c["start_what"], c["trip_what"])
         c["tripped"] = c["tripped"] | trips
+        self.pending = True
 
     def check(self) -> None:
-        """Read the deferred counters (one host read for all players): add their skips to the
-        totals and stop the run if a player reached `limit` skips in a row since the last check."""
-        if not self.deferred:
+        """Read the deferred counters (one host read for all players, none when nothing was
+        observed since the last check): add their skips to the totals and stop the run if a
+        player reached `limit` skips in a row."""
+        if not self.pending:
             return
-        names = list(self.deferred)
-        read = torch.stack([torch.cat([c["total"].reshape(1), c["tripped"].long().reshape(1), c["trip"].long()]) for c in self.deferred.values()]).tolist()
-        for name, (total, tripped, step, phase, what) in zip(names, read):
+        self.pending = False
+        keys = ("total", "tripped", "trip", "trip_what", "streak", "start")
+        read = dict(zip(self.deferred, torch.stack([torch.stack([c[k].long() for k in keys]) for c in self.deferred.values()]).tolist()))
+        for name, (total, *_) in read.items():  # every player's skips counted before any stop
             self.totals[name] = self.totals.get(name, 0) + total
             self.deferred[name]["total"] = torch.zeros_like(self.deferred[name]["total"])
-        for name, (total, tripped, step, phase, what) in zip(names, read):
+        for name, (_, tripped, trip, trip_what, streak, start) in read.items():
             if tripped:
-                self._raise(name, self.limit, f"step {step}, phase {self.phases[phase]}: {NONFINITE_WHAT.get(what, 'a non-finite value')}")
+                step, phase = self.log[name][trip]
+                self._raise(name, self.limit, f"step {step}, phase {phase}: {NONFINITE_WHAT.get(trip_what, 'a non-finite value')}")
+            # keep only the entries a later check can still name: those of the current streak
+            self.log[name] = {i: v for i, v in self.log[name].items() if streak and i >= start}
 
     def _raise(self, player: str, streak: int, first: str) -> None:
         raise TrainingDiverged(f"{player} skipped {streak} steps in a row for non-finite values (train.max_nonfinite={self.limit}); "

@@ -122,7 +122,9 @@ HOST_READS = ("item", "__bool__", "tolist", "__float__", "__int__")
 @pytest.mark.parametrize("fused", [False, True], ids=["host-read", "fused"])
 def test_with_fused_optimizers_an_iteration_reads_nothing_back_to_the_host(tmp_path, monkeypatch, fused):
     """The guard's cost on a GPU is its host read; with fused kernels there is none per step
-    (the flags are read at the log interval). On the CPU a read is free, so count them."""
+    (the flags are read at the log interval). On the CPU a read is free, so count them, and the
+    tensors built from host values (`torch.tensor`: on a GPU a blocking copy, which waits as a
+    read does)."""
     optim = {"g": {"fused": fused}, "d": {"fused": fused}}
     cfg = config_from_dict(tiny_config(tmp_path, write_images_npz(tmp_path / "d.npz", n=32, res=8), log={"progress_bar": False}, optim=optim))
     trainer = Trainer(cfg)
@@ -134,13 +136,14 @@ def test_with_fused_optimizers_an_iteration_reads_nothing_back_to_the_host(tmp_p
     for name in HOST_READS:
         original = getattr(torch.Tensor, name)
         monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: (reads.append(_n), _o(self, *a, **k))[1])
+    monkeypatch.setattr(torch, "tensor", lambda *a, _o=torch.tensor, **k: (reads.append("torch.tensor"), _o(*a, **k))[1])
     for _ in range(3):
         trainer.iteration(tracker)
     monkeypatch.undo()
     if fused:
         assert reads == []
     else:  # the host-read guard reads at least once per player step
-        assert reads.count("item") >= 3 * 2, reads
+        assert reads.count("item") >= 3 * 2 and reads.count("torch.tensor") >= 3 * 2, reads
     trainer.backend.close()
 
 
