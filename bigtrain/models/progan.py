@@ -204,11 +204,16 @@ class _Progressive(nn.Module):
     """The lod state both nets share: a float buffer (saved, copied to the EMA like any buffer)
     and the level it selects."""
 
-    def _init_lod(self, resolution: int, net: Union[ProganGConfig, ProganDConfig], side: str) -> list[int]:
+    def _init_lod(self, info: DataInfo, net: Union[ProganGConfig, ProganDConfig], side: str, num_classes: int) -> list[int]:
+        resolution = progan_resolution(info, side, num_classes)
+        self.num_classes = num_classes
         self.resolution = resolution
         self.resolution_log2 = resolution.bit_length() - 1
         self.max_lod = self.resolution_log2 - 2  # lod at 4x4
         self.register_buffer("lod", torch.zeros(()))  # 0: full resolution, like the official variable's start
+        # DDP leaves lod alone: every rank sets the same value, and its buffer broadcast before
+        # each forward would bump the version, so current_lod() would read the GPU every forward
+        self._ddp_params_and_buffers_to_ignore = ["lod"]
         self._lod_key: Optional[tuple] = None
         self._lod_value = 0.0
         channels = [num_features(s, net.fmap_base, net.fmap_decay, net.fmap_max) for s in range(self.resolution_log2)]
@@ -256,9 +261,7 @@ class ProganGenerator(_Progressive):
 
     def __init__(self, net: ProganGConfig, z_dim: int, num_classes: int, info: DataInfo):
         super().__init__()
-        res = progan_resolution(info, "g", num_classes)
-        nf = self._init_lod(res, net, "g")
-        self.num_classes = num_classes
+        nf = self._init_lod(info, net, "g", num_classes)
         # level k (0 = 4x4) works at 2 ** (k + 2) with nf(k + 1) channels
         levels = range(self.max_lod + 1)
         self.blocks = nn.ModuleList([_GInput(z_dim, nf[1])] + [_GBlock(nf[k], nf[k + 1]) for k in levels[1:]])
@@ -283,9 +286,7 @@ class ProganDiscriminator(_Progressive):
 
     def __init__(self, net: ProganDConfig, z_dim: int, num_classes: int, info: DataInfo):
         super().__init__()
-        res = progan_resolution(info, "d", num_classes)
-        nf = self._init_lod(res, net, "d")
-        self.num_classes = num_classes
+        nf = self._init_lod(info, net, "d", num_classes)
         levels = range(self.max_lod + 1)
         self.from_rgb = nn.ModuleList([EqualizedConv2d(info.shape[0], nf[k + 1], 1) for k in levels])
         # blocks[k] takes level k's nf(k + 1) channels at 2 ** (k + 2) to level k - 1's nf(k)

@@ -23,7 +23,7 @@ from bigtrain.config import Config
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
 from bigtrain.models.progan import blend_reals
-from bigtrain.recipes.base import Net, ReduceMean, Round, Stats, optim_for
+from bigtrain.recipes.base import Round, Stats, optim_for
 from bigtrain.recipes.gan import GanRecipe
 from bigtrain.recipes.growth import Growth, GrowthOptions, growth, resets_optimizer
 
@@ -68,10 +68,6 @@ class ProganRecipe(GanRecipe):
         self.prev_lod: Optional[float] = None  # the lod of the last iteration (saved: resets stay exact on resume)
         self.now: Optional[Growth] = None
 
-    def bind(self, players: dict[str, Net], reduce_mean: ReduceMean, micro_batch: int) -> None:
-        super().bind(players, reduce_mean, micro_batch)
-        self.micro_batch = micro_batch
-
     # ---- the schedule ----------------------------------------------------------------------
     def _growth(self, nimg: int) -> Growth:
         # the minibatch is not rounded to the process count here (num_gpus 1): the backend
@@ -79,7 +75,7 @@ class ProganRecipe(GanRecipe):
         return growth(self.opts, nimg, self.resolution, 1, optim_for(self.cfg, "G").lr, optim_for(self.cfg, "D").lr)
 
     def schedule(self, nimg: int, base_lr: dict[str, float]) -> tuple[int, dict[str, float]]:
-        g = self._growth(nimg)
+        g = self._growth(nimg)  # its base rates are base_lr's: optim.g.lr, optim.d.lr
         return g.minibatch, {"G": g.g_lr, "D": g.d_lr}
 
     def plan_values(self, nimg: int) -> dict[str, float]:

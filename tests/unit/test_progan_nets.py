@@ -251,3 +251,29 @@ def test_config_keys_and_checks():
         with pytest.raises(ConfigError) as err:
             load_config(None, ["model.g.arch=progan", "model.d.arch=progan", override])
         assert err.value.key == key
+
+
+def test_ddp_leaves_the_lod_buffer_alone():
+    """DDP broadcasts buffers before every forward; a broadcast lod would bump the buffer's
+    version and make current_lod() read it from the GPU at each forward. Every rank sets the
+    same lod, so DDP is told to ignore it (checked in a 1-process gloo group: the broadcast at
+    wrapping is the one a single process does)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from bigtrain.models.progan import ProganGenerator
+
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        G = ProganGenerator(ProganGConfig(fmap_base=64, fmap_max=16), 8, 0, DataInfo("image", (1, 16, 16), 0))
+        G.set_lod(1.5)
+        version = G.lod._version
+        ddp = DistributedDataParallel(G, find_unused_parameters=True)
+        assert all(b is not G.lod for b in ddp.modules_buffers) and G.lod._version == version
+        ddp(torch.randn(2, 8)).sum().backward()
+        assert G.lod._version == version and G.current_lod() == 1.5
+    finally:
+        if started:
+            dist.destroy_process_group()
