@@ -215,9 +215,10 @@ class Trainer:
     def apply_plan(self) -> Plan:
         """The schedule's plan for this iteration, applied where it changed."""
         cfg = self.cfg
-        plan = make_plan(cfg.schedule, self.counters.nimg, base_lr={n: p.base_lr for n, p in self.players.items()},
+        base_lr = {n: p.base_lr for n, p in self.players.items()}
+        plan = make_plan(cfg.schedule, self.counters.nimg, base_lr=base_lr,
                          default_batch=cfg.train.batch_size, total_kimg=cfg.train.total_kimg, values=self.recipe.plan_values(self.counters.nimg))
-        own = self.recipe.schedule(self.counters.nimg, {n: p.base_lr for n, p in self.players.items()})
+        own = self.recipe.schedule(self.counters.nimg, base_lr)
         if own is not None:
             plan = dataclasses.replace(plan, batch_size=own[0], lr=dict(own[1]))
         last = self.plan
