@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 import yaml
 from omegaconf import OmegaConf
@@ -213,6 +213,43 @@ class ProganDConfig(_ProganNet):
     mbstd_group: int = 4  # minibatch standard deviation over groups of this many samples, one feature map (official minibatch_stddev_layer); 0 or 1 = off
 
 
+@dataclass
+class _BigganNet(NetConfig):
+    """The keys both biggan nets read (Brock et al. 2019; BigGAN-PyTorch's defaults for ImageNet)."""
+
+    arch: str = "biggan"  # this class's architecture
+    width: int = 96  # channel multiple `ch` (BigGAN-PyTorch's G_ch / D_ch): see bigtrain/models/biggan.py LADDERS
+    cond: str = "auto"  # G: cbn only (auto); D: projection (auto) | acgan
+    attention: Optional[List[int]] = None  # resolutions with a self-attention block after them; null = 64 at 128 px and up, res/2 below
+    spectral_norm: bool = True  # spectral norm on every conv and linear (D: its embedding too; never G's shared embedding)
+    sn_eps: float = 1e-6  # spectral norm epsilon (BigGAN-PyTorch launch scripts: --SN_eps 1e-6)
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        _check_positive(f"{prefix}.sn_eps", self.sn_eps)
+        for r in self.attention or ():
+            if r < 4 or r & (r - 1):
+                raise ConfigError(f"{prefix}.attention", f"resolutions must be powers of two >= 4, got {list(self.attention)}")
+
+
+@dataclass
+class BigganGConfig(_BigganNet):
+    hier: bool = True  # hierarchical latent: z split into one chunk per block plus one for the input layer
+    shared_dim: int = 128  # size of the shared class embedding (no spectral norm) that feeds every conditional BN
+    bn_eps: float = 1e-5  # batch norm epsilon (BigGAN-PyTorch --BN_eps 1e-5; StudioGAN 1e-4)
+    cross_replica: bool = False  # G's batch norm statistics over all processes' micro-batches (SyncBN); G_ema always uses its own
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        _check_positive(f"{prefix}.shared_dim", self.shared_dim)
+        _check_positive(f"{prefix}.bn_eps", self.bn_eps)
+
+
+@dataclass
+class BigganDConfig(_BigganNet):
+    pass
+
+
 # arch -> (its G's section class, its D's); bigtrain.models.MODELS holds their builders
 NET_CONFIGS: dict[str, tuple[type[NetConfig], type[NetConfig]]] = {
     "mlp": (MlpGConfig, MlpDConfig),
@@ -221,6 +258,7 @@ NET_CONFIGS: dict[str, tuple[type[NetConfig], type[NetConfig]]] = {
     "began": (BeganGConfig, BeganDConfig),
     "grid": (GridGConfig, GridDConfig),
     "progan": (ProganGConfig, ProganDConfig),
+    "biggan": (BigganGConfig, BigganDConfig),
 }
 SIDES = {"g": "generator", "d": "discriminator"}
 
@@ -360,11 +398,16 @@ class EmaConfig:
     enabled: bool = True  # keep an exponential moving average of G's weights (G_ema)
     half_life_kimg: float = 10.0  # images over which the old weights' share halves
     rampup: Optional[float] = 0.05  # half-life <= rampup x images seen; null = no ramp-up
+    decay: Optional[float] = None  # a fixed decay per update instead of the half-life (BigGAN: 0.9999); null = from half_life_kimg
+    start_kimg: float = 0.0  # until G has seen this many kimg, G_ema is a plain copy of G (BigGAN-PyTorch's --ema_start, in images)
 
     def __post_init__(self) -> None:
         _check_positive("ema.half_life_kimg", self.half_life_kimg)
         if self.rampup is not None:
             _check_positive("ema.rampup", self.rampup)
+        if self.decay is not None and not 0.0 <= self.decay < 1.0:
+            raise ConfigError("ema.decay", f"must be in [0, 1), got {self.decay}")
+        _check_positive("ema.start_kimg", self.start_kimg, allow_zero=True)
 
 
 @dataclass
@@ -471,7 +514,7 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    recipe: str = "gan"  # model family (bigtrain.recipes.RECIPES): gan, began, gman, madgan; its own options sit under its name
+    recipe: str = "gan"  # model family (bigtrain.recipes.RECIPES): gan, began, gman, madgan, progan, biggan; its own options sit under its name
     run: RunConfig = field(default_factory=RunConfig)  # naming, output folder, seed
     data: DataConfig = field(default_factory=DataConfig)  # training data source
     model: ModelConfig = field(default_factory=ModelConfig)  # G and D architectures

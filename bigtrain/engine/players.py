@@ -77,8 +77,13 @@ def ema_beta(cfg: EmaConfig, nimg: int, batch_size: int) -> float:
     """Decay per update so that old weights' share halves every `half_life_kimg` images.
 
     With `rampup`, the half-life is at most rampup x images seen, so the average forgets the
-    random initialisation quickly early in training (stylegan2-ada's ramp-up).
+    random initialisation quickly early in training (stylegan2-ada's ramp-up). `decay` fixes
+    beta instead (BigGAN's 0.9999 per update, whatever the batch); before `start_kimg`, beta is 0.
     """
+    if nimg < cfg.start_kimg * 1000:
+        return 0.0  # before ema.start_kimg the average is a copy (BigGAN-PyTorch's ema_start)
+    if cfg.decay is not None:
+        return cfg.decay
     half_life = cfg.half_life_kimg * 1000
     if cfg.rampup is not None:
         half_life = min(half_life, nimg * cfg.rampup)
@@ -91,6 +96,11 @@ class EMA:
     def __init__(self, net: nn.Module, cfg: EmaConfig):
         self.cfg = cfg
         self.module = copy.deepcopy(net).eval().requires_grad_(False)
+        for module in self.module.modules():
+            if getattr(module, "cross_replica", False):
+                # the copy's statistics are its own: it samples on one rank (standing statistics
+                # included), where a cross-replica all-reduce would wait for ranks that never come
+                module.cross_replica = False
 
     @torch.no_grad()
     def update(self, net: nn.Module, nimg: int, batch_size: int) -> float:

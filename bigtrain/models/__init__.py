@@ -18,6 +18,7 @@ from torch import nn
 from bigtrain.config import GridDConfig, GridGConfig, ModelConfig, NetConfig
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
+from bigtrain.models.biggan import BigganDiscriminator, BigganGenerator
 from bigtrain.models.began import BeganDiscriminator, BeganGenerator
 from bigtrain.models.dcgan import DcganDiscriminator, DcganGenerator
 from bigtrain.models.grid import GridDiscriminator, GridGenerator
@@ -57,6 +58,7 @@ MODELS: dict[str, Arch] = {
     "began": Arch(G=BeganGenerator, D=BeganDiscriminator),
     "grid": Arch(G=_grid_generator, D=_grid_discriminator),
     "progan": Arch(G=ProganGenerator, D=ProganDiscriminator),
+    "biggan": Arch(G=BigganGenerator, D=BigganDiscriminator),
 }
 
 

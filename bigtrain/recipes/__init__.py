@@ -9,6 +9,7 @@ from bigtrain.errors import ConfigError
 from bigtrain.data import DataInfo
 from bigtrain.recipes.base import Recipe
 from bigtrain.recipes.began import BeganRecipe
+from bigtrain.recipes.biggan import BigganRecipe
 from bigtrain.recipes.gan import GanRecipe
 from bigtrain.recipes.gman import GmanRecipe
 from bigtrain.recipes.madgan import MadganRecipe
@@ -20,6 +21,7 @@ RECIPES: dict[str, type[Recipe]] = {
     "gman": GmanRecipe,
     "madgan": MadganRecipe,
     "progan": ProganRecipe,
+    "biggan": BigganRecipe,
 }
 
 

@@ -29,7 +29,7 @@ def test_config_is_valid_and_cites_its_source(path):
         channels = 1 if "digits" in str(cfg.data.path) else 3
         info = DataInfo("image", (channels, cfg.data.resolution, cfg.data.resolution), cfg.model.num_classes)
     if cfg.data.resolution >= 128 and cfg.model.g.arch != "progan":  # the full-width 128x128 nets take long to build on CPU
-        cfg.model.g.width = cfg.model.d.width = 4
+        cfg.model.g.width = cfg.model.d.width = 8 if cfg.model.g.arch == "biggan" else 4  # biggan's self-attention needs ch / 8 >= 1
     recipe = build_recipe(cfg, info)  # the recipe's cross-field checks
     for spec in recipe.players():
         assert sum(p.numel() for p in spec.build().parameters()) > 0, spec.name
