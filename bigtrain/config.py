@@ -250,6 +250,32 @@ class BigganDConfig(_BigganNet):
     pass
 
 
+@dataclass
+class BigganDeepGConfig(_BigganNet):
+    """BigGAN-deep's G (bigtrain/models/biggan_deep.py): z is never split, so no `hier`."""
+
+    arch: str = "biggan_deep"  # this class's architecture
+    width: int = 128  # channel multiple `ch` (BigGAN-PyTorch's G_ch): see bigtrain/models/biggan_deep.py
+    depth: int = 2  # bottleneck residual blocks per resolution (BigGAN-PyTorch's G_depth)
+    shared_dim: int = 128  # size of the shared class embedding (no spectral norm); [z, it] feeds every conditional BN
+    bn_eps: float = 1e-5  # batch norm epsilon (BigGAN-PyTorch --BN_eps 1e-5)
+    cross_replica: bool = False  # G's batch norm statistics over all processes' micro-batches (SyncBN); G_ema always uses its own
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        for key in ("shared_dim", "bn_eps"):
+            _check_positive(f"{prefix}.{key}", getattr(self, key))
+
+
+@dataclass
+class BigganDeepDConfig(_BigganNet):
+    """BigGAN-deep's D (bigtrain/models/biggan_deep.py)."""
+
+    arch: str = "biggan_deep"  # this class's architecture
+    width: int = 128  # channel multiple `ch` (BigGAN-PyTorch's D_ch): see bigtrain/models/biggan_deep.py
+    depth: int = 2  # bottleneck residual blocks per resolution (BigGAN-PyTorch's D_depth)
+
+
 # arch -> (its G's section class, its D's); bigtrain.models.MODELS holds their builders
 NET_CONFIGS: dict[str, tuple[type[NetConfig], type[NetConfig]]] = {
     "mlp": (MlpGConfig, MlpDConfig),
@@ -259,6 +285,7 @@ NET_CONFIGS: dict[str, tuple[type[NetConfig], type[NetConfig]]] = {
     "grid": (GridGConfig, GridDConfig),
     "progan": (ProganGConfig, ProganDConfig),
     "biggan": (BigganGConfig, BigganDConfig),
+    "biggan_deep": (BigganDeepGConfig, BigganDeepDConfig),
 }
 SIDES = {"g": "generator", "d": "discriminator"}
 

@@ -19,6 +19,7 @@ from bigtrain.config import GridDConfig, GridGConfig, ModelConfig, NetConfig
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
 from bigtrain.models.biggan import BigganDiscriminator, BigganGenerator
+from bigtrain.models.biggan_deep import BigganDeepDiscriminator, BigganDeepGenerator
 from bigtrain.models.began import BeganDiscriminator, BeganGenerator
 from bigtrain.models.dcgan import DcganDiscriminator, DcganGenerator
 from bigtrain.models.grid import GridDiscriminator, GridGenerator
@@ -59,6 +60,7 @@ MODELS: dict[str, Arch] = {
     "grid": Arch(G=_grid_generator, D=_grid_discriminator),
     "progan": Arch(G=ProganGenerator, D=ProganDiscriminator),
     "biggan": Arch(G=BigganGenerator, D=BigganDiscriminator),
+    "biggan_deep": Arch(G=BigganDeepGenerator, D=BigganDeepDiscriminator),
 }
 
 
