@@ -77,6 +77,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from bigtrain import sampling
     from bigtrain.engine.generation import load_generation
+    from bigtrain.eval.commands import check_standing_arguments
     from bigtrain.tracking import save_png
 
     out = Path(args.out)
@@ -87,6 +88,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise BigtrainError(f"{out} is a non-empty folder; refusing to write into it")
     if args.num <= 0:
         raise BigtrainError(f"--num must be > 0, got {args.num}")
+    check_standing_arguments(args)
     loaded = load_generation(args.run, args.checkpoint, use_ema=not args.no_ema)
     if args.class_idx is not None and not 0 <= args.class_idx < max(loaded.num_classes, 1):
         raise BigtrainError(f"--class {args.class_idx} is out of range for a model with {loaded.num_classes} classes")
@@ -98,7 +100,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if "head" not in inspect.signature(loaded.recipe.generate).parameters:
             raise BigtrainError(f"--head: {loaded.path} holds a {loaded.recipe.__class__.__name__} model, which has one generator")
         options["head"] = args.head
-    x, y = loaded.to(device).generate(range(args.num), seed=args.seed, truncation=args.truncation, class_idx=args.class_idx, device=device, **options)
+    loaded.to(device)
+    if args.standing_stats:
+        loaded.standing_statistics(args.standing_stats, args.standing_batch_size, seed=args.seed, truncation=args.truncation, device=device)
+    if args.interp:
+        if kind != "grid" or args.class_idx is not None:
+            raise BigtrainError(f"--interp writes a PNG grid of --num rows x --steps columns (and takes no --class); got --out {out}")
+        x = loaded.interpolation(args.num, args.steps, kind=args.interp, seed=args.seed, truncation=args.truncation, device=device)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_png(sampling.image_grid(sampling.to_uint8(x), args.num, args.steps), out)
+        print(f"wrote a {args.interp} interpolation of {args.num} rows x {args.steps} steps from {loaded.path} ({'EMA' if loaded.ema else 'raw'} weights, {loaded.kimg:g} kimg) to {out}")
+        return 0
+    x, y = loaded.generate(range(args.num), seed=args.seed, truncation=args.truncation, class_idx=args.class_idx, device=device, **options)
     is_image = loaded.info.kind == "image"
     if kind != "npz" and not is_image:
         raise BigtrainError(f"{out}: the model generates vectors; write them to a .npz file")
@@ -129,6 +142,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bigtrain.eval import commands as ev
+
     parser = argparse.ArgumentParser(prog="bigtrain", description="Distributed, large-batch GAN training.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -148,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="use G's raw weights instead of G_ema")
     p.add_argument("--seed", type=int, default=0, help="sample i depends only on (seed, i)")
     p.add_argument("--head", type=int, default=None, help="madgan: sample only generator K (default: all, in turn)")
+    p.add_argument("--interp", choices=("z", "class"), default=None, help="a GRID.png of --num rows, each interpolating z (fixed class) or the class embedding (fixed z; biggan)")
+    p.add_argument("--steps", type=int, default=8, help="--interp: images per row")
+    ev.add_standing_arguments(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("demo", help="train a class-conditional DCGAN on the scikit-learn digits (a few CPU minutes)")

@@ -81,6 +81,84 @@ def generate(
     return (torch.cat(out) if out else torch.empty(0)), y_all
 
 
+STANDING_STREAM = 2  # the seed part of standing-statistics draws (latents: 0, labels: 1)
+
+
+def batch_norms(G: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def standing_statistics(G: nn.Module, *, z_dim: int, num_classes: int, batches: int, batch_size: int, seed: int,
+                        truncation: float | None = None, device: torch.device | str = "cpu") -> int:
+    """Re-estimate G's batch-norm running statistics from G's own samples, as BigGAN-PyTorch's
+    `accumulate_standing_stats` does before sampling: every BN's statistics are reset and become
+    the plain mean over `batches` training-mode batches of `batch_size` (momentum None), drawn
+    from their own stream (seed, i, 2) with `truncation` and uniform labels. Only the BN layers
+    run in training mode (spectral norm's power iteration does not move), each on this process
+    alone (a cross-replica BN's all-reduce is off for it). Returns the number of BN layers;
+    ValueError when G has none."""
+    norms = batch_norms(G)
+    if not norms:
+        raise ValueError(f"{type(G).__name__} has no batch norm, so standing statistics change nothing")
+    saved = [(m.momentum, getattr(m, "cross_replica", None)) for m in norms]
+    G.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # the cumulative mean
+        if hasattr(m, "cross_replica"):
+            m.cross_replica = False
+        m.train()
+    try:
+        for b in range(batches):
+            gen = generator(seed, b, STANDING_STREAM)
+            z = torch.randn(batch_size, z_dim, generator=gen)
+            if truncation is not None:
+                out = z.abs() > truncation
+                while out.any():
+                    z[out] = torch.randn(int(out.sum()), generator=gen)
+                    out = z.abs() > truncation
+            y = torch.randint(num_classes, (batch_size,), generator=gen).to(device) if num_classes else None
+            G(z.to(device), y)
+    finally:
+        for m, (momentum, cross) in zip(norms, saved):
+            m.eval()
+            m.momentum = momentum
+            if cross is not None:
+                m.cross_replica = cross
+    return len(norms)
+
+
+@torch.no_grad()
+def interpolation(G: nn.Module, *, z_dim: int, num_classes: int, rows: int, steps: int, seed: int, kind: str,
+                  truncation: float | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """An interpolation grid, `rows` x `steps` images [rows * steps, C, H, W] in [-1, 1] on CPU.
+
+    kind "z": row r goes linearly from the latent of sample 2r to that of 2r + 1, at the class of
+    sample 2r. kind "class": the latent of sample 2r stays, and the class embedding goes from the
+    class of sample 2r to that of 2r + 1 (needs a G with a class embedding: `G.embed(y)` and
+    `G(z, class_embedding=...)`, as BigGAN's shared embedding)."""
+    if steps < 2:
+        raise ValueError(f"an interpolation needs at least 2 steps, got {steps}")
+    if kind == "class" and (num_classes == 0 or not hasattr(G, "embed")):
+        raise ValueError(f"class interpolation needs a class-conditional G with a class embedding (biggan's); {type(G).__name__} has none")
+    if kind not in ("z", "class"):
+        raise ValueError(f"interpolate z or class, not {kind!r}")
+    t = torch.linspace(0, 1, steps)[None, :, None]  # [1, S, 1]
+    ends = latents(z_dim, range(2 * rows), seed, truncation).view(rows, 2, z_dim)  # [R, 2, z]
+    y = labels(num_classes, range(2 * rows), seed)
+    y = y.view(rows, 2) if y is not None else None  # [R, 2]
+    G.eval()
+    if kind == "z":
+        z = torch.lerp(ends[:, :1], ends[:, 1:], t).reshape(rows * steps, z_dim)  # [R S, z]
+        y_grid = y[:, :1].expand(rows, steps).reshape(-1) if y is not None else None
+        return G(z.to(device), y_grid.to(device) if y_grid is not None else None).float().cpu()
+    e = G.embed(y.to(device))  # [R, 2, E]
+    e_grid = torch.lerp(e[:, :1], e[:, 1:], t.to(e)).reshape(rows * steps, -1)  # [R S, E]
+    z = ends[:, 0:1].expand(rows, steps, z_dim).reshape(rows * steps, z_dim)
+    return G(z.to(device), class_embedding=e_grid).float().cpu()
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] floats -> uint8 with rounding and clamping (never wrap-around)."""
     return ((x.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)

@@ -45,6 +45,13 @@ class ParamGrads:
         param.grad.copy_(grad)
 
 
+def _differentiable_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over the default process group; its backward sums the gradients likewise."""
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(tensor)
+
+
 class Backend:
     """What the loop may use. Subclasses set the attributes and implement the methods."""
 
@@ -62,6 +69,15 @@ class Backend:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
+
+    def attach_cross_replica(self, net: nn.Module) -> int:
+        """Give every module of `net` asking for cross-replica statistics (`cross_replica`, e.g.
+        biggan's batch norm with model.g.cross_replica) a differentiable sum over all processes,
+        `all_reduce`; on one process it gets none and stays plain BN. Returns how many asked."""
+        modules = [m for m in net.modules() if getattr(m, "cross_replica", False) and hasattr(m, "all_reduce")]
+        for m in modules:
+            m.all_reduce = _differentiable_sum if self.world_size > 1 else None
+        return len(modules)
 
     def supports_second_order(self, player: Player) -> bool:
         """Whether a loss may backpropagate through the player's input gradients (gradient

@@ -8,10 +8,11 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from bigtrain import sampling
 from bigtrain.data import DataInfo
 from bigtrain.engine import checkpoint
 from bigtrain.engine.players import first_nonfinite
-from bigtrain.errors import CheckpointError
+from bigtrain.errors import BigtrainError, CheckpointError
 from bigtrain.recipes.base import Recipe
 
 
@@ -32,6 +33,35 @@ class LoadedGeneration:
         if x.is_floating_point() and not torch.isfinite(x).all():
             raise CheckpointError(f"{self.path}: {', '.join(self.nets)} produces non-finite output; refusing to use it")
         return x, y
+
+    def standing_statistics(self, batches: int, batch_size: int, *, seed: int, truncation: Optional[float] = None,
+                            device: torch.device | str = "cpu") -> int:
+        """Re-estimate G's batch-norm statistics from its own samples (bigtrain.sampling.
+        standing_statistics); returns the BN layers updated. BigtrainError for a recipe that
+        samples from other players than one G, or a G without batch norm."""
+        if set(self.nets) != {"G"}:
+            raise BigtrainError(f"--standing-stats: {self.path} samples from {', '.join(self.nets)}; standing statistics are for one G")
+        model = self.recipe.cfg.model
+        try:
+            return sampling.standing_statistics(self.nets["G"], z_dim=model.z_dim, num_classes=model.num_classes, batches=batches,
+                                                batch_size=batch_size, seed=seed, truncation=truncation, device=device)
+        except ValueError as exc:
+            raise BigtrainError(f"--standing-stats: {exc}") from None
+
+    def interpolation(self, rows: int, steps: int, *, kind: str, seed: int, truncation: Optional[float] = None,
+                      device: torch.device | str = "cpu") -> Tensor:
+        """An interpolation grid from G (bigtrain.sampling.interpolation), checked finite."""
+        if set(self.nets) != {"G"}:
+            raise BigtrainError(f"--interp: {self.path} samples from {', '.join(self.nets)}; interpolation is for one G")
+        model = self.recipe.cfg.model
+        try:
+            x = sampling.interpolation(self.nets["G"], z_dim=model.z_dim, num_classes=model.num_classes, rows=rows, steps=steps,
+                                       seed=seed, kind=kind, truncation=truncation, device=device)
+        except ValueError as exc:
+            raise BigtrainError(f"--interp: {exc}") from None
+        if not torch.isfinite(x).all():
+            raise CheckpointError(f"{self.path}: G produces non-finite output; refusing to use it")
+        return x
 
     def to(self, device: torch.device | str) -> "LoadedGeneration":
         for net in self.nets.values():

@@ -154,6 +154,7 @@ class Trainer:
             net = spec.build().to(backend.device)
             if spec.ema:  # copied before the backend wraps it: an engine may cast or partition it
                 self.emas[spec.name] = EMA(net, cfg.ema)
+            backend.attach_cross_replica(net)  # after the EMA copy: G_ema keeps its own statistics
             self.players[spec.name] = backend.make_player(spec.name, net, spec.optim)
         self.recipe.check_players(self.players, lambda name: backend.supports_second_order(self.players[name]))
         self.recipe.bind(self.players, backend.reduce_mean, backend.micro_batch)

@@ -62,11 +62,43 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", default="fid", help="comma-separated: fid, is, kid")
     p.add_argument("--num", type=int, default=DEFAULT_EVAL_SAMPLES, help="generated samples (published FIDs use 50000)")
     p.add_argument("--ref-stats", default=None, help="reference statistics npz (default: the run's eval.ref_stats)")
-    p.add_argument("--truncation", type=float, default=None, help="redraw |z| > PSI (truncation trick)")
+    p.add_argument("--truncation", default=None, metavar="PSI[,PSI...]",
+                   help="redraw |z| > PSI (truncation trick); several values: one evaluation each (a truncation curve)")
     p.add_argument("--class", dest="class_idx", type=int, default=None, help="generate only this class")
     p.add_argument("--no-ema", action="store_true", help="use G's raw weights instead of G_ema")
     p.add_argument("--seed", type=int, default=0, help="sample i depends only on (seed, i)")
+    add_standing_arguments(p)
     _add_inception_arguments(p)
+
+
+def add_standing_arguments(p: argparse.ArgumentParser) -> None:
+    """--standing-stats N [--standing-batch-size B], for `sample` and `eval`."""
+    p.add_argument("--standing-stats", type=int, default=0, metavar="N",
+                   help="re-estimate G's batch-norm statistics over N batches of its own samples first (BigGAN's standing statistics; with --truncation, of truncated samples); 0 = off")
+    p.add_argument("--standing-batch-size", type=int, default=64, help="--standing-stats: samples per batch")
+
+
+def check_standing_arguments(args: argparse.Namespace) -> None:
+    if args.standing_stats < 0:
+        raise BigtrainError(f"--standing-stats must be >= 0 batches, got {args.standing_stats}")
+    if args.standing_batch_size <= 0:
+        raise BigtrainError(f"--standing-batch-size must be > 0, got {args.standing_batch_size}")
+
+
+def truncations(text: Optional[str]) -> list[Optional[float]]:
+    """--truncation's values: [None] when not given; BigtrainError for a value that is no number > 0."""
+    if text is None:
+        return [None]
+    values = []
+    for part in text.split(","):
+        try:
+            psi = float(part)
+        except ValueError:
+            psi = -1.0
+        if not psi > 0:
+            raise BigtrainError(f"--truncation: {part.strip()!r} is not a number > 0 (give PSI or PSI,PSI,...)")
+        values.append(psi)
+    return values
 
 
 def run_eval(args: argparse.Namespace, load_generation: Callable) -> int:
@@ -76,6 +108,8 @@ def run_eval(args: argparse.Namespace, load_generation: Callable) -> int:
     from bigtrain.eval.ref_stats import load_ref_stats
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    psis = truncations(args.truncation)
+    check_standing_arguments(args)
     loaded = load_generation(args.run, args.checkpoint, use_ema=not args.no_ema)
     if args.class_idx is not None and not 0 <= args.class_idx < loaded.num_classes:
         raise BigtrainError(f"--class {args.class_idx} is out of range for a model with {loaded.num_classes} classes")
@@ -97,13 +131,24 @@ def run_eval(args: argparse.Namespace, load_generation: Callable) -> int:
             batch_size=args.batch_size,
         )
         loaded.to(device)
+        results = []
+        for psi in psis:
+            if args.standing_stats:  # every rank alike: the same draws give the same statistics
+                loaded.standing_statistics(args.standing_stats, args.standing_batch_size, seed=args.seed, truncation=psi, device=device)
 
-        def generate(indices: list[int]):
-            return loaded.generate(indices, seed=args.seed, truncation=args.truncation, class_idx=args.class_idx, device=device, batch_size=args.batch_size)[0]
+            def generate(indices: list[int], psi=psi):
+                return loaded.generate(indices, seed=args.seed, truncation=psi, class_idx=args.class_idx, device=device, batch_size=args.batch_size)[0]
 
-        result = evaluator(generate, truncation=args.truncation, class_idx=args.class_idx, ema=loaded.ema, kimg=loaded.kimg, checkpoint=loaded.path)
+            result = evaluator(generate, truncation=psi, class_idx=args.class_idx, ema=loaded.ema, kimg=loaded.kimg, checkpoint=loaded.path)
+            if args.standing_stats:
+                result["standing_stats"] = {"batches": args.standing_stats, "batch_size": args.standing_batch_size}
+            results.append(result)
         if rank == 0:
-            _emit(result)
+            if len(results) == 1:
+                _emit(results[0])
+            else:  # one object: the curve, one evaluation per psi (warnings printed once each)
+                notes = sorted({w for r in results for w in r.get("warnings", [])})
+                _emit({"truncation_curve": [{k: v for k, v in r.items() if k != "warnings"} for r in results], "warnings": notes})
     return 0
 
 

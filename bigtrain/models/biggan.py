@@ -16,14 +16,14 @@ G's shared embedding.
 
 Numerics: the power iteration and batch-norm statistics run in fp32 inside bf16/fp16 autocast.
 With `cross_replica`, G's training-mode statistics are summed over all processes (a
-differentiable all-reduce); G_ema's copy never does this (bigtrain.engine.players.EMA turns it off).
+differentiable all-reduce the engine attaches); G_ema's copy never does this
+(bigtrain.engine.players.EMA turns it off).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -76,36 +76,33 @@ def spectral_norm_fp32(net: nn.Module, eps: float, skip: Sequence[nn.Module] = (
     return net
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 class Statistics(nn.BatchNorm2d):
     """Batch normalisation without affine parameters, in fp32: x [N, C, H, W] -> fp32 [N, C, H, W].
 
-    With `cross_replica` and a process group of more than one process, training-mode statistics
-    are those of all processes' micro-batches together (BGP's cross-replica BN): one
-    differentiable all-reduce of the per-channel sums; running statistics are updated as
-    nn.BatchNorm2d does (unbiased variance, `momentum`, or the cumulative mean when it is None).
+    With `cross_replica`, training-mode statistics are those of all processes' micro-batches
+    together (BGP's cross-replica BN): the per-channel sums go through `all_reduce`, a
+    differentiable sum over processes that the engine attaches to a trained player on more than
+    one process (bigtrain.engine.backend.attach_cross_replica; models import no distributed
+    code); running statistics are updated as nn.BatchNorm2d does (unbiased variance, `momentum`,
+    or the cumulative mean when it is None). Without a reducer it is plain BN.
     """
 
     def __init__(self, channels: int, eps: float, cross_replica: bool = False):
         super().__init__(channels, eps=eps, affine=False)
         self.cross_replica = cross_replica
+        self.all_reduce: Optional[Callable[[Tensor], Tensor]] = None
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
-            if self.training and self.cross_replica and _distributed():
+            if self.training and self.cross_replica and self.all_reduce is not None:
                 return self._cross_replica(x)
             return super().forward(x)
 
     def _cross_replica(self, x: Tensor) -> Tensor:
-        from torch.distributed.nn.functional import all_reduce
-
         c = x.shape[1]
         count = torch.full((1,), x.numel() // c, dtype=x.dtype, device=x.device)
-        sums = all_reduce(torch.cat([x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3)), count]))  # [2C + 1]
+        sums = self.all_reduce(torch.cat([x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3)), count]))  # [2C + 1]
         n = sums[-1]
         mean = sums[:c] / n
         var = (sums[c:2 * c] / n - mean.square()).clamp_min(0.0)  # biased, as BN normalises
