@@ -52,6 +52,7 @@ class DataConfig:
     shuffle_buffer: int = 1000  # shards: samples each loader worker shuffles among; 0 = off
     max_skipped_fraction: float = 0.01  # shards: stop when more than this share of samples read is broken (over >= 1000 read)
     dataset_json: str = ""  # shards: dataset.json describing a pattern or URL list; default: data.path itself or the one beside local shards
+    prefetch: Optional[bool] = None  # copy the next micro-batch to the device (pinned, non-blocking) while this one trains; null = on CUDA
 
     def __post_init__(self) -> None:
         _check_choice("data.source", self.source, ("npz", "shards"))
@@ -410,6 +411,9 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: independent loss scale per player)
     resume: str = "auto"  # auto (latest in run dir, if any) | none | path of a checkpoint folder
     max_nonfinite: int = 10  # a player's steps in a row skipped for a non-finite loss or gradient before the run stops (exit 3)
+    channels_last: bool = False  # nets and image batches in channels-last memory format (faster convolutions on tensor-core GPUs)
+    compile: list[str] = field(default_factory=list)  # players (lowercased names: g, d, ...) whose nets run through torch.compile
+    compile_backend: str = "inductor"  # torch.compile backend for them (inductor; eager only traces, for tests)
 
     def __post_init__(self) -> None:
         _check_positive("train.total_kimg", self.total_kimg)

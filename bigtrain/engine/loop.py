@@ -28,7 +28,7 @@ from bigtrain.errors import CheckpointError, ConfigError, TrainingDiverged
 from bigtrain.recipes import build_recipe
 from bigtrain.recipes.base import Phase, Round
 from bigtrain.schedule import Plan, make_plan
-from bigtrain.seeding import derive_seed, generator
+from bigtrain.seeding import derive_seed
 from bigtrain.tracking import Tracker
 
 LATENT_STREAM = 1  # seed-part that keeps the latent stream apart from data streams
@@ -121,6 +121,25 @@ class Health:
         return {f"health/nonfinite_{name}": float(n) for name, n in sorted(self.totals.items())}
 
 
+class Prefetcher:
+    """map(to_device, batches), one micro-batch ahead: when the loop takes batch k, the copy of
+    batch k + 1 to the device is already issued (non-blocking), so on a GPU it overlaps batch
+    k's compute. The values and their order are map's; the loop counts a batch when it takes it,
+    so a resume re-reads the one that was only prefetched (`data.prefetch`)."""
+
+    def __init__(self, to_device, batches: Iterator):
+        self.to_device, self.batches = to_device, batches
+        self.ahead: Optional[dict[str, torch.Tensor]] = None
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        current = self.ahead if self.ahead is not None else self.to_device(next(self.batches))
+        self.ahead = self.to_device(next(self.batches))
+        return current
+
+
 def crossed(nimg: int, batch: int, every_kimg: float) -> bool:
     """True when going from nimg - batch to nimg passes a multiple of every_kimg."""
     every = max(int(round(every_kimg * 1000)), 1)
@@ -150,11 +169,16 @@ class Trainer:
         torch.manual_seed(derive_seed(cfg.run.seed))  # identical initial weights on every rank
         self.players: dict[str, Player] = {}
         self.emas: dict[str, EMA] = {}
+        compiled = self._check_compile([spec.name for spec in self.recipe.players()])
         for spec in self.recipe.players():
             net = spec.build().to(backend.device)
+            if cfg.train.channels_last:
+                net = net.to(memory_format=torch.channels_last)  # 4-d weights only; G_ema too
             if spec.ema:  # copied before the backend wraps it: an engine may cast or partition it
                 self.emas[spec.name] = EMA(net, cfg.ema)
             backend.attach_cross_replica(net)  # after the EMA copy: G_ema keeps its own statistics
+            if spec.name in compiled:  # in place, after the EMA copy (it samples at any batch size, eagerly)
+                net.compile(backend=cfg.train.compile_backend)
             self.players[spec.name] = backend.make_player(spec.name, net, spec.optim)
         self.recipe.check_players(self.players, lambda name: backend.supports_second_order(self.players[name]))
         self.recipe.bind(self.players, backend.reduce_mean, backend.micro_batch)
@@ -162,26 +186,53 @@ class Trainer:
         self.best_fid = checkpoint.best_fid(self.ckpt_root)
         self.counters = Counters(data_pos={s: 0 for s in self.recipe.streams})
         self.health = Health(cfg.train.max_nonfinite, totals={name: 0 for name in self.players})
-        self.latent_gen = generator(cfg.run.seed, backend.rank, LATENT_STREAM)
+        # drawn where they are used: on a GPU no host-to-device copy per phase (its state is saved in rankN.pt)
+        self.latent_gen = torch.Generator(device=backend.device).manual_seed(derive_seed(cfg.run.seed, backend.rank, LATENT_STREAM))
         if resumed is not None:
             self._restore(*resumed)  # every rank's torch RNG as it was when the checkpoint was saved
         else:
             torch.manual_seed(derive_seed(cfg.run.seed, backend.rank, 0))  # each rank its own augmentations
         # one stream of this rank for every name the recipe reads (today's sources have one)
-        self.streams: dict[str, Iterator] = {s: self.source.batches(self.counters.data_pos[s]) for s in self.recipe.streams}
+        prefetch = cfg.data.prefetch if cfg.data.prefetch is not None else backend.device.type == "cuda"
+        self.streams: dict[str, Iterator[dict[str, torch.Tensor]]] = {
+            s: (Prefetcher if prefetch else map)(self._to_device, self.source.batches(self.counters.data_pos[s])) for s in self.recipe.streams}
         self.plan: Optional[Plan] = None
+
+    def _check_compile(self, names: list[str]) -> set[str]:
+        """The players `train.compile` names (ConfigError for one the recipe does not have)."""
+        lowered = {n.lower(): n for n in names}
+        for key in self.cfg.train.compile:
+            if key not in lowered:
+                raise ConfigError("train.compile", f"this recipe has no player {key!r}; its players are {', '.join(sorted(lowered))}")
+        if self.cfg.train.compile:
+            import torch._dynamo
+
+            if self.cfg.train.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
+                raise ConfigError("train.compile_backend", f"torch.compile has no backend {self.cfg.train.compile_backend!r}; it has {', '.join(torch._dynamo.list_backends(exclude_tags=()))}")
+        return {lowered[k] for k in self.cfg.train.compile}
 
     # ---- one iteration -------------------------------------------------------------------
 
-    def _draw(self, stream: str) -> dict[str, torch.Tensor]:
-        x, y = next(self.streams[stream])
-        self.counters.data_pos[stream] += len(x)
-        x = x.to(self.backend.device, non_blocking=True)
+    def _to_device(self, batch: tuple[torch.Tensor, Optional[torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """A loader micro-batch on the device, images as floats in [-1, 1]. To a GPU from pinned
+        memory, so the copy is truly asynchronous (a pageable source makes the host wait)."""
+        x, y = batch
+        device = self.backend.device
+        if device.type == "cuda":
+            x, y = x.pin_memory(), (y.pin_memory() if y is not None else None)
+        x = x.to(device, non_blocking=True)
         if x.dtype == torch.uint8:
             x = x.float().div_(127.5).sub_(1.0)  # [B, C, H, W] in [-1, 1]
-        batch = {"x": x}
+        if self.cfg.train.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = {"x": x}
         if y is not None:
-            batch["y"] = y.to(self.backend.device, non_blocking=True)
+            out["y"] = y.to(device, non_blocking=True)
+        return out
+
+    def _draw(self, stream: str) -> dict[str, torch.Tensor]:
+        batch = next(self.streams[stream])
+        self.counters.data_pos[stream] += len(batch["x"])  # samples taken (a prefetched one is not yet)
         return batch
 
     def run_phase(self, phase: Phase, tracker: Tracker) -> None:
@@ -439,7 +490,10 @@ class Trainer:
             data_pos = {s: data_pos * self.backend.micro_batch for s in self.recipe.streams}
         self.counters = Counters(step=trainer_state["counters"]["step"], nimg=trainer_state["counters"]["nimg"], data_pos=dict(data_pos))
         self.health.totals.update(trainer_state.get("health") or {})
-        self.latent_gen.set_state(rank_state["latent_gen"])
+        try:
+            self.latent_gen.set_state(rank_state["latent_gen"])
+        except RuntimeError as exc:  # a CUDA generator's state does not fit a CPU one, and back
+            raise CheckpointError(f"rank {self.backend.rank}: the saved latent stream does not fit a {self.backend.device.type} generator (the checkpoint was made on another kind of device?): {str(exc).splitlines()[0]}") from None
         torch.set_rng_state(rank_state["torch_rng"])
         if rank_state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(rank_state["cuda_rng"])

@@ -102,7 +102,7 @@ class Recipe:
         raise NotImplementedError
 
     def latents(self, n: int, gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
-        """Draws for one phase of `n` samples from the rank's latent stream (CPU generator)."""
+        """Draws for one phase of `n` samples from the rank's latent stream `gen` (on the backend's device: draw with device=gen.device)."""
         return {}
 
     def optim_groups(self) -> tuple[str, ...]:

@@ -110,10 +110,11 @@ class GanRecipe(Recipe):
             raise ConfigError("loss", "gradient penalties (gp_weight, dragan_weight, r1_gamma) need a second backward through D, which this engine cannot do at its setting (DeepSpeed ZeRO-3 releases D's weights before it); train D at ZeRO 0-2 (backend.zero_stage or backend.configs.d)")
 
     def latents(self, n: int, gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
-        z = torch.randn(n, self.z_dim, generator=gen)  # [n, z_dim]
+        # on the generator's device (the loop's is the backend's: no copy); .to is then a no-op
+        z = torch.randn(n, self.z_dim, generator=gen, device=gen.device)  # [n, z_dim]
         out = {"z": z.to(device)}
         if self.conditional:
-            out["y"] = torch.randint(self.num_classes, (n,), generator=gen).to(device)  # [n]
+            out["y"] = torch.randint(self.num_classes, (n,), generator=gen, device=gen.device).to(device)  # [n]
         return out
 
     # ---- D's scores ------------------------------------------------------------------------

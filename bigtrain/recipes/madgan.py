@@ -102,7 +102,7 @@ class MadganRecipe(Recipe):
         ]
 
     def latents(self, n: int, gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
-        return {"z": torch.randn(n, self.z_dim, generator=gen).to(device)}
+        return {"z": torch.randn(n, self.z_dim, generator=gen, device=gen.device).to(device)}
 
     def _targets(self, n: int, device: torch.device) -> Tensor:
         return torch.arange(self.K, device=device).repeat_interleave(n)  # [K n]: head k's samples are class k
