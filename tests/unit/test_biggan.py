@@ -245,3 +245,57 @@ def test_biggan_trains_a_few_steps_in_bf16_without_nonfinite(tmp_path):
     assert all(torch.isfinite(p).all() for p in trainer.players["G"].net.parameters())
     assert trainer.counters.step == 20
     assert F.mse_loss(trainer.emas["G"].module.linear.parametrizations.weight.original, trainer.players["G"].net.linear.parametrizations.weight.original) > 0
+
+
+def test_accumulation_is_the_mean_of_the_micro_batches_gradients_in_fp32(tmp_path):
+    """BigGAN's batch layout, global = micro x rounds x ranks: an update's gradient is the mean
+    of its micro-batches' gradients, each micro-batch normalised by its own BN statistics and
+    taking its own SN power iteration, as in BigGAN-PyTorch's accumulation (on several ranks DDP
+    averages over them too: tests/dist/test_ddp.py). Replayed by hand on copies of the nets
+    taken before the iteration, from the rounds the loop fed the phases."""
+    import copy
+
+    from bigtrain.engine.loop import Trainer
+    from bigtrain.tracking import Tracker
+    from tests.conftest import write_images_npz
+
+    data = write_images_npz(tmp_path / "d.npz", n=64, res=32, channels=1, classes=10)
+    cfg = _cfg(f"data.path={data}", f"run.out_dir={tmp_path}", "train.batch_size=24", "train.micro_batch=8", "train.precision=fp32",
+               "biggan.ortho_g=0", "model.g.width=4", "model.d.width=8", "model.g.shared_dim=8", "log.progress_bar=false")
+    trainer = Trainer(cfg)
+    assert trainer.backend.rounds == 3
+    before = {name: copy.deepcopy(p.net) for name, p in trainer.players.items()}
+    rounds, grads = {}, {}
+    for phase in trainer.recipe.phases:
+        compute = phase.compute
+        phase.compute = lambda b, _c=compute, _n=phase.name: (rounds.setdefault(_n, []).append(b), _c(b))[1]
+        phase.before_step = lambda name, net, access, _n=phase.name: grads.__setitem__(_n, [access.get(p).clone() for p in net.parameters() if access.get(p) is not None])
+    trainer.iteration(Tracker(trainer.run_dir, is_main=False, reduce_mean=lambda v: v, total_img=24))
+    assert {n: len(r) for n, r in rounds.items()} == {"D_main": 3, "G_main": 3}
+
+    class Plain:  # a player as a recipe sees it, on one process
+        def __init__(self, name, net):
+            self.name, self.net, self.engine = name, net, net
+
+    replay = build_recipe(cfg, trainer.info)
+    replay.bind({name: Plain(name, net) for name, net in before.items()}, lambda v: v, 8)
+    for phase, (name, updated) in zip(replay.phases, [("D_main", "D"), ("G_main", "G")]):
+        net = before[updated]
+        frozen = [p for n, other in before.items() if n != updated for p in other.parameters()]
+        for p in frozen:
+            p.requires_grad_(False)
+        for b in rounds[name]:
+            (phase.compute(b)[0][updated] / 3).backward()
+        for p in frozen:
+            p.requires_grad_(True)
+        got = grads[name]
+        want = [p.grad for p in net.parameters() if p.grad is not None]
+        assert len(got) == len(want) > 10
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
+        if updated == "D":  # G's update sees the D that D_main just stepped: step the replay's D alike
+            with torch.no_grad():
+                for p, q in zip(before["D"].parameters(), trainer.players["D"].net.parameters()):
+                    p.copy_(q)
+                    p.grad = None
+    trainer.backend.close()
