@@ -315,9 +315,13 @@ class DeepSpeedBackend(Backend):
         if dtype != torch.float32:
             # DeepSpeed casts parameters only; BatchNorm then fails on bf16 weights with fp32
             # running statistics. Older DeepSpeed cast the whole module, buffers included.
-            for buffer in engine.module.buffers():
-                if buffer.is_floating_point():
-                    buffer.data = buffer.data.to(dtype)
+            # A module computing its statistics in fp32 (`keeps_fp32_buffers`: biggan's) keeps them.
+            for module in engine.module.modules():
+                if getattr(module, "keeps_fp32_buffers", False):
+                    continue
+                for buffer in module.buffers(recurse=False):
+                    if buffer.is_floating_point():
+                        buffer.data = buffer.data.to(dtype)
         self.zero_stages[name] = engine.zero_optimization_stage()
         self.engines.append(engine)
         lr = float(ds_config.get("optimizer", {}).get("params", {}).get("lr", opt_cfg.lr))

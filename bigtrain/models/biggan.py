@@ -87,6 +87,8 @@ class Statistics(nn.BatchNorm2d):
     or the cumulative mean when it is None). Without a reducer it is plain BN.
     """
 
+    keeps_fp32_buffers = True  # its running statistics stay fp32 when an engine casts the net to bf16/fp16
+
     def __init__(self, channels: int, eps: float, cross_replica: bool = False):
         super().__init__(channels, eps=eps, affine=False)
         self.cross_replica = cross_replica
@@ -154,7 +156,7 @@ class SelfAttention(nn.Module):
         self.phi = conv(ch, ch // 8, 1, bias=False)
         self.g = conv(ch, ch // 2, 1, bias=False)
         self.o = conv(ch // 2, ch, 1, bias=False)
-        self.gamma = nn.Parameter(torch.zeros(()))
+        self.gamma = nn.Parameter(torch.zeros(1))  # [1], not 0-d: DeepSpeed cannot broadcast a 0-d bf16 parameter
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape

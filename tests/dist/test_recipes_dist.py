@@ -1,4 +1,4 @@
-"""GMAN and MAD-GAN on two processes through the CLI under torchrun, Accelerate (DDP) and
+"""GMAN, MAD-GAN and BigGAN (bf16, cross-replica BN in G) on two processes through the CLI under torchrun, Accelerate (DDP) and
 DeepSpeed ZeRO-2: a run stopped at its checkpoint and resumed reproduces the uninterrupted run
 bit for bit (every player's per-step losses, final weights of every player and EMA copy), and
 both ranks hold the same weights."""
@@ -17,11 +17,14 @@ MLP = {"z_dim": 8, "num_classes": 0, "g": {"arch": "mlp", "width": 16}, "d": {"a
 RECIPES = {
     "gman": {"recipe": "gman", "gman": {"discriminators": 3, "combiner": "soft_mean", "softmax_lambda": 2.0}},
     "madgan": {"recipe": "madgan", "madgan": {"generators": 3}},
+    "biggan": {"recipe": "biggan", "loss": {"type": "hinge"}, "biggan": {"ortho_g": 1e-4}, "ema": {"decay": 0.999},
+               "model": {"z_dim": 16, "num_classes": 4, "g": {"arch": "biggan", "width": 4, "shared_dim": 8, "cross_replica": True}, "d": {"arch": "biggan", "width": 8}}},
 }
 BACKENDS = {"accelerate": [], "deepspeed": ["backend.kind=deepspeed", "backend.zero_stage=2"]}
 ENV = {**DIST_ENV, "DS_ACCELERATOR": "cpu"}
 # one of each recipe and each backend in the default run; the crossed pair is slow
-CASES = [("gman", "deepspeed"), ("madgan", "accelerate"), pytest.param("gman", "accelerate", marks=pytest.mark.slow), pytest.param("madgan", "deepspeed", marks=pytest.mark.slow)]
+CASES = [("gman", "deepspeed"), ("madgan", "accelerate"), ("biggan", "accelerate"), pytest.param("biggan", "deepspeed", marks=pytest.mark.slow),
+         pytest.param("gman", "accelerate", marks=pytest.mark.slow), pytest.param("madgan", "deepspeed", marks=pytest.mark.slow)]
 
 
 def _train(cfg: Path, *overrides: str) -> None:
@@ -44,9 +47,11 @@ def _weights(folder: Path) -> dict:
 def test_recipe_resumes_exactly_on_two_processes(tmp_path, recipe, backend):
     if backend == "deepspeed":
         pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install -e .[deepspeed])")
-    data = write_images_npz(tmp_path / "d.npz", n=64, res=8, classes=4)
+    res = 32 if recipe == "biggan" else 8
+    data = write_images_npz(tmp_path / "d.npz", n=64, res=res, classes=4)
     # batch 16 = micro 4 x 2 rounds x 2 ranks; a checkpoint at step 4 of 8
-    cfg = tiny_config(tmp_path, data, model=MLP, train={"total_kimg": 0.128, "batch_size": 16, "micro_batch": 4}, checkpoint={"every_kimg": 0.064})
+    train = {"total_kimg": 0.128, "batch_size": 16, "micro_batch": 4, **({"precision": "bf16"} if recipe == "biggan" else {})}
+    cfg = tiny_config(tmp_path, data, data={"resolution": res}, model=MLP, train=train, checkpoint={"every_kimg": 0.064})
     cfg.update(RECIPES[recipe])
     path = write_config(tmp_path / "c.yaml", cfg)
     _train(path, "run.name=whole", *BACKENDS[backend])
@@ -55,7 +60,7 @@ def test_recipe_resumes_exactly_on_two_processes(tmp_path, recipe, backend):
 
     expected, got = _records(tmp_path / "runs" / "whole"), _records(tmp_path / "runs" / "parts")
     assert [r["step"] for r in expected] == list(range(1, 9))
-    players = {"gman": {"G", "D1", "D2", "D3"}, "madgan": {"G", "D"}}[recipe]
+    players = {"gman": {"G", "D1", "D2", "D3"}, "madgan": {"G", "D"}, "biggan": {"G", "D"}}[recipe]
     assert {f"loss/{p}" for p in players} <= expected[0].keys()
     assert got == expected  # bit-identical per-step losses across the resume at step 4
     w, p = (_weights(tmp_path / "runs" / run / "checkpoints" / "step-00000008") for run in ("whole", "parts"))
