@@ -565,6 +565,9 @@ class Config:
             optim.validate(f"optim.{name}")
             if optim.fused and self.backend.kind == "deepspeed":
                 raise ConfigError(f"optim.{name}.fused", "is for the accelerate backend; DeepSpeed steps its own optimizer (its JSON may name FusedAdam)")
+        if self.train.channels_last and self.backend.kind == "deepspeed":
+            # deepspeed.initialize broadcasts each parameter viewed as bytes, which needs a unit last stride
+            raise ConfigError("train.channels_last", "is for the accelerate backend: DeepSpeed cannot set up channels-last weights (and its flat ZeRO buffers would make them contiguous again)")
 
 
 def _to_object(merged: Any) -> Config:

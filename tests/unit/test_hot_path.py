@@ -86,7 +86,8 @@ def test_compiled_players_train_as_the_eager_ones(tmp_path, data):
     torch.testing.assert_close(weights(comp), weights(eager), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("overrides, key", [(["train.compile=[h]"], "train.compile"), (["train.compile=[g]", "train.compile_backend=nope"], "train.compile_backend")])
+@pytest.mark.parametrize("overrides, key", [(["train.compile=[h]"], "train.compile"), (["train.compile=[g]", "train.compile_backend=nope"], "train.compile_backend"),
+                                            (["train.channels_last=true", "backend.kind=deepspeed"], "train.channels_last: is for the accelerate backend")])
 def test_compile_settings_are_checked(tmp_path, data, overrides, key):
     with pytest.raises(ConfigError, match=key):
         trainer(tmp_path, data, "bad", *overrides)
