@@ -23,7 +23,7 @@ from bigtrain.config import Config
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
 from bigtrain.models.progan import blend_reals
-from bigtrain.recipes.base import Round, Stats, optim_for
+from bigtrain.recipes.base import PlayerSpec, Round, Stats, optim_for
 from bigtrain.recipes.gan import GanRecipe
 from bigtrain.recipes.growth import Growth, GrowthOptions, growth, resets_optimizer
 
@@ -39,6 +39,11 @@ class ProganOptions(GrowthOptions):
             raise ConfigError("progan.gp_target", f"must be > 0, got {self.gp_target}")
         if self.drift < 0:
             raise ConfigError("progan.drift", f"must be >= 0, got {self.drift}")
+
+
+def _at_lod(net, lod: float):
+    net.set_lod(lod)
+    return net
 
 
 class ProganRecipe(GanRecipe):
@@ -67,6 +72,15 @@ class ProganRecipe(GanRecipe):
             raise ConfigError("train.micro_batch", "progan's minibatch changes with the resolution: set the micro-batch per process (each minibatch must be a multiple of it x the processes)")
         self.prev_lod: Optional[float] = None  # the lod of the last iteration (saved: resets stay exact on resume)
         self.now: Optional[Growth] = None
+
+    def players(self) -> list[PlayerSpec]:
+        """G and D built at the schedule's first lod, so the kimg-0 grid (drawn before the first
+        iteration) is at the starting resolution, and G_ema, copied at build, starts there too."""
+        lod = self._growth(0).lod
+        specs = super().players()
+        for spec in specs:
+            spec.build = (lambda build=spec.build: _at_lod(build(), lod))
+        return specs
 
     # ---- the schedule ----------------------------------------------------------------------
     def _growth(self, nimg: int) -> Growth:

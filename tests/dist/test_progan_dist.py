@@ -1,6 +1,7 @@
 """ProGAN growth 4 -> 8 -> 16 on 2 processes (torchrun, gloo, CPU): under DDP (every level
 built up front, find_unused_parameters) and under DeepSpeed ZeRO-2 (optimizer reset off, which
-DeepSpeed cannot do) training continues across both growths and the ranks stay identical."""
+DeepSpeed cannot do) training continues across both growths and the ranks stay identical; a
+resume mid-fade and one mid-stabilise reproduce the uninterrupted run."""
 import json
 
 import pytest
@@ -31,8 +32,13 @@ def test_growth_on_two_processes_keeps_the_ranks_identical(tmp_path, backend, ov
     assert [r["progan/resolution"] for r in rows] == [4] * 5 + [8] * 8 + [16] * 11
 
 
-@pytest.mark.parametrize("resume_step", [6], ids=["mid-fade"])
-def test_resume_mid_fade_on_two_processes_reproduces_the_uninterrupted_run(tmp_path, resume_step):
+# the schedule of _cfg (growth.py, 16 images a step, 4 steps per phase): step 6 trains the fade
+# to 8x8 at alpha 0.25, steps 9-13 stabilise at 8x8, step 14 starts the fade to 16x16
+@pytest.mark.parametrize("resume_step, alphas, resolutions", [
+    (6, [0.5, 0.75, 1.0], [8, 8, 8]),  # mid-fade: the fade goes on, then 8x8 stabilises
+    pytest.param(10, [1.0, 1.0, 1.0, 0.25], [8, 8, 8, 16], id="mid-stabilise", marks=pytest.mark.slow),  # at 8x8, then the fade to 16x16 (slow run: ~33 s)
+], ids=["mid-fade", "mid-stabilise"])
+def test_resume_on_two_processes_reproduces_the_uninterrupted_run(tmp_path, resume_step, alphas, resolutions):
     from tests.conftest import run_cli
     from tests.dist.test_ddp import DIST_ENV, torchrun
     from tests.faults import harness
@@ -48,7 +54,9 @@ def test_resume_mid_fade_on_two_processes_reproduces_the_uninterrupted_run(tmp_p
     runs = tmp_path / "runs"
     after = [r for r in harness.losses(runs / "whole") if r[0] > resume_step]
     assert after and harness.losses(runs / "resumed") == after
-    alphas = [r["progan/alpha"] for r in harness.rows(runs / "resumed")]
-    assert alphas[:2] == pytest.approx([0.5, 0.75])  # it went on mid-fade
+    trained = [r for r in harness.rows(runs / "resumed") if "progan/alpha" in r]
+    assert trained[0]["step"] == resume_step + 1
+    assert [r["progan/alpha"] for r in trained[:len(alphas)]] == pytest.approx(alphas)  # it went on where it stopped
+    assert [r["progan/resolution"] for r in trained[:len(resolutions)]] == resolutions
     wa, wb = harness.final_weights(runs / "whole"), harness.final_weights(runs / "resumed")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
