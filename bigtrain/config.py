@@ -277,6 +277,58 @@ class BigganDeepDConfig(_BigganNet):
     depth: int = 2  # bottleneck residual blocks per resolution (BigGAN-PyTorch's D_depth)
 
 
+@dataclass
+class _Img2imgNet(NetConfig):
+    """The keys every image-to-image net reads (bigtrain/models/img2img.py; the defaults are
+    junyanz/pytorch-CycleGAN-and-pix2pix's). `norm` may also be instance norm (without affine
+    parameters, statistics per sample); a conv followed by batch norm has no bias."""
+
+    norms: ClassVar[tuple[str, ...]] = ("instance", "batch", "none")
+    arch: str = "cyclegan"  # this class's architecture
+    width: int = 64  # channels of the first conv (the reference's ngf for G, ndf for D), doubled at each halving up to 8x
+    norm: str = "instance"  # instance | batch | none
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        for key, allow_zero in (("blocks", True), ("downs", False), ("layers", False)):
+            if hasattr(self, key):
+                _check_positive(f"{prefix}.{key}", getattr(self, key), allow_zero)
+
+
+@dataclass
+class CycleganGConfig(_Img2imgNet):
+    """CycleGAN's G: the ResNet generator (the reference's resnet_9blocks)."""
+
+    blocks: int = 9  # residual blocks at 1/4 of the resolution
+    dropout: bool = False  # dropout 0.5 inside each residual block (the reference: off for CycleGAN)
+
+
+@dataclass
+class CycleganDConfig(_Img2imgNet):
+    """CycleGAN's D: the 70x70 PatchGAN (the reference's basic D)."""
+
+    layers: int = 3  # stride-2 convs (the reference's n_layers_D; 3: 70x70 patches, a 30x30 map at 256 px)
+
+
+@dataclass
+class Pix2pixGConfig(_Img2imgNet):
+    """Pix2Pix's G: the U-Net (the reference's unet_256 at downs 8)."""
+
+    arch: str = "pix2pix"  # this class's architecture
+    norm: str = "batch"  # instance | batch | none (the reference's pix2pix: batch)
+    downs: int = 8  # halvings down to the bottleneck (num_downs): the image side must be a multiple of 2**downs
+    dropout: bool = True  # dropout 0.5 on the up-path of the downs - 5 levels just above the bottleneck (8x width; the reference: on for pix2pix)
+
+
+@dataclass
+class Pix2pixDConfig(_Img2imgNet):
+    """Pix2Pix's D: the PatchGAN on (input, output) joined along channels."""
+
+    arch: str = "pix2pix"  # this class's architecture
+    norm: str = "batch"  # instance | batch | none (the reference's pix2pix: batch)
+    layers: int = 3  # stride-2 convs (the reference's n_layers_D; 3: 70x70 patches, a 30x30 map at 256 px)
+
+
 # arch -> (its G's section class, its D's); bigtrain.models.MODELS holds their builders
 NET_CONFIGS: dict[str, tuple[type[NetConfig], type[NetConfig]]] = {
     "mlp": (MlpGConfig, MlpDConfig),
@@ -287,6 +339,8 @@ NET_CONFIGS: dict[str, tuple[type[NetConfig], type[NetConfig]]] = {
     "progan": (ProganGConfig, ProganDConfig),
     "biggan": (BigganGConfig, BigganDConfig),
     "biggan_deep": (BigganDeepGConfig, BigganDeepDConfig),
+    "cyclegan": (CycleganGConfig, CycleganDConfig),  # image-to-image: G(x) -> y, D(x) -> a patch logit map
+    "pix2pix": (Pix2pixGConfig, Pix2pixDConfig),
 }
 SIDES = {"g": "generator", "d": "discriminator"}
 

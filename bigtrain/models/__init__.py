@@ -7,6 +7,9 @@ adversarial logit, columns 1: the class logits); began's autoencoder D -> per-sa
 reconstruction errors [N]. Nets are class-conditional when num_classes > 0, and then need y;
 `model.{g,d}.cond` picks how y enters (see layers.py). A builder's `net` is the section class
 bigtrain.config.NET_CONFIGS has for its arch and side: it holds exactly the keys the net reads.
+The image-to-image archs (cyclegan, pix2pix: models/img2img.py) are the exception: G(x) -> y maps
+images to images and D(x) -> a patch logit map [N, 1, h, w] (pix2pix's D reads input and
+output joined along channels); they take no labels.
 Models are plain nn.Modules: the engine decides devices and distribution.
 """
 from __future__ import annotations
@@ -23,6 +26,7 @@ from bigtrain.models.biggan_deep import BigganDeepDiscriminator, BigganDeepGener
 from bigtrain.models.began import BeganDiscriminator, BeganGenerator
 from bigtrain.models.dcgan import DcganDiscriminator, DcganGenerator
 from bigtrain.models.grid import GridDiscriminator, GridGenerator
+from bigtrain.models.img2img import PairPatchDiscriminator, PatchDiscriminator, ResnetGenerator, UnetGenerator
 from bigtrain.models.mlp import MlpDiscriminator, MlpGenerator
 from bigtrain.models.progan import ProganDiscriminator, ProganGenerator
 from bigtrain.models.sngan import SnganDiscriminator, SnganGenerator
@@ -61,6 +65,8 @@ MODELS: dict[str, Arch] = {
     "progan": Arch(G=ProganGenerator, D=ProganDiscriminator),
     "biggan": Arch(G=BigganGenerator, D=BigganDiscriminator),
     "biggan_deep": Arch(G=BigganDeepGenerator, D=BigganDeepDiscriminator),
+    "cyclegan": Arch(G=ResnetGenerator, D=PatchDiscriminator),  # image-to-image (img2img.py): G(x) -> y, D(x) -> [N, 1, h, w]
+    "pix2pix": Arch(G=UnetGenerator, D=PairPatchDiscriminator),  # D sees (input, output) joined: 2C channels
 }
 
 

@@ -27,6 +27,7 @@ from bigtrain.models import build_discriminator, build_generator
 from bigtrain.recipes.base import Net, Phase, PlayerSpec, Recipe, ReduceMean, Round, Stats, has_batch_statistics, optim_for
 
 GRADIENT_PENALTIES = ("gp_weight", "dragan_weight", "r1_gamma")
+IMAGE_TO_IMAGE = ("cyclegan", "pix2pix")  # archs whose G maps an image to an image (bigtrain/models/img2img.py)
 
 
 def _cat(parts: Sequence[Optional[Tensor]]) -> Optional[Tensor]:
@@ -74,6 +75,9 @@ class GanRecipe(Recipe):
             raise ConfigError("model.d.cond", "acgan needs class labels: set model.num_classes")
         if cfg.model.d.arch == "began":
             raise ConfigError("model.d.arch", "the began autoencoder D needs loss.type=began")
+        for side in ("g", "d"):
+            if getattr(cfg.model, side).arch in IMAGE_TO_IMAGE:
+                raise ConfigError(f"model.{side}.arch", f"{getattr(cfg.model, side).arch} nets translate images (G(x) -> y), and this recipe samples from z; they are for the image-to-image recipes (issue 14, not built yet)")
         if policy and info.kind != "image":
             raise ConfigError("augment.policy", f"DiffAugment works on images, but {cfg.data.path} holds vectors; set augment.policy=''")
         if self.pack > 1:

@@ -12,7 +12,7 @@ from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
 from bigtrain.models import MODELS, build_discriminator, build_generator
 
-IMAGE_ARCHS = [arch for arch in MODELS if arch not in ("grid", "progan", "biggan", "biggan_deep")]  # grid: PacGAN's 2-D nets (tests/unit/test_grid25.py); progan: tests/unit/test_progan_nets.py; biggan(_deep): tests/unit/test_biggan(_deep).py
+IMAGE_ARCHS = [arch for arch in MODELS if arch not in ("grid", "progan", "biggan", "biggan_deep", "cyclegan", "pix2pix")]  # grid: PacGAN's 2-D nets (tests/unit/test_grid25.py); progan: tests/unit/test_progan_nets.py; biggan(_deep): tests/unit/test_biggan(_deep).py; cyclegan, pix2pix (image to image, no z): tests/unit/test_img2img_nets.py
 
 Z_DIM = 16
 WIDTH = 8
@@ -197,6 +197,6 @@ def test_dcgan_rejects_vector_data() -> None:
 
 def test_unknown_arch() -> None:
     for side in ("g", "d"):
-        with pytest.raises(ConfigError, match="unknown architecture 'nope'; choose one of began, biggan, biggan_deep, dcgan, grid, mlp, progan, sngan") as err:
+        with pytest.raises(ConfigError, match="unknown architecture 'nope'; choose one of began, biggan, biggan_deep, cyclegan, dcgan, grid, mlp, pix2pix, progan, sngan") as err:
             load_config(None, [f"model.{side}.arch=nope"])
         assert err.value.key == f"model.{side}.arch"
