@@ -14,6 +14,16 @@ from torch import nn
 from bigtrain.seeding import generator
 
 
+def truncate(z: torch.Tensor, gen: torch.Generator, truncation: float | None) -> torch.Tensor:
+    """z with every value of magnitude above `truncation` redrawn from `gen` until none is (in place)."""
+    if truncation is not None:
+        out = z.abs() > truncation
+        while out.any():
+            z[out] = torch.randn(int(out.sum()), generator=gen)
+            out = z.abs() > truncation
+    return z
+
+
 def latents(z_dim: int, indices: Sequence[int], seed: int, truncation: float | None = None) -> torch.Tensor:
     """z for each sample index, [N, z_dim] on CPU.
 
@@ -25,13 +35,7 @@ def latents(z_dim: int, indices: Sequence[int], seed: int, truncation: float | N
     rows = []
     for i in indices:
         gen = generator(seed, int(i))
-        z = torch.randn(z_dim, generator=gen)
-        if truncation is not None:
-            out = z.abs() > truncation
-            while out.any():
-                z[out] = torch.randn(int(out.sum()), generator=gen)
-                out = z.abs() > truncation
-        rows.append(z)
+        rows.append(truncate(torch.randn(z_dim, generator=gen), gen, truncation))
     return torch.stack(rows) if rows else torch.empty(0, z_dim)
 
 
@@ -112,12 +116,7 @@ def standing_statistics(G: nn.Module, *, z_dim: int, num_classes: int, batches: 
     try:
         for b in range(batches):
             gen = generator(seed, b, STANDING_STREAM)
-            z = torch.randn(batch_size, z_dim, generator=gen)
-            if truncation is not None:
-                out = z.abs() > truncation
-                while out.any():
-                    z[out] = torch.randn(int(out.sum()), generator=gen)
-                    out = z.abs() > truncation
+            z = truncate(torch.randn(batch_size, z_dim, generator=gen), gen, truncation)
             y = torch.randint(num_classes, (batch_size,), generator=gen).to(device) if num_classes else None
             G(z.to(device), y)
     finally:

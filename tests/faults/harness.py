@@ -134,3 +134,21 @@ def identical(a: Path, b: Path) -> bool:
     """Same per-step losses and the same final weights, bit for bit."""
     wa, wb = final_weights(a), final_weights(b)
     return losses(a) == losses(b) and wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+HOST_READS = ("item", "__bool__", "tolist", "__float__", "__int__")
+
+
+def count_host_reads(monkeypatch, run, names=HOST_READS) -> list[str]:
+    """The host reads (Tensor methods `names`) and tensors built from host values (`torch.tensor`)
+    that `run()` makes, in order; on a GPU each of them waits for the device."""
+    reads = []
+    for name in names:
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: (reads.append(_n), _o(self, *a, **k))[1])
+    monkeypatch.setattr(torch, "tensor", lambda *a, _o=torch.tensor, **k: (reads.append("torch.tensor"), _o(*a, **k))[1])
+    try:
+        run()
+    finally:
+        monkeypatch.undo()
+    return reads

@@ -17,6 +17,7 @@ from bigtrain.engine.loop import Trainer
 from bigtrain.errors import ConfigError, TrainingDiverged
 from tests.conftest import REPO, run_cli, tiny_config, write_config, write_images_npz
 from tests.dist.test_ddp import DIST_ENV, torchrun
+from tests.faults import harness
 
 # `python -c` prelude: from D's K-th optimizer step on (1-based), its gradients hold a NaN
 INJECT = """
@@ -116,9 +117,6 @@ def test_a_skipped_step_leaves_the_players_weights_and_optimizer_untouched(tmp_p
     trainer.backend.close()
 
 
-HOST_READS = ("item", "__bool__", "tolist", "__float__", "__int__")
-
-
 @pytest.mark.parametrize("fused", [False, True], ids=["host-read", "fused"])
 def test_with_fused_optimizers_an_iteration_reads_nothing_back_to_the_host(tmp_path, monkeypatch, fused):
     """The guard's cost on a GPU is its host read; with fused kernels there is none per step
@@ -132,14 +130,7 @@ def test_with_fused_optimizers_an_iteration_reads_nothing_back_to_the_host(tmp_p
 
     tracker = Tracker(trainer.run_dir, is_main=False, reduce_mean=lambda t: t, total_img=640)
     trainer.iteration(tracker)
-    reads = []
-    for name in HOST_READS:
-        original = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: (reads.append(_n), _o(self, *a, **k))[1])
-    monkeypatch.setattr(torch, "tensor", lambda *a, _o=torch.tensor, **k: (reads.append("torch.tensor"), _o(*a, **k))[1])
-    for _ in range(3):
-        trainer.iteration(tracker)
-    monkeypatch.undo()
+    reads = harness.count_host_reads(monkeypatch, lambda: [trainer.iteration(tracker) for _ in range(3)])
     if fused:
         assert reads == []
     else:  # the host-read guard reads at least once per player step

@@ -93,7 +93,7 @@ def test_compile_settings_are_checked(tmp_path, data, overrides, key):
         trainer(tmp_path, data, "bad", *overrides)
 
 
-HOST_READS = ("item", "__bool__", "tolist", "__float__", "__int__", "cpu")
+HOST_READS = (*harness.HOST_READS, "cpu")
 
 
 def test_a_biggan_iteration_with_fused_adam_reads_nothing_back_to_the_host(tmp_path, data, monkeypatch):
@@ -105,13 +105,6 @@ def test_a_biggan_iteration_with_fused_adam_reads_nothing_back_to_the_host(tmp_p
     t = trainer(tmp_path, data, "reads", "optim.g.fused=true", "optim.d.fused=true", "data.prefetch=true", "train.channels_last=true", "biggan.ortho_g=1e-4")
     tracker = Tracker(t.run_dir, is_main=False, reduce_mean=lambda v: v, total_img=640)
     t.iteration(tracker)
-    reads = []
-    for name in HOST_READS:
-        original = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: (reads.append(_n), _o(self, *a, **k))[1])
-    monkeypatch.setattr(torch, "tensor", lambda *a, _o=torch.tensor, **k: (reads.append("torch.tensor"), _o(*a, **k))[1])
-    for _ in range(3):
-        t.iteration(tracker)
-    monkeypatch.undo()
+    reads = harness.count_host_reads(monkeypatch, lambda: [t.iteration(tracker) for _ in range(3)], names=HOST_READS)
     assert reads == [], reads
     t.backend.close()
