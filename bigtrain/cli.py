@@ -46,17 +46,22 @@ def _parameter_counts(cfg) -> str:
     (reading the data for it; without data the line says why there is no count)."""
     import torch
 
-    from bigtrain.data import build_source
-    from bigtrain.recipes import build_recipe
+    from bigtrain.data import build_sources
+    from bigtrain.recipes import build_recipe, recipe_class
 
     try:
-        info = build_source(cfg.data, micro_batch=1, rank=0, world_size=1, seed=cfg.run.seed, num_classes=cfg.model.num_classes).info
+        sources = build_sources(cfg.data, recipe_class(cfg).streams, micro_batch=1, rank=0, world_size=1, seed=cfg.run.seed, num_classes=cfg.model.num_classes)
     except BigtrainError as exc:
         return f"# parameters: not counted, the data cannot be read ({exc})"
-    recipe = build_recipe(cfg, info)
+    recipe = build_recipe(cfg, next(iter(sources.values())).info)
+    recipe.check_streams({s: src.info for s, src in sources.items()})
+    counts = []
     with torch.random.fork_rng(devices=[]):
-        counts = [(spec.name, sum(p.numel() for p in spec.build().parameters())) for spec in recipe.players()]
-    return "# parameters: " + "  ".join(f"{name} {n:,}" for name, n in counts)
+        for spec in recipe.players():
+            net = spec.build()
+            parts = [(f"{spec.name}.{name}", sum(p.numel() for p in m.parameters())) for name, m in net.named_children()] if getattr(net, "joins_players", False) else []
+            counts.append((spec.name, sum(p.numel() for p in net.parameters()), parts))
+    return "# parameters: " + "  ".join(f"{name} {n:,}" + (f" ({', '.join(f'{k} {v:,}' for k, v in parts)})" if parts else "") for name, n, parts in counts)
 
 
 def _print_summary(trainer) -> None:

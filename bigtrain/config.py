@@ -53,10 +53,19 @@ class DataConfig:
     max_skipped_fraction: float = 0.01  # shards: stop when more than this share of samples read is broken (over >= 1000 read)
     dataset_json: str = ""  # shards: dataset.json describing a pattern or URL list; default: data.path itself or the one beside local shards
     prefetch: Optional[bool] = None  # copy the next micro-batch to the device (pinned, non-blocking) while this one trains; null = on CUDA
+    load_size: int = 0  # > resolution: load images at this size, then crop a random resolution x resolution window (the reference CycleGAN/Pix2Pix's 286 -> 256); 0 = load at resolution
+    paired: bool = False  # samples are side-by-side A|B images (pix2pix's layout): split into halves, stacked along channels (A first), cropped and flipped together
+    streams: Dict[str, Any] = field(default_factory=dict)  # recipes reading several streams (cyclegan: A, B): stream name -> data keys over these (path, ...)
 
     def __post_init__(self) -> None:
         _check_choice("data.source", self.source, ("npz", "shards"))
         _check_positive("data.resolution", self.resolution)
+        _check_positive("data.load_size", self.load_size, allow_zero=True)
+        if 0 < self.load_size < self.resolution:
+            raise ConfigError("data.load_size", f"must be 0 or >= data.resolution ({self.resolution}): images are cropped from it, got {self.load_size}")
+        for name, over in self.streams.items():
+            if not isinstance(over, dict) and not OmegaConf.is_dict(over):
+                raise ConfigError(f"data.streams.{name}", "must be a mapping of data keys (path, ...) over data.*")
         _check_positive("data.num_workers", self.num_workers, allow_zero=True)
         _check_positive("data.shuffle_buffer", self.shuffle_buffer, allow_zero=True)
         if not 0.0 <= self.max_skipped_fraction <= 1.0:

@@ -10,10 +10,13 @@ meaningful when the number of accumulation rounds changes).
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Iterator, Optional, Protocol
 
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from bigtrain.config import DataConfig
 from bigtrain.errors import ConfigError
@@ -66,3 +69,55 @@ def build_source(cfg: DataConfig, *, micro_batch: int, rank: int, world_size: in
 
         return ShardSource(cfg, micro_batch=micro_batch, rank=rank, world_size=world_size, seed=seed, num_classes=num_classes)
     raise ConfigError("data.source", f"unknown source {cfg.source!r}")
+
+
+SINGLE_STREAM = ("real",)  # the stream of recipes that read one: data.* itself
+
+
+def stream_config(cfg: DataConfig, stream: str) -> DataConfig:
+    """Stream `stream`'s data section: data.* with data.streams.<stream> over it (a recipe that
+    reads several streams, e.g. CycleGAN's unpaired A and B); errors name data.streams.<stream>.<key>."""
+    over = cfg.streams[stream]
+    section = f"data.streams.{stream}"
+    base = {k: v for k, v in vars(cfg).items() if k != "streams"}
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(DataConfig(**base)), {k: v for k, v in dict(over).items()})
+        out = OmegaConf.to_object(merged)
+    except ConfigError as exc:
+        raise ConfigError(f"{section}.{exc.key.removeprefix('data.')}", exc.reason) from None
+    except OmegaConfBaseException as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ConfigError):
+            raise ConfigError(f"{section}.{cause.key.removeprefix('data.')}", cause.reason) from None
+        key = getattr(exc, "full_key", "") or ""
+        raise ConfigError(f"{section}.{key}".rstrip("."), str(exc).strip().splitlines()[0]) from None
+    if out.streams:
+        raise ConfigError(f"{section}.streams", "a stream cannot have streams of its own")
+    return out
+
+
+def build_sources(cfg: DataConfig, streams: tuple[str, ...], *, micro_batch: int, rank: int, world_size: int, seed: int, num_classes: int = 0) -> dict[str, Source]:
+    """One source per stream a recipe reads. The single stream `real` is data.* itself, seeded as
+    ever; several streams each come from data.streams.<name> over data.*, each with its own seed
+    (so two streams of one file still draw independent orders)."""
+    if tuple(streams) == SINGLE_STREAM:
+        if cfg.streams:
+            raise ConfigError("data.streams", f"this recipe reads one stream (data.* itself), not {', '.join(sorted(cfg.streams))}; remove data.streams")
+        return {"real": build_source(cfg, micro_batch=micro_batch, rank=rank, world_size=world_size, seed=seed, num_classes=num_classes)}
+    for name in cfg.streams:
+        if name not in streams:
+            raise ConfigError(f"data.streams.{name}", f"this recipe reads no stream {name!r}; its streams are {', '.join(streams)}")
+    from bigtrain.seeding import derive_seed
+
+    sources = {}
+    for name in streams:
+        if name not in cfg.streams:
+            raise ConfigError(f"data.streams.{name}", f"is missing: this recipe reads the streams {', '.join(streams)}; give each its data keys (path, ...)")
+        try:
+            sources[name] = build_source(stream_config(cfg, name), micro_batch=micro_batch, rank=rank, world_size=world_size,
+                                         seed=derive_seed(seed, zlib.crc32(name.encode())), num_classes=num_classes)
+        except ConfigError as exc:
+            if not exc.key.startswith("data."):
+                raise
+            raise ConfigError(f"data.streams.{name}.{exc.key.removeprefix('data.')}", exc.reason) from None
+    return sources

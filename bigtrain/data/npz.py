@@ -9,15 +9,16 @@ import torch
 
 from bigtrain.config import DataConfig
 from bigtrain.data import Batch, DataInfo
-from bigtrain.data.transforms import resize_images
+from bigtrain.data.transforms import crop, crop_offsets, resize_images, split_pair
 from bigtrain.errors import ConfigError, DataError
 from bigtrain.seeding import generator
 
 
-def load_npz(path: str | Path, resolution: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def load_npz(path: str | Path, resolution: int | None = None, paired: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Read `x` (and `y`) from an npz file; images come back as uint8 [N, C, H, W].
 
     `x` may be uint8 images N,H,W,C or N,C,H,W with 1 or 3 channels, or float vectors N,D.
+    `paired`: the images are side-by-side A|B pairs, returned as [N, 2C, H, W/2] (split_pair).
     Images are resized to `resolution` when it is given and differs.
     """
     path = Path(path)
@@ -34,6 +35,13 @@ def load_npz(path: str | Path, resolution: int | None = None) -> tuple[torch.Ten
     except Exception as exc:  # zip, header and dtype errors all mean an unreadable file
         raise DataError(f"{path}: cannot read npz file ({exc})") from None
     x_t = _images_or_vectors(x, path)
+    if paired:
+        if x_t.dtype != torch.uint8:
+            raise DataError(f"{path}: data.paired needs side-by-side A|B images, got vectors of shape {tuple(x_t.shape)}")
+        try:
+            x_t = split_pair(x_t)
+        except ValueError as exc:
+            raise DataError(f"{path}: {exc}") from None
     if x_t.dtype == torch.uint8 and resolution is not None:
         x_t = resize_images(x_t, resolution)
     y_t = None
@@ -65,14 +73,16 @@ class NpzSource:
 
     The stream of one rank is the concatenation of per-epoch permutations, each drawn from a
     generator seeded by (seed, rank, epoch); with `xflip`, each epoch also draws which samples
-    are mirrored. So sample k of the stream is a pure function of (seed, rank, k), and resuming
+    are mirrored, and with `data.load_size` > `data.resolution` where each sample is cropped. So sample k of the stream is a pure function of (seed, rank, k), and resuming
     needs only the number of samples served.
     """
 
     def __init__(self, cfg: DataConfig, *, micro_batch: int, rank: int, seed: int):
         if not Path(cfg.path).is_file():
             raise ConfigError("data.path", f"data file not found: {cfg.path}")
-        self.x, self.y = load_npz(cfg.path, cfg.resolution)
+        self.size = cfg.resolution
+        self.x, self.y = load_npz(cfg.path, cfg.load_size or cfg.resolution, paired=cfg.paired)
+        self.cropped = self.x.dtype == torch.uint8 and self.x.shape[-1] > cfg.resolution
         if len(self.x) == 0:
             raise DataError(f"{cfg.path}: contains no samples")
         self.micro_batch = micro_batch
@@ -81,34 +91,40 @@ class NpzSource:
         self.xflip = cfg.xflip and self.x.dtype == torch.uint8
         num_classes = int(self.y.max()) + 1 if self.y is not None else 0
         kind = "image" if self.x.dtype == torch.uint8 else "vector"
-        self.info = DataInfo(kind, tuple(self.x.shape[1:]), num_classes)
+        shape = (self.x.shape[1], self.size, self.size) if self.cropped else tuple(self.x.shape[1:])
+        self.info = DataInfo(kind, shape, num_classes)
 
-    def _epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         gen = generator(self.seed, self.rank, epoch)
         order = torch.randperm(len(self.x), generator=gen)
         flips = torch.rand(len(self.x), generator=gen) < 0.5 if self.xflip else None
-        return order, flips
+        corners = crop_offsets(len(self.x), self.x.shape[-1], self.size, gen) if self.cropped else None  # [N, 2], drawn last: older streams unchanged
+        return order, flips, corners
 
     def batches(self, start: int = 0) -> Iterator[Batch]:
         n = len(self.x)
         pos = start  # samples already served
         epoch, offset = divmod(pos, n)
-        order, flips = self._epoch(epoch)
+        order, flips, corners = self._epoch(epoch)
         while True:
-            idx_parts, flip_parts = [], []
+            idx_parts, flip_parts, corner_parts = [], [], []
             need = self.micro_batch
             while need:
                 take = min(need, n - offset)
                 idx_parts.append(order[offset : offset + take])
                 if flips is not None:
                     flip_parts.append(flips[offset : offset + take])
+                if corners is not None:
+                    corner_parts.append(corners[offset : offset + take])
                 offset += take
                 need -= take
                 if offset == n:
                     epoch, offset = epoch + 1, 0
-                    order, flips = self._epoch(epoch)
+                    order, flips, corners = self._epoch(epoch)
             idx = torch.cat(idx_parts)
             x = self.x[idx]
+            if corner_parts:
+                x = crop(x, torch.cat(corner_parts), self.size)
             if flip_parts:
                 flip = torch.cat(flip_parts)
                 x[flip] = x[flip].flip(-1)  # [B, C, H, W]: mirror the width axis

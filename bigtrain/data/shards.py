@@ -41,7 +41,7 @@ from bigtrain.config import DataConfig
 from bigtrain.data import Batch, DataInfo
 from bigtrain.data.images import channels_of, decode_image, decode_raw
 from bigtrain.data.shard_writer import DATASET_JSON
-from bigtrain.data.transforms import resize_images
+from bigtrain.data.transforms import crop, crop_offsets, resize_images, split_pair
 from bigtrain.errors import BigtrainError, ConfigError, DataError
 from bigtrain.seeding import derive_seed
 
@@ -53,7 +53,7 @@ MIN_SAMPLES_FOR_FRACTION = 1000
 _KEY_AND_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's rule
 _SHARD_NAME = re.compile(r"[^/\s]+\.tar(?:\.gz)?")
 # Seed streams of one worker, kept apart so that e.g. a skipped sample does not shift the flips.
-_SEED_SHARDS, _SEED_SHUFFLE, _SEED_FLIP = 0, 1, 2
+_SEED_SHARDS, _SEED_SHUFFLE, _SEED_FLIP, _SEED_CROP = 0, 1, 2, 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,6 +328,8 @@ class StreamSpec:
     seed: int
     rank: int
     world_size: int
+    load_size: int = 0  # > resolution: load at this size, then a random resolution crop per sample
+    paired: bool = False  # side-by-side A|B samples, split into 2C channels
 
 
 def shard_order(urls: tuple[str, ...], *, seed: int, rank: int, world_size: int, worker: int, num_workers: int, start: int, resampled: bool) -> Iterator[str]:
@@ -393,6 +395,8 @@ def decode_sample(raw: dict, spec: StreamSpec, counter: SkipCounter) -> Optional
         return None
     if label is not None and not 0 <= label < spec.num_classes:
         raise DataError(f"{url}: sample {key} has label {label}, outside 0..{spec.num_classes - 1} of {spec.shards.label_key}")
+    if spec.paired and pixels.shape[1] % 2:
+        raise DataError(f"{url}: sample {key} is {pixels.shape[1]} pixels wide, but data.paired reads side-by-side A|B images (an even width)")
     return Decoded(key, url, pixels, label)
 
 
@@ -407,27 +411,33 @@ def iter_decoded(spec: StreamSpec, counter: SkipCounter, *, worker: int, num_wor
             yield decoded
 
 
-def to_images(pixels: list[np.ndarray], resolution: int) -> torch.Tensor:
+def to_images(pixels: list[np.ndarray], resolution: int, paired: bool = False) -> torch.Tensor:
     """uint8 [H, W, C] arrays -> uint8 [N, C, resolution, resolution], resized in one call when
-    they share a size (the usual case: shards written at one resolution)."""
+    they share a size (the usual case: shards written at one resolution). `paired`: each is a
+    side-by-side A|B image, split first into [2C, H, W/2] (split_pair)."""
     if all(p.shape == pixels[0].shape for p in pixels):
         height, width, channels = pixels[0].shape
         x = np.empty((len(pixels), channels, height, width), np.uint8)  # [N, C, H, W]
         for i, p in enumerate(pixels):
             x[i] = p.transpose(2, 0, 1)  # numpy copies this layout change faster than torch
-        return resize_images(torch.from_numpy(x), resolution)
-    return torch.cat([to_images([p], resolution) for p in pixels])
+        x_t = torch.from_numpy(x)
+        return resize_images(split_pair(x_t) if paired else x_t, resolution)
+    return torch.cat([to_images([p], resolution, paired) for p in pixels])
 
 
 def iter_batches(spec: StreamSpec, counter: SkipCounter, *, worker: int, num_workers: int, start: int) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor], int]]:
     """Full micro-batches (x uint8 [B, C, H, W], y int64 [B] or None, skips since the last batch)."""
     flip_gen = torch.Generator().manual_seed(derive_seed(spec.seed, spec.rank, worker, start, _SEED_FLIP))
+    crop_gen = torch.Generator().manual_seed(derive_seed(spec.seed, spec.rank, worker, start, _SEED_CROP))
+    load = max(spec.load_size, spec.resolution)
     batch: list[Decoded] = []
     for decoded in iter_decoded(spec, counter, worker=worker, num_workers=num_workers, start=start, resampled=True):
         batch.append(decoded)
         if len(batch) < spec.micro_batch:
             continue
-        x = to_images([d.pixels for d in batch], spec.resolution)  # [B, C, H, W]
+        x = to_images([d.pixels for d in batch], load, spec.paired)  # [B, C, H, W]
+        if load > spec.resolution:
+            x = crop(x, crop_offsets(len(x), load, spec.resolution, crop_gen), spec.resolution)
         if spec.xflip:
             flip = torch.rand(len(batch), generator=flip_gen) < 0.5
             x[flip] = x[flip].flip(-1)
@@ -508,8 +518,10 @@ class ShardSource:
             seed=seed,
             rank=rank,
             world_size=world_size,
+            load_size=cfg.load_size,
+            paired=cfg.paired,
         )
-        self.info = DataInfo("image", (channels, cfg.resolution, cfg.resolution), shards.num_classes)
+        self.info = DataInfo("image", (channels * (2 if cfg.paired else 1), cfg.resolution, cfg.resolution), shards.num_classes)
         self._skipped = 0
 
     def batches(self, start: int = 0) -> Iterator[Batch]:
@@ -538,7 +550,7 @@ class ShardSource:
         """
         counter = counter or SkipCounter(self.spec.max_skipped_fraction)
         for d in iter_decoded(self.spec, counter, worker=worker, num_workers=num_workers, start=start, resampled=resampled):
-            yield Sample(d.key, d.shard, to_images([d.pixels], self.spec.resolution)[0], d.label)
+            yield Sample(d.key, d.shard, to_images([d.pixels], self.spec.resolution, self.spec.paired)[0], d.label)
 
     def stats(self) -> dict[str, float]:
         return {"data/skipped": float(self._skipped)}

@@ -1,4 +1,5 @@
-"""`bigtrain make-toy grid25 OUT.npz`: the 2-D grid of 25 Gaussians of VEEGAN / PacGAN.
+"""`bigtrain make-toy grid25 OUT.npz`: the 2-D grid of 25 Gaussians of VEEGAN / PacGAN; and
+`bigtrain make-toy digits-translation OUT_DIR`: an image-to-image task with a known answer.
 
 The modes are {-4, -2, 0, 2, 4}^2 with isotropic std 0.05, in the order of PacGAN's
 `synthetic_data_experiments/2DGrid_GAN&PacGAN/config.py` (`itertools.product`, first
@@ -23,7 +24,8 @@ from bigtrain.errors import BigtrainError
 GRID25_MODES = np.array(list(itertools.product(range(-4, 5, 2), repeat=2)), dtype=np.float32)  # [25, 2]
 GRID25_STD = 0.05
 PACGAN_TRAIN_SIZE = 100_000  # "num_sample" of PacGAN's 2DGrid config
-TOY_DATASETS = ("grid25",)
+TOY_DATASETS = ("grid25", "digits-translation")
+DIGITS_TEST = 297  # digits-translation: the last 297 of scikit-learn's 1,797 digits are held out
 
 
 def grid25(n: int, seed: int, std: float = GRID25_STD) -> np.ndarray:
@@ -54,10 +56,41 @@ def write_grid25_npz(path: str | Path, n: int, seed: int) -> Path:
     return path
 
 
+def write_digits_translation(out_dir: str | Path) -> dict[str, Path]:
+    """scikit-learn's digits (8x8, grey) as a translation task whose answer is known: domain B is
+    domain A colour-inverted (b = 255 - a). Written into `out_dir` (missing or empty):
+    - trainA.npz / trainB.npz: unpaired (A: the even-indexed training digits, B: the odd-indexed
+      ones inverted, so no image of B is the inversion of an image of A); for CycleGAN;
+    - testA.npz / testB.npz: the held-out digits and their inversions (aligned);
+    - train_pairs.npz / test_pairs.npz: side-by-side A|B pairs [N, 8, 16, 1], for Pix2Pix.
+    """
+    from bigtrain.demo import write_digits_npz
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BigtrainError(f"make-toy: {out} exists and is not an empty folder; refusing to write into it")
+    out.mkdir(parents=True, exist_ok=True)
+    digits = write_digits_npz(out / ".digits.npz")
+    x = np.load(digits)["x"]  # uint8 [1797, 8, 8, 1]
+    digits.unlink()
+    train, test = x[:-DIGITS_TEST], x[-DIGITS_TEST:]
+    files = {
+        "trainA": train[0::2], "trainB": 255 - train[1::2], "testA": test, "testB": 255 - test,
+        "train_pairs": np.concatenate([train, 255 - train], axis=2), "test_pairs": np.concatenate([test, 255 - test], axis=2),
+    }
+    paths = {}
+    for name, array in files.items():
+        paths[name] = out / f"{name}.npz"
+        with open(paths[name], "wb") as f:
+            np.savez(f, x=array)
+    return paths
+
+
 def add_make_toy_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `bigtrain make-toy`."""
-    parser.add_argument("dataset", choices=TOY_DATASETS, help="grid25: 25 Gaussians on {-4,-2,0,2,4}^2, std 0.05 (VEEGAN / PacGAN)")
-    parser.add_argument("out", help="output .npz file (must not exist)")
+    parser.add_argument("dataset", choices=TOY_DATASETS, help="grid25: 25 Gaussians on {-4,-2,0,2,4}^2, std 0.05 (VEEGAN / PacGAN); "
+                        "digits-translation: scikit-learn's digits -> their colour inversions (unpaired trainA/trainB, paired A|B, held-out tests)")
+    parser.add_argument("out", help="output .npz file (grid25; must not exist) or folder (digits-translation; missing or empty)")
     parser.add_argument("--num", type=int, default=PACGAN_TRAIN_SIZE, help=f"number of samples (default {PACGAN_TRAIN_SIZE}, PacGAN's training-set size)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
 
@@ -69,6 +102,10 @@ def run_make_toy(args: argparse.Namespace) -> int:
     if args.num <= 0:
         raise BigtrainError(f"make-toy: --num must be > 0, got {args.num}")
     out = Path(args.out)
+    if args.dataset == "digits-translation":
+        paths = write_digits_translation(out)
+        print(f"wrote {', '.join(p.name for p in paths.values())} to {out}: domain B = domain A colour-inverted")
+        return 0
     if out.exists():
         raise BigtrainError(f"make-toy: {out} already exists; remove it or choose another path")
     write_grid25_npz(out, args.num, args.seed)

@@ -20,12 +20,12 @@ import torch
 from bigtrain import config as config_mod
 from bigtrain import sampling
 from bigtrain.config import Config
-from bigtrain.data import DataInfo, Source, build_source
+from bigtrain.data import DataInfo, Source, build_sources
 from bigtrain.engine import checkpoint
 from bigtrain.engine.backend import build_backend
 from bigtrain.engine.players import EMA, NONFINITE_WHAT, Player, first_nonfinite
 from bigtrain.errors import CheckpointError, ConfigError, TrainingDiverged
-from bigtrain.recipes import build_recipe
+from bigtrain.recipes import build_recipe, recipe_class
 from bigtrain.recipes.base import Phase, Round
 from bigtrain.schedule import Plan, make_plan
 from bigtrain.seeding import derive_seed
@@ -160,11 +160,13 @@ class Trainer:
         if resumed is None and checkpoint.list_checkpoints(self.ckpt_root):
             raise ConfigError("train.resume", f"{self.run_dir} already holds checkpoints; use train.resume=auto to continue, or another run.name")
 
-        self.source: Source = build_source(cfg.data, micro_batch=backend.micro_batch, rank=backend.rank, world_size=backend.world_size, seed=cfg.run.seed,
-                                           num_classes=cfg.model.num_classes)
+        self.sources: dict[str, Source] = build_sources(cfg.data, recipe_class(cfg).streams, micro_batch=backend.micro_batch, rank=backend.rank,
+                                                        world_size=backend.world_size, seed=cfg.run.seed, num_classes=cfg.model.num_classes)
+        self.source: Source = next(iter(self.sources.values()))  # the first stream's (the only one of most recipes)
         self.info: DataInfo = self.source.info
         _check_labels(cfg, self.info)
         self.recipe = build_recipe(cfg, self.info)  # every config check before an engine starts
+        self.recipe.check_streams({s: src.info for s, src in self.sources.items()})
 
         torch.manual_seed(derive_seed(cfg.run.seed))  # identical initial weights on every rank
         self.players: dict[str, Player] = {}
@@ -192,10 +194,10 @@ class Trainer:
             self._restore(*resumed)  # every rank's torch RNG as it was when the checkpoint was saved
         else:
             torch.manual_seed(derive_seed(cfg.run.seed, backend.rank, 0))  # each rank its own augmentations
-        # one stream of this rank for every name the recipe reads (today's sources have one)
+        # one stream of this rank for every name the recipe reads, each from its own source
         prefetch = cfg.data.prefetch if cfg.data.prefetch is not None else backend.device.type == "cuda"
         self.streams: dict[str, Iterator[dict[str, torch.Tensor]]] = {
-            s: (Prefetcher if prefetch else map)(self._to_device, self.source.batches(self.counters.data_pos[s])) for s in self.recipe.streams}
+            s: (Prefetcher if prefetch else map)(self._to_device, self.sources[s].batches(self.counters.data_pos[s])) for s in self.recipe.streams}
         self.plan: Optional[Plan] = None
 
     def _check_compile(self, names: list[str]) -> set[str]:
@@ -337,8 +339,21 @@ class Trainer:
         self.last_grid = grid_path
         return self.run_dir
 
+    def _source_stats(self) -> dict[str, float]:
+        """This rank's data counters: the one stream's as `data/skipped`, several as `data/A/skipped`."""
+        if len(self.sources) == 1:
+            return self.source.stats()
+        return {f"data/{s}/{k.removeprefix('data/')}": v for s, src in self.sources.items() for k, v in src.stats().items()}
+
+    def _restore_source_stats(self, stats: dict[str, float]) -> None:
+        if len(self.sources) == 1:
+            return self.source.restore_stats(stats)
+        for s, src in self.sources.items():
+            prefix = f"data/{s}/"
+            src.restore_stats({f"data/{k.removeprefix(prefix)}": v for k, v in stats.items() if k.startswith(prefix)})
+
     def _data_stats(self) -> dict[str, float]:
-        stats = self.source.stats()
+        stats = self._source_stats()
         if not stats:
             return {}
         names = sorted(stats)
@@ -370,16 +385,29 @@ class Trainer:
         use_ema = self._uses_ema()
         if self.info.kind != "image" or (use_ema and not self.backend.is_main):
             return None
-        rows, cols = self.cfg.log.grid_rows, self.cfg.log.grid_cols
-        images = []
+        cols = self.cfg.log.grid_cols
+        inputs = self._grid_inputs(cols)
         with self.generation_nets(use_ema) as nets, (contextlib.nullcontext() if use_ema else self.backend.autocast()):
-            for r, cls in enumerate(self.recipe.grid_classes(rows)):
-                x, _ = self.recipe.generate(nets, range(r * cols, (r + 1) * cols), seed=self.cfg.run.seed, class_idx=cls, device=self.backend.device)
-                images.append(sampling.to_uint8(x))
+            images, rows = self.recipe.grid_images(nets, self.cfg.log.grid_rows, cols, seed=self.cfg.run.seed, device=self.backend.device, inputs=inputs)
         if not self.backend.is_main:
             return None
-        grid = sampling.image_grid(torch.cat(images), rows, cols)
+        grid = sampling.image_grid(images, rows, cols)
         return tracker.image("fakes", grid, self.counters.nimg)
+
+    def _grid_inputs(self, n: int) -> dict[str, torch.Tensor]:
+        """The first `n` samples of each stream the recipe's grid shows (read once from a fresh
+        iterator of the stream's source: the training streams stay untouched)."""
+        if not hasattr(self, "_grid_cache"):
+            self._grid_cache = {}
+            for s in self.recipe.grid_streams:
+                parts, have = [], 0
+                for batch in self.sources[s].batches(0):
+                    parts.append(self._to_device(batch)["x"])
+                    have += len(parts[-1])
+                    if have >= n:
+                        break
+                self._grid_cache[s] = torch.cat(parts)[:n]
+        return self._grid_cache
 
     def _build_evaluator(self):
         ecfg, backend = self.cfg.eval, self.backend
@@ -462,7 +490,7 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
             "latent_gen": self.latent_gen.get_state(),
             "data_pos": dict(c.data_pos),
-            "data_stats": self.source.stats(),  # this rank's counters (data/skipped)
+            "data_stats": self._source_stats(),  # this rank's counters (data/skipped)
             "recipe": self.recipe.rank_state_dict(),
         }
         return checkpoint.save(
@@ -484,7 +512,7 @@ class Trainer:
             raise CheckpointError(f"{folder}: cannot be read ({exc})") from None
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{folder}: does not fit this config ({str(exc).splitlines()[0]})") from None
-        self.source.restore_stats(rank_state.get("data_stats") or {})
+        self._restore_source_stats(rank_state.get("data_stats") or {})
         data_pos = rank_state["data_pos"]
         if isinstance(data_pos, int):  # written before streams were named: micro-batches of the one stream
             data_pos = {s: data_pos * self.backend.micro_batch for s in self.recipe.streams}

@@ -12,6 +12,7 @@ from bigtrain.recipes.began import BeganRecipe
 from bigtrain.recipes.biggan import BigganRecipe
 from bigtrain.recipes.gan import GanRecipe
 from bigtrain.recipes.gman import GmanRecipe
+from bigtrain.recipes.img2img import CycleganRecipe, Pix2pixRecipe
 from bigtrain.recipes.madgan import MadganRecipe
 from bigtrain.recipes.progan import ProganRecipe
 
@@ -22,6 +23,8 @@ RECIPES: dict[str, type[Recipe]] = {
     "madgan": MadganRecipe,
     "progan": ProganRecipe,
     "biggan": BigganRecipe,
+    "cyclegan": CycleganRecipe,
+    "pix2pix": Pix2pixRecipe,
 }
 
 

@@ -85,6 +85,7 @@ class Recipe:
     Options: Optional[type] = None  # dataclass of those options
     streams: tuple[str, ...] = ("real",)  # data streams the recipe reads
     sampled: tuple[str, ...] = ("G",)  # players (EMA copy when kept) that generate samples
+    grid_streams: tuple[str, ...] = ()  # streams whose first samples the sample grid shows (image-to-image: its inputs)
     conditional_sampling: bool = True  # `--class` means something for this family
 
     def __init__(self, cfg: Config, info: DataInfo):
@@ -108,6 +109,9 @@ class Recipe:
     def optim_groups(self) -> tuple[str, ...]:
         """Config keys besides the players' own that `optim.*` may use as a shared fallback."""
         return ()
+
+    def check_streams(self, infos: dict[str, DataInfo]) -> None:
+        """Refuse data whose streams do not fit each other (called with every stream's info)."""
 
     def check_players(self, players: dict[str, Net], second_order: Callable[[str], bool]) -> None:
         """Refuse settings the engine cannot do for a player (e.g. gradient penalties at ZeRO-3)."""
@@ -142,6 +146,19 @@ class Recipe:
     def grid_classes(self, rows: int) -> list[Optional[int]]:
         """The class shown in each row of a sample grid (None: unconditional)."""
         return [None] * rows
+
+    def grid_images(self, nets: dict[str, nn.Module], rows: int, cols: int, *, seed: int, device: torch.device | str,
+                    inputs: dict[str, Tensor]) -> tuple[Tensor, int]:
+        """The sample grid's images, uint8 [R x cols, C, H, W] row by row, and R: by default
+        `rows` rows of `generate` on fixed indices, one class per row (`grid_classes`). `inputs`:
+        the first samples of each of `grid_streams` (float, on the device)."""
+        from bigtrain import sampling
+
+        images = []
+        for r, cls in enumerate(self.grid_classes(rows)):
+            x, _ = self.generate(nets, range(r * cols, (r + 1) * cols), seed=seed, class_idx=cls, device=device)
+            images.append(sampling.to_uint8(x))
+        return torch.cat(images), rows
 
     # ---- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -77,7 +77,7 @@ class GanRecipe(Recipe):
             raise ConfigError("model.d.arch", "the began autoencoder D needs loss.type=began")
         for side in ("g", "d"):
             if getattr(cfg.model, side).arch in IMAGE_TO_IMAGE:
-                raise ConfigError(f"model.{side}.arch", f"{getattr(cfg.model, side).arch} nets translate images (G(x) -> y), and this recipe samples from z; they are for the image-to-image recipes (issue 14, not built yet)")
+                raise ConfigError(f"model.{side}.arch", f"{getattr(cfg.model, side).arch} nets translate images (G(x) -> y), and this recipe samples from z; use recipe: {getattr(cfg.model, side).arch} (bigtrain/recipes/img2img.py)")
         if policy and info.kind != "image":
             raise ConfigError("augment.policy", f"DiffAugment works on images, but {cfg.data.path} holds vectors; set augment.policy=''")
         if self.pack > 1:

@@ -26,7 +26,7 @@ def test_config_is_valid_and_cites_its_source(path):
     if "grid25" in str(cfg.data.path):
         info = DataInfo("vector", (2,), 0)
     else:
-        channels = 1 if "digits" in str(cfg.data.path) else 3
+        channels = (1 if "digits" in str(cfg.data.path) else 3) * (2 if cfg.data.paired else 1)  # paired: A|B along channels
         info = DataInfo("image", (channels, cfg.data.resolution, cfg.data.resolution), cfg.model.num_classes)
     if cfg.data.resolution >= 128 and cfg.model.g.arch != "progan":  # the full-width 128x128 nets take long to build on CPU
         cfg.model.g.width = cfg.model.d.width = 8 if cfg.model.g.arch == "biggan" else 4  # biggan's self-attention needs ch / 8 >= 1

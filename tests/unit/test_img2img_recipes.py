@@ -1,0 +1,135 @@
+"""The image-to-image recipes (issue 14): image pool, paired data with a joint crop, the two
+unpaired streams, CycleGAN and Pix2Pix training and exact resume on one process."""
+import numpy as np
+import pytest
+import torch
+
+from bigtrain.config import DataConfig, load_config
+from bigtrain.data.npz import NpzSource
+from bigtrain.data.toy import write_digits_translation
+from bigtrain.engine.loop import train
+from bigtrain.errors import ConfigError
+from bigtrain.recipes.img2img import ImagePool
+from tests.conftest import run_cli
+
+CONFIGS = __import__("pathlib").Path(__file__).parents[2] / "configs"
+
+
+def test_image_pool_stores_until_full_then_returns_a_stored_image_half_the_time():
+    torch.manual_seed(0)
+    pool = ImagePool(4)
+    first = torch.arange(4.0).view(4, 1, 1, 1)
+    assert torch.equal(pool.query(first), first)  # filling: each fake comes straight back
+    new = torch.arange(100.0, 2100.0).view(2000, 1, 1, 1)
+    out = pool.query(new)
+    swapped = (out != new).flatten()
+    assert 0.45 < swapped.float().mean() < 0.55  # p = 1/2 of a stored image
+    i = int(swapped.nonzero()[0])
+    assert float(out[i]) in {0.0, 1.0, 2.0, 3.0}  # the first swap returns one of the stored fakes
+    flat = out.flatten()
+    assert all(float(flat[j]) < float(new[j]) for j in swapped.nonzero().flatten().tolist())  # a swap returns an earlier fake, never a later one
+    # restore: a pool loaded from the state (and the same RNG state) answers exactly alike
+    later = torch.randn(50, 1, 1, 1)
+    state, rng = pool.state_dict(), torch.get_rng_state()
+    expected = pool.query(later)
+    again = ImagePool(4)
+    again.load_state_dict(state)
+    torch.set_rng_state(rng)
+    assert torch.equal(again.query(later), expected)
+    with pytest.raises(ValueError, match="holds up to 4"):
+        ImagePool(5).load_state_dict(state)
+
+
+@pytest.fixture(scope="module")
+def translation(tmp_path_factory):
+    return write_digits_translation(tmp_path_factory.mktemp("dt") / "dt")
+
+
+def test_paired_data_is_cropped_and_flipped_jointly(translation):
+    cfg = DataConfig(path=str(translation["train_pairs"]), resolution=16, load_size=22, paired=True, xflip=True)
+    source = NpzSource(cfg, micro_batch=64, rank=0, seed=3)
+    assert source.info.shape == (2, 16, 16)
+    x, _ = next(source.batches(0))
+    a, b = x[:, :1].int(), x[:, 1:].int()
+    # B is A inverted before any transform: a window shifted or a flip applied to one half only breaks it
+    assert (a + b - 255).abs().max() <= 1  # resize rounding
+    whole = NpzSource(DataConfig(path=str(translation["train_pairs"]), resolution=22, paired=True), micro_batch=64, rank=0, seed=3)
+    full, _ = next(whole.batches(0))
+    assert not torch.equal(x[:, :1], full[:, :1, :16, :16])  # the crops are random, not the corner
+    assert next(NpzSource(cfg, micro_batch=64, rank=0, seed=3).batches(64))[0].shape == (64, 2, 16, 16)
+
+
+def _cyclegan(tmp_path, translation, name, *extra):
+    return load_config(CONFIGS / "cyclegan_digits.yaml", [
+        f"run.out_dir={tmp_path / 'runs'}", f"run.name={name}", f"data.streams.A.path={translation['trainA']}",
+        f"data.streams.B.path={translation['trainB']}", f"cyclegan.eval_inputs={translation['testA']}", "train.total_kimg=0.064",
+        "log.every_kimg=0.016", "log.samples_every_kimg=0.032", "checkpoint.every_kimg=0.032", "log.progress_bar=false", *extra])
+
+
+def test_cyclegan_trains_four_networks_and_resumes_exactly(tmp_path, translation):
+    whole = train(_cyclegan(tmp_path, translation, "whole"))
+    assert sorted(whole.players) == ["D_A", "D_B", "G"] and whole.counters.step == 8
+    assert whole.counters.data_pos == {"A": 64, "B": 64}
+    fresh = [spec.build() for spec in whole.recipe.players()]
+    for net, spec in zip(fresh, whole.recipe.players()):
+        trained = whole.players[spec.name].net
+        for part in (["G_AB", "G_BA"] if spec.name == "G" else [None]):
+            a, b = (getattr(net, part), getattr(trained, part)) if part else (net, trained)
+            assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters())), f"{spec.name} {part} did not train"
+    assert len(whole.recipe.pools["pool_A"].images) == 50  # 64 fakes seen, the pool full
+    first = train(_cyclegan(tmp_path, translation, "parts", "train.total_kimg=0.032"))
+    assert first.counters.step == 4
+    resumed = train(_cyclegan(tmp_path, translation, "parts"))
+    for name, player in resumed.players.items():
+        for mine, theirs in zip(player.net.parameters(), whole.players[name].net.parameters()):
+            assert torch.equal(mine, theirs), name
+    for key in ("pool_A", "pool_B"):
+        assert all(torch.equal(p, q) for p, q in zip(resumed.recipe.pools[key].images, whole.recipe.pools[key].images))
+    grid = sorted((tmp_path / "runs" / "whole" / "samples").glob("*.png"))[-1]
+    from PIL import Image
+
+    assert Image.open(grid).size == (8 * 16, 6 * 16)  # 8 columns, six rows: A, A->B, A->B->A, B, B->A, B->A->B
+
+
+def test_cyclegan_refuses_streams_that_do_not_fit(tmp_path, translation):
+    with pytest.raises(ConfigError, match="data.streams.B"):
+        train(_cyclegan(tmp_path, translation, "other_size", "data.streams.B.resolution=8", "data.streams.B.load_size=0"))
+    with pytest.raises(ConfigError, match="data.streams.C"):
+        train(_cyclegan(tmp_path, translation, "extra", f"data.streams.C.path={translation['trainA']}"))
+    with pytest.raises(ConfigError, match="data.streams.B.path"):
+        train(_cyclegan(tmp_path, translation, "missing", f"data.streams.B.path={tmp_path / 'none.npz'}"))
+
+
+def test_pix2pix_trains_and_resumes_exactly_and_refuses_unpaired_data(tmp_path, translation):
+    def cfg(name, *extra):
+        return load_config(CONFIGS / "pix2pix_digits.yaml", [
+            f"run.out_dir={tmp_path / 'runs'}", f"run.name={name}", f"data.path={translation['train_pairs']}",
+            f"pix2pix.eval_inputs={translation['test_pairs']}", "train.total_kimg=0.064", "log.every_kimg=0.016",
+            "log.samples_every_kimg=0.032", "checkpoint.every_kimg=0.032", "log.progress_bar=false", *extra])
+
+    whole = train(cfg("whole"))
+    train(cfg("parts", "train.total_kimg=0.032"))
+    resumed = train(cfg("parts"))
+    for name, player in resumed.players.items():
+        for mine, theirs in zip(player.net.parameters(), whole.players[name].net.parameters()):
+            assert torch.equal(mine, theirs), name
+    with pytest.raises(ConfigError, match="data.paired"):
+        train(cfg("unpaired", "data.paired=false"))
+
+
+def test_lr_schedule_is_constant_then_linear_to_zero(tmp_path, translation):
+    from bigtrain.schedule import make_plan
+
+    c = _cyclegan(tmp_path, translation, "sched")
+    base = {"G": 2e-4, "D_A": 2e-4, "D_B": 2e-4}
+    at = {k: make_plan(c.schedule, int(k * 1000), base_lr=base, default_batch=8, total_kimg=30).lr["G"] for k in (0, 15, 22.5, 30)}
+    assert at[0] == at[15] == 2e-4 and at[22.5] == pytest.approx(1e-4) and at[30] == 0.0
+
+
+def test_make_toy_digits_translation_is_the_inversion(translation):
+    a, b = np.load(translation["testA"])["x"], np.load(translation["testB"])["x"]
+    assert np.array_equal(b, 255 - a)
+    pairs = np.load(translation["train_pairs"])["x"]
+    assert pairs.shape[1:] == (8, 16, 1) and np.array_equal(pairs[:, :, 8:], 255 - pairs[:, :, :8])
+    out = run_cli("make-toy", "digits-translation", str(translation["trainA"].parent))
+    assert out.returncode != 0 and "not an empty folder" in out.stderr
