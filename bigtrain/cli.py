@@ -140,6 +140,47 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_translate(args: argparse.Namespace) -> int:
+    """`bigtrain translate`: a run's generator (G_ema if kept) applied to a folder or npz of images."""
+    import numpy as np
+    import torch
+
+    from bigtrain import sampling
+    from bigtrain.data.inputs import read_images
+    from bigtrain.engine.generation import load_generation
+    from bigtrain.tracking import save_png
+
+    out = Path(args.out)
+    to_npz = out.suffix == ".npz"
+    if (to_npz and out.exists()) or (not to_npz and out.exists() and (not out.is_dir() or any(out.iterdir()))):
+        raise BigtrainError(f"{out} already exists{' and is not an empty folder' if not to_npz else ''}; refusing to overwrite it")
+    loaded = load_generation(args.run, args.checkpoint, use_ema=not args.no_ema)
+    recipe = loaded.recipe
+    if not hasattr(recipe, "translate"):
+        raise BigtrainError(f"{loaded.path} holds a {recipe.cfg.recipe} model, which generates from z; translate is for the cyclegan and pix2pix recipes (use `bigtrain sample`)")
+    recipe.generator(loaded.nets, args.direction)  # ConfigError for a direction the run has no generator for
+    x, names = read_images(args.inputs, loaded.info.shape[-1], channels=recipe.image_info().shape[0], paired=args.paired)
+    if args.paired:
+        x = recipe.input_half(x) if recipe.cfg.recipe == "pix2pix" else x[:, : x.shape[1] // 2] if args.direction == "AB" else x[:, x.shape[1] // 2 :]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded.to(device)
+    y = recipe.translate(loaded.nets, x.float().div(127.5).sub(1.0), args.direction, device=device, batch_size=args.batch_size)
+    if not torch.isfinite(y).all():
+        raise BigtrainError(f"{loaded.path}: the generator produces non-finite output; nothing written")
+    images = sampling.to_uint8(y).permute(0, 2, 3, 1).numpy()  # [N, H, W, C]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if to_npz:
+        np.savez(out, x=images)
+    else:
+        out.mkdir(exist_ok=True)
+        for name, image in zip(names, images):
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            save_png(image, out / f"{name}.png")
+    print(f"translated {len(images)} images {args.direction[0]} -> {args.direction[1]} from {args.inputs} with {loaded.path} "
+          f"({'EMA' if loaded.ema else 'raw'} weights, {loaded.kimg:g} kimg) to {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bigtrain.demo import run_demo
 
@@ -172,6 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=8, help="--interp: images per row")
     ev.add_standing_arguments(p)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("translate", help="apply a cyclegan / pix2pix run's generator to a folder or npz of images")
+    p.add_argument("--run", help="run directory (its latest checkpoint is used)")
+    p.add_argument("--checkpoint", help="a checkpoint folder (instead of the run's latest)")
+    p.add_argument("--direction", choices=("AB", "BA"), default="AB", help="AB: G_AB (domain A in, B out); BA: G_BA (cyclegan; pix2pix has the direction it was trained in)")
+    p.add_argument("--in", dest="inputs", required=True, help="images to translate: a folder, an .npz (x uint8 N,H,W,C) or make-shards output")
+    p.add_argument("--out", required=True, help="FILE.npz (x uint8 N,H,W,C) or a folder of PNGs named as the inputs")
+    p.add_argument("--paired", action="store_true", help="the inputs are side-by-side A|B pairs: translate the input half")
+    p.add_argument("--no-ema", action="store_true", help="use G's raw weights instead of G_ema")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward")
+    p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("demo", help="train a class-conditional DCGAN on the scikit-learn digits (a few CPU minutes)")
     p.add_argument("--out-dir", default="runs", help="parent folder of the demo's run directory")

@@ -85,6 +85,18 @@ def test_cyclegan_trains_four_networks_and_resumes_exactly(tmp_path, translation
             assert torch.equal(mine, theirs), name
     for key in ("pool_A", "pool_B"):
         assert all(torch.equal(p, q) for p, q in zip(resumed.recipe.pools[key].images, whole.recipe.pools[key].images))
+    # bigtrain translate: the run's G_AB on a file of domain A images, as the trained net computes it
+    out = run_cli("translate", "--run", str(tmp_path / "runs" / "whole"), "--in", str(translation["testA"]), "--out", str(tmp_path / "ab.npz"))
+    assert out.returncode == 0, out.stderr
+    got = torch.from_numpy(np.load(tmp_path / "ab.npz")["x"]).permute(0, 3, 1, 2)
+    from bigtrain.data.inputs import read_images
+    from bigtrain import sampling
+
+    a, _ = read_images(translation["testA"], 16, channels=1)
+    want = sampling.to_uint8(whole.recipe.translate({"G": whole.players["G"].net}, a.float() / 127.5 - 1, "AB"))
+    assert got.shape == (297, 1, 16, 16) and (got.int() - want.int()).abs().max() <= 1
+    again = run_cli("translate", "--run", str(tmp_path / "runs" / "whole"), "--in", str(translation["testA"]), "--out", str(tmp_path / "ab.npz"))
+    assert again.returncode != 0 and "refusing to overwrite" in again.stderr
     grid = sorted((tmp_path / "runs" / "whole" / "samples").glob("*.png"))[-1]
     from PIL import Image
 
