@@ -161,7 +161,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     recipe.generator(loaded.nets, args.direction)  # ConfigError for a direction the run has no generator for
     x, names = read_images(args.inputs, loaded.info.shape[-1], channels=recipe.image_info().shape[0], paired=args.paired)
     if args.paired:
-        x = recipe.input_half(x) if recipe.cfg.recipe == "pix2pix" else x[:, : x.shape[1] // 2] if args.direction == "AB" else x[:, x.shape[1] // 2 :]
+        x = recipe.input_half(x, args.direction)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded.to(device)
     y = recipe.translate(loaded.nets, x.float().div(127.5).sub(1.0), args.direction, device=device, batch_size=args.batch_size)

@@ -199,6 +199,7 @@ class Trainer:
         self.streams: dict[str, Iterator[dict[str, torch.Tensor]]] = {
             s: (Prefetcher if prefetch else map)(self._to_device, self.sources[s].batches(self.counters.data_pos[s])) for s in self.recipe.streams}
         self.plan: Optional[Plan] = None
+        self._grid_cache: Optional[dict[str, torch.Tensor]] = None  # the grid's input samples, read on first use
 
     def _check_compile(self, names: list[str]) -> set[str]:
         """The players `train.compile` names (ConfigError for one the recipe does not have)."""
@@ -397,7 +398,7 @@ class Trainer:
     def _grid_inputs(self, n: int) -> dict[str, torch.Tensor]:
         """The first `n` samples of each stream the recipe's grid shows (read once from a fresh
         iterator of the stream's source: the training streams stay untouched)."""
-        if not hasattr(self, "_grid_cache"):
+        if self._grid_cache is None:
             self._grid_cache = {}
             for s in self.recipe.grid_streams:
                 parts, have = [], 0

@@ -210,14 +210,16 @@ class _Img2imgRecipe(Recipe):
             if not path:
                 raise ConfigError(f"{self.section}.eval_inputs", "is empty: evaluation and `bigtrain sample` translate these images; point it at test images of the input domain")
             x, _ = read_images(path, self.info.shape[-1], channels=self.image_info().shape[0], paired=self.paired_inputs)
-            self._inputs = self.input_half(x)
+            self._inputs = self.input_half(x, self.direction) if self.paired_inputs else x
         return self._inputs
 
     paired_inputs = False  # eval_inputs are side-by-side pairs, of which input_half is translated
     direction = "AB"  # what eval and `bigtrain sample` translate
 
-    def input_half(self, x: Tensor) -> Tensor:
-        return x
+    def input_half(self, x: Tensor, direction: str) -> Tensor:
+        """What `direction` translates of side-by-side pairs [N, 2C, H, W]: A's half for AB, B's for BA."""
+        c = x.shape[1] // 2
+        return x[:, :c] if direction == "AB" else x[:, c:]
 
     def generate(self, nets, indices, *, seed, truncation=None, class_idx=None, device="cpu", batch_size=64):
         """Translations of eval input i mod N for each index i (seed, truncation: unused)."""
@@ -354,7 +356,8 @@ class Pix2pixRecipe(_Img2imgRecipe):
         a, b = x[:, :c], x[:, c:]
         return (a, b) if self.options.direction == "AB" else (b, a)
 
-    def input_half(self, x: Tensor) -> Tensor:
+    def input_half(self, x: Tensor, direction: str) -> Tensor:
+        self.generator({}, direction)  # ConfigError for a direction this G was not trained in
         return self.split(x)[0]
 
     def players(self) -> list[PlayerSpec]:
@@ -388,7 +391,7 @@ class Pix2pixRecipe(_Img2imgRecipe):
     def generator(self, nets: dict[str, nn.Module], direction: str) -> nn.Module:
         if direction != self.options.direction:
             raise ConfigError("--direction", f"this pix2pix G was trained {self.options.direction[0]} -> {self.options.direction[1]} (pix2pix.direction); it has no {direction[0]} -> {direction[1]} generator")
-        return nets["G"]
+        return nets.get("G")
 
     def grid_rows(self, nets, inputs):
         G = nets["G"]

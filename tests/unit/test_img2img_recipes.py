@@ -1,5 +1,7 @@
 """The image-to-image recipes (issue 14): image pool, paired data with a joint crop, the two
 unpaired streams, CycleGAN and Pix2Pix training and exact resume on one process."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from bigtrain.errors import ConfigError
 from bigtrain.recipes.img2img import ImagePool
 from tests.conftest import run_cli
 
-CONFIGS = __import__("pathlib").Path(__file__).parents[2] / "configs"
+CONFIGS = Path(__file__).parents[2] / "configs"
 
 
 def test_image_pool_stores_until_full_then_returns_a_stored_image_half_the_time():
