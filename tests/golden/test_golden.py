@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.golden.cases import CASES, make_data
 from tests.golden.harness import compare, golden_path, run_case
@@ -45,3 +46,25 @@ def test_case_reproduces_its_recording(case, data, tmp_path):
 def test_every_recording_has_a_case():
     stale = sorted(p.stem for p in GOLDEN_DIR.glob("*.json") if p.stem not in CASES)
     assert not stale, f"recordings without a case in cases.py: {stale}"
+
+
+def _record(machine: dict, loss: float, weight: torch.Tensor) -> dict:
+    from tests.golden.harness import tensor_checksum
+
+    return {"machine": machine, "data": "d", "stages": [], "metrics": [{"step": 1, "kimg": 0.016, "loss/D": loss}],
+            "counters": {"step": 1, "nimg": 16}, "objective": {}, "tensors": {"G/w": tensor_checksum(weight)}}
+
+
+def test_compare_is_exact_on_the_recording_machine_and_tolerant_only_elsewhere():
+    from tests.golden.harness import RTOL, compare, machine
+
+    here, there = machine(), {**machine(), "vendor_id": "SomeOtherCPU"}
+    w = torch.linspace(-1, 1, 1000)
+    ulp = w + torch.where(w == 0, 0.0, w.abs() * 2**-23)  # the last bit of most elements
+    golden = _record(here, 0.5, w)
+    assert compare(golden, _record(here, 0.5, w)) == []
+    assert len(compare(golden, _record(here, 0.5 + 1e-9, ulp))) == 2  # same machine: any bit counts
+    other = {**golden, "machine": there}
+    assert compare(other, _record(here, 0.5 + 1e-9, ulp)) == []  # another machine: last bits pass
+    moved = compare(other, _record(here, 0.5 * (1 + 10 * RTOL), w * (1 + 10 * RTOL)))
+    assert len(moved) == 2 and "beyond rtol" in moved[1]  # a real change does not

@@ -133,7 +133,9 @@ def test_eval_on_a_run_prints_metrics_and_protocol(trained_run, weights, capsys)
     argv = ["--run", str(run_dir), "--metrics", "is,kid", "--num", "4", "--seed", "3", *inception_args(weights)]
     result, err = run("eval", argv, capsys)  # reference statistics: the run's eval.ref_stats
     assert set(result) == {"is", "is_std", "kid", "kid_std", "protocol", "warnings"}
-    assert result["is"] >= 1.0 and np.isfinite(result["kid"])
+    # IS >= 1 in exact arithmetic; with 4 images in 10 splits each split's KL is ~0, and float32
+    # rounding may put exp(mean KL) a few ulps under 1 on some CPUs
+    assert result["is"] >= 1.0 - 1e-5 and np.isfinite(result["kid"])
     generated, reference = result["protocol"]["generated"], result["protocol"]["reference"]
     assert generated["ema"] is True and generated["num_images"] == 4 and generated["seed"] == 3
     assert generated["image_resolution"] == [8, 8] and generated["kimg"] == pytest.approx(0.032)
