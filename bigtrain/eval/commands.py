@@ -139,7 +139,8 @@ def run_eval(args: argparse.Namespace, load_generation: Callable) -> int:
             def generate(indices: list[int], psi=psi):
                 return loaded.generate(indices, seed=args.seed, truncation=psi, class_idx=args.class_idx, device=device, batch_size=args.batch_size)[0]
 
-            result = evaluator(generate, truncation=psi, class_idx=args.class_idx, ema=loaded.ema, kimg=loaded.kimg, checkpoint=loaded.path)
+            result = evaluator(generate, truncation=psi, class_idx=args.class_idx, ema=loaded.ema, kimg=loaded.kimg, checkpoint=loaded.path,
+                               inputs=loaded.recipe.generation_inputs())
             if args.standing_stats:
                 result["standing_stats"] = {"batches": args.standing_stats, "batch_size": args.standing_batch_size}
             results.append(result)

@@ -73,12 +73,14 @@ class Evaluator:
         ema: bool = True,
         kimg: Optional[float] = None,
         checkpoint: Optional[str] = None,
+        inputs: Optional[dict] = None,
     ) -> dict:
         """Evaluate a generator (collective: every rank calls it). `generate(indices)` returns
         float images [N, C, H, W] in [-1, 1] for those sample indices, made with this
         evaluator's seed (and the `truncation` / `class_idx` recorded in the protocol); the
         Inception network always runs in fp32. Returns the metric values (`fid`, `is`,
-        `is_std`, `kid`, `kid_std`, as chosen), `protocol` and `warnings`; equal on every rank."""
+        `is_std`, `kid`, `kid_std`, as chosen), `protocol` and `warnings`; equal on every rank.
+        `inputs` (Recipe.generation_inputs) names the images a translating generator was given."""
         self.metrics.reset()
         resolution = None
         for b in range(self.num_batches):
@@ -105,6 +107,7 @@ class Evaluator:
             class_idx=class_idx,
             ema=ema,
             kimg=kimg,
+            **({"inputs": inputs} if inputs else {}),
         )
         reference = self.reference.meta if self.reference is not None else None
         protocol = {"generated": generated, "reference": reference, **self.metrics.settings()}

@@ -9,7 +9,9 @@ file), all with the same keys:
     resize_filter    how images were brought to that resolution first (none | area | bilinear)
     split            data split the user declared (train, test, ...), if any
     network, resize, weights_sha256, standard_weights   the Inception side (inception.protocol())
-Generated sides add seed, truncation, class, ema, kimg and checkpoint.
+Generated sides add seed, truncation, class, ema, kimg and checkpoint, and, for a generator
+that translates images (CycleGAN, Pix2Pix), `inputs`: the direction, the images' source, their
+count and sha256 (Recipe.generation_inputs).
 A statistics file made by another tool (pytorch-fid, TTUR, StudioGAN) has only `mu` and `sigma`:
 its record has the source and kind and None elsewhere.
 """
@@ -56,12 +58,18 @@ def compare(a: dict, b: Optional[dict], a_name: str = "A", b_name: str = "B") ->
             sha = rec.get("weights_sha256")
             what = f"non-standard Inception weights (sha256 {sha[:16]}...)" if sha else "an untrained Inception (no weights file)"
             found.append(f"{name} used {what}: not comparable with published FID/IS/KID")
+    inputs = a.get("inputs")
+    if inputs and a.get("num_images") and a["num_images"] > inputs["num_images"]:
+        found.append(f"{a_name}: {a['num_images']} translations of {inputs['num_images']} distinct inputs, so some images are counted more than once")
     if b is None:
         return found
     both = [k for k in ("network", "resize", "weights_sha256") if a.get(k) is not None and b.get(k) is not None]
     for key in both:
         if a[key] != b[key]:
             found.append(f"{a_name} and {b_name} differ in {key}: {a[key]} vs {b[key]}")
+    inputs = a.get("inputs")
+    if inputs and b.get("source") is not None and inputs.get("source") == b.get("source"):
+        found.append(f"{a_name} translates the images of {b_name}'s source ({b['source']}): score translations against the target domain's statistics")
     ra, rb = a.get("image_resolution"), b.get("image_resolution")
     if ra and rb and list(ra) != list(rb):
         found.append(

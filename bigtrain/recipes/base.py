@@ -143,6 +143,10 @@ class Recipe:
         in [-1, 1] or vectors [N, D] on CPU, and int64 labels or None."""
         raise NotImplementedError
 
+    def generation_inputs(self) -> Optional[dict]:
+        """For the eval protocol, the images `generate` transforms (None: it samples latents)."""
+        return None
+
     def grid_classes(self, rows: int) -> list[Optional[int]]:
         """The class shown in each row of a sample grid (None: unconditional)."""
         return [None] * rows

@@ -213,6 +213,14 @@ class _Img2imgRecipe(Recipe):
             self._inputs = self.input_half(x, self.direction) if self.paired_inputs else x
         return self._inputs
 
+    def generation_inputs(self) -> dict:
+        """The protocol's record of eval_inputs: direction, source, count and sha256 of the bytes."""
+        import hashlib
+
+        x = self.eval_inputs()
+        return {"direction": self.direction, "source": self.options.eval_inputs, "num_images": len(x),
+                "sha256": hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()}
+
     paired_inputs = False  # eval_inputs are side-by-side pairs, of which input_half is translated
     direction = "AB"  # what eval and `bigtrain sample` translate
 

@@ -26,7 +26,7 @@ def test_img2img_resumes_exactly_on_two_processes(tmp_path, recipe, backend):
     paths = ([f"data.streams.A.path={data['trainA']}", f"data.streams.B.path={data['trainB']}", f"cyclegan.eval_inputs={data['testA']}"]
              if recipe == "cyclegan" else [f"data.path={data['train_pairs']}", f"pix2pix.eval_inputs={data['test_pairs']}"])
     # batch 16 = micro 4 x 2 rounds x 2 ranks; a checkpoint at step 4 of 8
-    common = [f"run.out_dir={tmp_path / 'runs'}", "train.total_kimg=0.128", "train.batch_size=16", "train.micro_batch=4", "cyclegan.pool_size=6" if recipe == "cyclegan" else "pix2pix.pool_size=6",
+    common = [f"run.out_dir={tmp_path / 'runs'}", "train.total_kimg=0.128", "train.batch_size=16", "train.micro_batch=4", *(["cyclegan.pool_size=6", "cyclegan.lambda_identity=0.5"] if recipe == "cyclegan" else ["pix2pix.pool_size=6"]),
               "checkpoint.every_kimg=0.064", "log.every_kimg=0.016", "log.samples_every_kimg=0.064", "log.progress_bar=false", *paths, *BACKENDS[backend]]
     cfg = CONFIGS / f"{recipe}_digits.yaml"
     _train(cfg, "run.name=whole", *common)
@@ -37,6 +37,7 @@ def test_img2img_resumes_exactly_on_two_processes(tmp_path, recipe, backend):
     assert [r["step"] for r in expected] == list(range(1, 9))
     players = {"cyclegan": {"G", "D_A", "D_B"}, "pix2pix": {"G", "D"}}[recipe]
     assert {f"loss/{p}" for p in players} <= expected[0].keys()
+    assert recipe != "cyclegan" or {"loss/G_idt_A", "loss/G_idt_B"} <= expected[0].keys()  # the reference's identity term, on
     assert got == expected  # bit-identical per-step losses across the resume at step 4
     w, p = (_weights(tmp_path / "runs" / run / "checkpoints" / "step-00000008") for run in ("whole", "parts"))
     first = _weights(tmp_path / "runs" / "whole" / "checkpoints" / "step-00000004")

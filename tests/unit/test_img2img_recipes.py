@@ -1,5 +1,6 @@
 """The image-to-image recipes (issue 14): image pool, paired data with a joint crop, the two
 unpaired streams, CycleGAN and Pix2Pix training and exact resume on one process."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,9 @@ def _cyclegan(tmp_path, translation, name, *extra):
 
 
 def test_cyclegan_trains_four_networks_and_resumes_exactly(tmp_path, translation):
-    whole = train(_cyclegan(tmp_path, translation, "whole"))
+    idt = "cyclegan.lambda_identity=0.5"  # the reference's identity term (the toy config turns it off)
+    whole = train(_cyclegan(tmp_path, translation, "whole", idt))
+    assert {"loss/G_idt_A", "loss/G_idt_B"} <= json.loads((tmp_path / "runs" / "whole" / "metrics.jsonl").read_text().splitlines()[0]).keys()
     assert sorted(whole.players) == ["D_A", "D_B", "G"] and whole.counters.step == 8
     assert whole.counters.data_pos == {"A": 64, "B": 64}
     fresh = [spec.build() for spec in whole.recipe.players()]
@@ -79,9 +82,9 @@ def test_cyclegan_trains_four_networks_and_resumes_exactly(tmp_path, translation
             a, b = (getattr(net, part), getattr(trained, part)) if part else (net, trained)
             assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters())), f"{spec.name} {part} did not train"
     assert len(whole.recipe.pools["pool_A"].images) == 50  # 64 fakes seen, the pool full
-    first = train(_cyclegan(tmp_path, translation, "parts", "train.total_kimg=0.032"))
+    first = train(_cyclegan(tmp_path, translation, "parts", idt, "train.total_kimg=0.032"))
     assert first.counters.step == 4
-    resumed = train(_cyclegan(tmp_path, translation, "parts"))
+    resumed = train(_cyclegan(tmp_path, translation, "parts", idt))
     for name, player in resumed.players.items():
         for mine, theirs in zip(player.net.parameters(), whole.players[name].net.parameters()):
             assert torch.equal(mine, theirs), name
@@ -147,3 +150,51 @@ def test_make_toy_digits_translation_is_the_inversion(translation):
     assert pairs.shape[1:] == (8, 16, 1) and np.array_equal(pairs[:, :, 8:], 255 - pairs[:, :, :8])
     out = run_cli("make-toy", "digits-translation", str(translation["trainA"].parent))
     assert out.returncode != 0 and "not an empty folder" in out.stderr
+
+
+def test_eval_scores_translations_of_a_against_the_statistics_of_b(tmp_path, translation, weights):
+    """`bigtrain eval` on a CycleGAN run: FID of G_AB(test A) against B's statistics, with the
+    inputs named in the protocol; the same number as `bigtrain fid` on `bigtrain translate`'s
+    output, and warnings for a reference of the inputs' own images and for repeated inputs."""
+    import hashlib
+
+    from bigtrain.data.inputs import read_images
+
+    inputs = tmp_path / "testA8.npz"  # 8 test images of A, so that Inception has little to do
+    np.savez(inputs, x=np.load(translation["testA"])["x"][:8])
+    train(_cyclegan(tmp_path, translation, "scored", f"cyclegan.eval_inputs={inputs}"))
+    run_dir, inc = tmp_path / "runs" / "scored", ["--weights", str(weights), "--no-download", "--device", "cpu", "--batch-size", "8"]
+    for name, images in (("A", inputs), ("B", translation["testB"])):
+        made = run_cli("ref-stats", str(images), str(tmp_path / f"{name}.npz"), "--num", "8", *inc)
+        assert made.returncode == 0, made.stderr
+    scored = run_cli("eval", "--run", str(run_dir), "--metrics", "fid", "--num", "8", "--ref-stats", str(tmp_path / "B.npz"), *inc)
+    assert scored.returncode == 0, scored.stderr
+    result = json.loads(scored.stdout)
+    a, _ = read_images(inputs, 16, channels=1)
+    assert result["protocol"]["generated"]["inputs"] == {
+        "direction": "AB", "source": str(inputs), "num_images": 8, "sha256": hashlib.sha256(a.contiguous().numpy().tobytes()).hexdigest()}
+    assert not any("inputs" in w or "source" in w for w in result["warnings"]), result["warnings"]
+    out = run_cli("translate", "--run", str(run_dir), "--in", str(inputs), "--out", str(tmp_path / "ab.npz"), "--batch-size", "8")
+    assert out.returncode == 0, out.stderr
+    direct = run_cli("fid", str(tmp_path / "ab.npz"), str(tmp_path / "B.npz"), *inc)
+    assert direct.returncode == 0, direct.stderr
+    assert json.loads(direct.stdout)["fid"] == pytest.approx(result["fid"], rel=1e-4) and result["fid"] > 0
+    wrong = run_cli("eval", "--run", str(run_dir), "--metrics", "fid", "--num", "10", "--ref-stats", str(tmp_path / "A.npz"), *inc)
+    assert wrong.returncode == 0, wrong.stderr
+    notes = json.loads(wrong.stdout)["warnings"]
+    assert any("translates the images of reference's source" in w for w in notes), notes
+    assert any("10 translations of 8 distinct inputs" in w for w in notes), notes
+
+
+def test_bench_img2img_prints_json_for_both_recipes():
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(CONFIGS.parent / "bench" / "img2img.py"), "--resolution", "32", "--width", "4", "--iters", "4", "--intervals", "2"],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert [r["recipe"] for r in result["runs"]] == ["cyclegan", "pix2pix"] and result["batch"] == 1
+    assert sorted(result["runs"][0]["params"]) == ["D_A", "D_B", "G_AB", "G_BA"] and sorted(result["runs"][1]["params"]) == ["D", "G"]
+    assert all(r["img_per_s"] > 0 and r["peak_mem_mb"] > 0 and len(r["intervals_img_per_s"]) == 2 for r in result["runs"])
