@@ -3,7 +3,9 @@
 Works the same when started by `accelerate launch -m bigtrain ...` or `torchrun -m bigtrain ...`:
 the backend reads the process group from the environment those launchers set.
 Bad input (BigtrainError) -> one line on stderr naming the culprit, exit code 2; a run that
-diverged (TrainingDiverged: non-finite values it could not skip past) -> one line, exit code 3.
+diverged (TrainingDiverged: non-finite values it could not skip past) -> one line, exit code 3;
+a run stopped on request (a signal, RUN_DIR/STOP, the time budget) after writing its checkpoint
+-> one line, exit code 75 (run the same command again to continue).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
-from bigtrain.errors import BigtrainError, TrainingDiverged
+from bigtrain.errors import EXIT_STOPPED, BigtrainError, Stopped, TrainingDiverged
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -29,6 +31,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bigtrain.config import load_config, to_yaml
 
     cfg = load_config(args.config, args.overrides)
+    if args.print_run_dir:  # for scripts (slurm/train.sbatch): where stopped.json and STOP live
+        print(Path(cfg.run.out_dir) / cfg.run.name)
+        return 0
     if args.dry_run:
         print(to_yaml(cfg), end="")
         print(_parameter_counts(cfg))
@@ -197,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML experiment config (see configs/)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.total_kimg=100")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--print-run-dir", action="store_true", help="print the run directory (run.out_dir/run.name) and exit")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate samples from a run's checkpoint")
@@ -281,6 +287,9 @@ def _run(args: argparse.Namespace) -> int:
     except TrainingDiverged as exc:
         print(f"bigtrain: error: training diverged: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
+    except Stopped as exc:
+        print(f"bigtrain: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
     except KeyboardInterrupt:
         print("bigtrain: interrupted", file=sys.stderr)
         return 130

@@ -8,6 +8,7 @@ config is turned back into dataclasses. Every failure becomes one `ConfigError` 
 from __future__ import annotations
 
 import dataclasses
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional
@@ -477,6 +478,12 @@ class TrainConfig:
     channels_last: bool = False  # nets and image batches in channels-last memory format (faster convolutions on tensor-core GPUs)
     compile: list[str] = field(default_factory=list)  # players (lowercased names: g, d, ...) whose nets run through torch.compile
     compile_backend: str = "inductor"  # torch.compile backend for them (inductor; eager only traces, for tests)
+    # stopping early with a checkpoint, exit code 75 (docs/design.md, "Preemption and requeue")
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGINT"])  # on any rank: checkpoint at the next iteration, exit 75
+    max_minutes: float = 0.0  # time budget of this process: checkpoint and exit 75 before it ends; 0 = none
+    exit_margin_minutes: float = 1.0  # least margin before the budget's end (more when checkpoints or iterations were seen to take longer)
+    slurm_deadline: bool = True  # also end before SLURM's job end time (SLURM_JOB_END_TIME)
+    lock_stale_minutes: float = 10.0  # where the filesystem has no flock: a run lock untouched this long is taken over
 
     def __post_init__(self) -> None:
         _check_positive("train.total_kimg", self.total_kimg)
@@ -485,6 +492,19 @@ class TrainConfig:
         _check_positive("train.micro_batch", self.micro_batch, allow_zero=True)
         _check_positive("train.d_steps", self.d_steps)
         _check_choice("train.precision", self.precision, PRECISIONS)
+        _check_positive("train.max_minutes", self.max_minutes, allow_zero=True)
+        _check_positive("train.exit_margin_minutes", self.exit_margin_minutes, allow_zero=True)
+        _check_positive("train.lock_stale_minutes", self.lock_stale_minutes)
+        for name in self.stop_signals:
+            if catchable_signal(name) is None:
+                raise ConfigError("train.stop_signals", f"{name!r} is not a signal that can be caught (e.g. SIGTERM, SIGUSR1, SIGINT)")
+
+
+def catchable_signal(name: str) -> Optional[signal.Signals]:
+    """SIGTERM / sigterm / TERM -> signal.SIGTERM; None for no signal or one that cannot be caught."""
+    upper = str(name).upper()
+    sig = getattr(signal, upper if upper.startswith("SIG") else f"SIG{upper}", None)
+    return sig if isinstance(sig, signal.Signals) and sig not in (signal.SIGKILL, signal.SIGSTOP) else None
 
 
 @dataclass

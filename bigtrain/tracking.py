@@ -75,6 +75,15 @@ class Tracker:
             self.sums[name] = value.clone()
             self.counts[name] = 1
 
+    def state_dict(self) -> dict:
+        """This rank's observations since the last flush (saved in checkpoints, so a run resumed
+        at a step between two log lines writes the same next line as an uninterrupted one)."""
+        return {"sums": {n: v.detach().cpu() for n, v in self.sums.items()}, "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums = {n: v.to(self.device) for n, v in (state.get("sums") or {}).items()}
+        self.counts = dict(state.get("counts") or {})
+
     @contextlib.contextmanager
     def maintenance(self):
         """Time spent here (a grid, a checkpoint, an evaluation) is not training time."""

@@ -20,12 +20,14 @@ stream mode costs more per member than decoding a 32x32 PNG. webdataset still op
 """
 from __future__ import annotations
 
+import atexit
 import gzip
 import io
 import json
 import os
 import random
 import re
+import signal
 import tarfile
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO, Iterable, Iterator, NamedTuple, Optional
@@ -446,6 +448,15 @@ def iter_batches(spec: StreamSpec, counter: SkipCounter, *, worker: int, num_wor
         yield x, y, counter.take_unreported()
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers ignore the signals that ask a run to stop (a Ctrl-C or a cluster's SIGTERM
+    reaches the whole process group): the training process finishes its iteration, writes its
+    checkpoint and ends them itself (docs/design.md, "Preemption and requeue"); a worker that
+    died on the signal would fail that last iteration."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class ShardStream(IterableDataset):
     """The batches of one rank, for a DataLoader; each worker process reads its own stream.
 
@@ -534,12 +545,25 @@ class ShardSource:
         # samples (the micro-batch is fixed for a run), so shard streams resume as they did
         if start % self.spec.micro_batch:
             raise ValueError(f"shard streams resume at whole micro-batches: {start} samples is not a multiple of {self.spec.micro_batch}")
-        loader = DataLoader(ShardStream(self.spec, start // self.spec.micro_batch), batch_size=None, num_workers=self.num_workers)
-        for x, y, note in loader:
-            if "error" in note:
-                raise DataError(note["error"])
-            self._skipped += note["skipped"]
-            yield x, y
+        loader = DataLoader(ShardStream(self.spec, start // self.spec.micro_batch), batch_size=None, num_workers=self.num_workers,
+                            worker_init_fn=_ignore_stop_signals if self.num_workers else None)
+        batches = iter(loader)
+        # workers ignore SIGTERM, so multiprocessing's exit handler (terminate, then join) would
+        # wait for them forever: they are shut down the DataLoader's own way first, when this
+        # generator ends or closes, or at exit if it never did (atexit runs the latest first)
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            atexit.register(shutdown)
+        try:
+            for x, y, note in batches:
+                if "error" in note:
+                    raise DataError(note["error"])
+                self._skipped += note["skipped"]
+                yield x, y
+        finally:
+            if shutdown is not None:
+                atexit.unregister(shutdown)
+                shutdown()
 
     def samples(self, *, worker: int = 0, num_workers: int = 1, start: int = 0, resampled: bool = True, counter: Optional[SkipCounter] = None) -> Iterator[Sample]:
         """Decoded samples of this rank's stream for one loader worker, without a DataLoader.

@@ -52,6 +52,20 @@ def _differentiable_sum(tensor: torch.Tensor) -> torch.Tensor:
     return all_reduce(tensor)
 
 
+class Agreement:
+    """The pending result of Backend.max_over_ranks."""
+
+    def __init__(self, value, work=None):
+        self.value, self.work = value, work
+
+    def result(self) -> int:
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
+            self.value = int(self.value.numpy()[0])  # a CPU tensor: no device wait
+        return self.value
+
+
 class Backend:
     """What the loop may use. Subclasses set the attributes and implement the methods."""
 
@@ -96,6 +110,21 @@ class Backend:
             return ok
         flag = torch.tensor(1.0 if ok else 0.0, device=self.device)
         return bool(self.reduce_mean(flag).item() == 1.0)
+
+    _control_group = None  # a gloo group for control values, created on first use
+
+    def max_over_ranks(self, value: int) -> "Agreement":
+        """Collective, started now and read with `.result()` later: the largest `value` of the
+        ranks. It runs on a CPU gloo group of its own, so it never waits for the device and its
+        latency hides behind the next iteration (docs/design.md, "Preemption and requeue")."""
+        if self.world_size == 1:
+            return Agreement(value)
+        import torch.distributed as dist
+
+        if self._control_group is None:  # every rank gets here at the same call
+            self._control_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+        flag = torch.full((1,), value, dtype=torch.int64)
+        return Agreement(flag, dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._control_group, async_op=True))
 
     def rounds_for(self, batch_size: int) -> int:
         """Accumulation rounds that make `batch_size` images with this micro-batch and world."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,8 @@ from bigtrain.data import DataInfo, Source, build_sources
 from bigtrain.engine import checkpoint
 from bigtrain.engine.backend import build_backend
 from bigtrain.engine.players import EMA, NONFINITE_WHAT, Player, first_nonfinite
-from bigtrain.errors import CheckpointError, ConfigError, TrainingDiverged
+from bigtrain.engine.stopping import NONE, RunLock, StopRequests, write_stopped
+from bigtrain.errors import EXIT_STOPPED, BigtrainError, CheckpointError, ConfigError, Stopped, TrainingDiverged
 from bigtrain.recipes import build_recipe, recipe_class
 from bigtrain.recipes.base import Phase, Round
 from bigtrain.schedule import Plan, make_plan
@@ -155,6 +157,10 @@ class Trainer:
         self.ckpt_root = self.run_dir / "checkpoints"
         self.backend = build_backend(cfg.backend, cfg.train)
         backend = self.backend
+        self.lock = self._lock_run_dir()
+        self.tracker: Optional[Tracker] = None
+        self._tracker_state: dict = {}
+        self._batches: dict[str, Iterator] = {}  # each stream's source generator (closed by release)
 
         resumed = checkpoint.load_for_resume(self.ckpt_root, cfg.train.resume, backend.rank, backend.all_ranks)
         if resumed is None and checkpoint.list_checkpoints(self.ckpt_root):
@@ -196,10 +202,36 @@ class Trainer:
             torch.manual_seed(derive_seed(cfg.run.seed, backend.rank, 0))  # each rank its own augmentations
         # one stream of this rank for every name the recipe reads, each from its own source
         prefetch = cfg.data.prefetch if cfg.data.prefetch is not None else backend.device.type == "cuda"
-        self.streams: dict[str, Iterator[dict[str, torch.Tensor]]] = {
-            s: (Prefetcher if prefetch else map)(self._to_device, self.sources[s].batches(self.counters.data_pos[s])) for s in self.recipe.streams}
+        self._batches = {s: self.sources[s].batches(self.counters.data_pos[s]) for s in self.recipe.streams}
+        self.streams: dict[str, Iterator[dict[str, torch.Tensor]]] = {s: (Prefetcher if prefetch else map)(self._to_device, b) for s, b in self._batches.items()}
         self.plan: Optional[Plan] = None
         self._grid_cache: Optional[dict[str, torch.Tensor]] = None  # the grid's input samples, read on first use
+
+    def _lock_run_dir(self) -> Optional[RunLock]:
+        """Rank 0 locks the run directory (a second run on it is refused; docs/design.md,
+        "Preemption and requeue"); every rank fails alike when it cannot."""
+        lock, error = None, None
+        if self.backend.is_main:
+            lock = RunLock(self.run_dir, self.cfg.train.lock_stale_minutes)
+            try:
+                lock.acquire()
+            except BigtrainError as exc:
+                lock, error = None, exc
+        if not self.backend.all_ranks(error is None):
+            if lock is not None:
+                lock.release()
+            raise error or BigtrainError(f"{self.run_dir} is in use by another run (rank 0 could not lock it)")
+        return lock
+
+    def release(self) -> None:
+        """End the data streams (a shard loader's workers are shut down, not left to the
+        interpreter's exit) and give the run directory back (the lock); safe to call twice."""
+        for batches in self._batches.values():
+            with contextlib.suppress(Exception):
+                batches.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def _check_compile(self, names: list[str]) -> set[str]:
         """The players `train.compile` names (ConfigError for one the recipe does not have)."""
@@ -306,17 +338,26 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------------
 
     def train(self) -> Path:
+        """Train to train.total_kimg; Stopped (after a checkpoint) when a stop was asked for."""
         cfg, backend, counters = self.cfg, self.backend, self.counters
         total_img = int(round(cfg.train.total_kimg * 1000))
         if backend.is_main:
             self._write_config()
+            (self.run_dir / "stopped.json").unlink(missing_ok=True)  # it describes the previous run
         tracker = Tracker(self.run_dir, is_main=backend.is_main, reduce_mean=backend.reduce_mean, total_img=total_img, start_img=counters.nimg,
                           progress_bar=cfg.log.progress_bar, rank=backend.rank, world_size=backend.world_size, device=backend.device, start_step=counters.step)
+        tracker.load_state_dict(self._tracker_state)
+        self.tracker = tracker
+        t = cfg.train
+        stopper = StopRequests(t.stop_signals, self.run_dir, is_main=backend.is_main, max_minutes=t.max_minutes,
+                               min_margin_s=60.0 * t.exit_margin_minutes, slurm_deadline=t.slurm_deadline)
+        agreement = None  # the ranks' reasons to stop, exchanged one iteration late (docs/design.md)
         grid_path = None
         try:
             if counters.nimg == 0:
                 grid_path = self.save_grid(tracker)
             while counters.nimg < total_img:
+                started = time.monotonic()
                 self.iteration(tracker)
                 batch = self.plan.batch_size
                 tracker.advance(counters.nimg)
@@ -331,14 +372,53 @@ class Trainer:
                         grid_path = self.save_grid(tracker) or grid_path
                     saved = None
                     if done or crossed(counters.nimg, batch, cfg.checkpoint.every_kimg):
-                        saved = self.save_checkpoint()
+                        saved = self._timed_checkpoint(stopper)
                     if self.evaluator is not None and (done or crossed(counters.nimg, batch, cfg.eval.every_kimg)):
                         self.evaluate(tracker, saved)
+                stopper.observe(pass_s=time.monotonic() - started)
+                if self.lock is not None:
+                    self.lock.touch()
+                if done:
+                    break
+                local = stopper.local_reason()
+                if backend.world_size == 1:
+                    reason = local
+                else:  # started after the previous iteration, read now: never a wait for the device
+                    reason = agreement.result() if agreement is not None else NONE
+                    agreement = backend.max_over_ranks(local)
+                if reason != NONE:
+                    if agreement is not None:  # every rank started it: finish it before the checkpoint's collectives
+                        agreement.result()
+                        agreement = None
+                    self._stop(stopper.describe(reason), saved, stopper)
+            if agreement is not None:
+                agreement.result()
         finally:
+            stopper.close()
             tracker.close()
+            self.tracker = None
         backend.barrier()
         self.last_grid = grid_path
         return self.run_dir
+
+    def _timed_checkpoint(self, stopper: StopRequests) -> Path:
+        started = time.monotonic()
+        saved = self.save_checkpoint()
+        stopper.observe(checkpoint_s=time.monotonic() - started)
+        return saved
+
+    def _stop(self, reason: str, saved: Optional[Path], stopper: StopRequests) -> None:
+        """A stop the ranks agreed on: checkpoint this step (unless just done), record it, raise Stopped."""
+        if saved is None:
+            with self.tracker.maintenance():
+                saved = self._timed_checkpoint(stopper)
+        c = self.counters
+        if self.backend.is_main:
+            write_stopped(self.run_dir, {"reason": reason, "step": c.step, "kimg": round(c.nimg / 1000, 3), "checkpoint": str(saved),
+                                         "exit_code": EXIT_STOPPED, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                         "longest_checkpoint_s": round(stopper.longest_checkpoint_s, 3), "longest_pass_s": round(stopper.longest_pass_s, 3)})
+        self.backend.barrier()  # stopped.json is down before any rank leaves
+        raise Stopped(reason, c.step, saved)
 
     def _source_stats(self) -> dict[str, float]:
         """This rank's data counters: the one stream's as `data/skipped`, several as `data/A/skipped`."""
@@ -439,7 +519,8 @@ class Trainer:
                 with precision():
                     return self.recipe.generate(nets, indices, seed=ecfg.seed, device=self.backend.device, batch_size=ecfg.batch_size)[0]
 
-            result = self.evaluator(generate, ema=use_ema, kimg=self.counters.nimg / 1000, checkpoint=str(saved) if saved else None)
+            result = self.evaluator(generate, ema=use_ema, kimg=self.counters.nimg / 1000, checkpoint=str(saved) if saved else None,
+                                    inputs=self.recipe.generation_inputs())
         record = {"step": self.counters.step, "kimg": round(self.counters.nimg / 1000, 3), **log_record(result)}
         tracker.write(record, self.counters.step)
         if self.backend.is_main:
@@ -493,6 +574,8 @@ class Trainer:
             "data_pos": dict(c.data_pos),
             "data_stats": self._source_stats(),  # this rank's counters (data/skipped)
             "recipe": self.recipe.rank_state_dict(),
+            # this rank's statistics since the last log line, so a resume at any step logs alike
+            "tracker": self.tracker.state_dict() if self.tracker is not None else {},
         }
         return checkpoint.save(
             self.ckpt_root, checkpoint.checkpoint_name(c.step), trainer_state=trainer_state, rank_state=rank_state,
@@ -514,6 +597,7 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{folder}: does not fit this config ({str(exc).splitlines()[0]})") from None
         self._restore_source_stats(rank_state.get("data_stats") or {})
+        self._tracker_state = rank_state.get("tracker") or {}
         data_pos = rank_state["data_pos"]
         if isinstance(data_pos, int):  # written before streams were named: micro-batches of the one stream
             data_pos = {s: data_pos * self.backend.micro_batch for s in self.recipe.streams}
@@ -553,7 +637,11 @@ def train(cfg: Config) -> Trainer:
     try:
         trainer.train()
         finished = True
+    except Stopped:
+        finished = True  # every rank stopped at the same step: a clean close
+        raise
     finally:
+        trainer.release()
         with contextlib.suppress(Exception):
             trainer.backend.close(wait=finished)
     return trainer

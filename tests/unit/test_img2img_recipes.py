@@ -152,40 +152,37 @@ def test_make_toy_digits_translation_is_the_inversion(translation):
     assert out.returncode != 0 and "not an empty folder" in out.stderr
 
 
-def test_eval_scores_translations_of_a_against_the_statistics_of_b(tmp_path, translation, weights):
+def test_eval_scores_translations_of_a_against_the_statistics_of_b(tmp_path, translation, weights, capsys):
     """`bigtrain eval` on a CycleGAN run: FID of G_AB(test A) against B's statistics, with the
     inputs named in the protocol; the same number as `bigtrain fid` on `bigtrain translate`'s
-    output, and warnings for a reference of the inputs' own images and for repeated inputs."""
+    output, and warnings for a reference of the inputs' own images and for repeated inputs.
+    (ref-stats, eval and fid run in this process, as the CLI calls them: no start-up each.)"""
     import hashlib
 
     from bigtrain.data.inputs import read_images
+    from tests.unit.test_eval_commands import run
 
     inputs = tmp_path / "testA8.npz"  # 8 test images of A, so that Inception has little to do
     np.savez(inputs, x=np.load(translation["testA"])["x"][:8])
     train(_cyclegan(tmp_path, translation, "scored", f"cyclegan.eval_inputs={inputs}"))
     run_dir, inc = tmp_path / "runs" / "scored", ["--weights", str(weights), "--no-download", "--device", "cpu", "--batch-size", "8"]
     for name, images in (("A", inputs), ("B", translation["testB"])):
-        made = run_cli("ref-stats", str(images), str(tmp_path / f"{name}.npz"), "--num", "8", *inc)
-        assert made.returncode == 0, made.stderr
-    scored = run_cli("eval", "--run", str(run_dir), "--metrics", "fid", "--num", "8", "--ref-stats", str(tmp_path / "B.npz"), *inc)
-    assert scored.returncode == 0, scored.stderr
-    result = json.loads(scored.stdout)
+        run("ref-stats", [str(images), str(tmp_path / f"{name}.npz"), "--num", "8", *inc], capsys)
+    result, _ = run("eval", ["--run", str(run_dir), "--metrics", "fid", "--num", "8", "--ref-stats", str(tmp_path / "B.npz"), *inc], capsys)
     a, _ = read_images(inputs, 16, channels=1)
     assert result["protocol"]["generated"]["inputs"] == {
         "direction": "AB", "source": str(inputs), "num_images": 8, "sha256": hashlib.sha256(a.contiguous().numpy().tobytes()).hexdigest()}
     assert not any("inputs" in w or "source" in w for w in result["warnings"]), result["warnings"]
     out = run_cli("translate", "--run", str(run_dir), "--in", str(inputs), "--out", str(tmp_path / "ab.npz"), "--batch-size", "8")
     assert out.returncode == 0, out.stderr
-    direct = run_cli("fid", str(tmp_path / "ab.npz"), str(tmp_path / "B.npz"), *inc)
-    assert direct.returncode == 0, direct.stderr
-    assert json.loads(direct.stdout)["fid"] == pytest.approx(result["fid"], rel=1e-4) and result["fid"] > 0
-    wrong = run_cli("eval", "--run", str(run_dir), "--metrics", "fid", "--num", "10", "--ref-stats", str(tmp_path / "A.npz"), *inc)
-    assert wrong.returncode == 0, wrong.stderr
-    notes = json.loads(wrong.stdout)["warnings"]
-    assert any("translates the images of reference's source" in w for w in notes), notes
-    assert any("10 translations of 8 distinct inputs" in w for w in notes), notes
+    direct, _ = run("fid", [str(tmp_path / "ab.npz"), str(tmp_path / "B.npz"), *inc], capsys)
+    assert direct["fid"] == pytest.approx(result["fid"], rel=1e-4) and result["fid"] > 0
+    wrong, _ = run("eval", ["--run", str(run_dir), "--metrics", "fid", "--num", "10", "--ref-stats", str(tmp_path / "A.npz"), *inc], capsys)
+    assert any("translates the images of reference's source" in w for w in wrong["warnings"]), wrong["warnings"]
+    assert any("10 translations of 8 distinct inputs" in w for w in wrong["warnings"]), wrong["warnings"]
 
 
+@pytest.mark.slow
 def test_bench_img2img_prints_json_for_both_recipes():
     import os
     import subprocess

@@ -1,0 +1,128 @@
+"""slurm/*.sbatch under a fake SLURM (issue 15): `srun` and `scontrol` are small scripts on PATH
+that log their calls; the batch scripts run as `bash` on this machine, one node, torchrun with
+one CPU process. A requeue cycle: the time-limit warning (USR1 to the batch shell, as
+--signal=B:USR1 sends it) makes the run checkpoint and stop, the script requeues the job, and
+the requeued job resumes and ends with the losses and weights of an uninterrupted run. A
+preemption (SIGTERM to every process of the job) ends the same way; the requeue limit holds;
+the sweep and eval scripts run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.faults import harness
+from tests.faults.test_preempt import STEPS, _config, _wait_for_step
+
+pytestmark = [pytest.mark.dist, pytest.mark.timeout(900)]
+
+SLURM = harness.REPO / "slurm"
+FAKE_SRUN = """#!/bin/bash
+echo "srun $*" >> "$FAKE_SLURM_LOG"
+while [[ "$1" == --* ]]; do shift; done
+export SLURM_NODEID=0 SLURM_PROCID=0
+exec "$@"
+"""
+FAKE_SCONTROL = """#!/bin/bash
+echo "scontrol $*" >> "$FAKE_SLURM_LOG"
+if [ "$1 $2" = "show hostnames" ]; then echo localhost; fi
+"""
+# every Python process of the job imports this first (PYTHONPATH): each training iteration
+# sleeps SLOW_STEP_S, so the signals find the run mid-way
+SITECUSTOMIZE = """
+import os
+if os.environ.get("SLOW_STEP_S"):
+    import time
+    from bigtrain.engine import loop
+    _iteration = loop.Trainer.iteration
+    def _slow(self, tracker):
+        _iteration(self, tracker)
+        time.sleep(float(os.environ["SLOW_STEP_S"]))
+    loop.Trainer.iteration = _slow
+"""
+
+
+@pytest.fixture()
+def fake_slurm(tmp_path):
+    bin_dir = tmp_path / "fake-slurm"
+    bin_dir.mkdir()
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("sitecustomize.py", SITECUSTOMIZE)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "slurm-calls.log"
+    env = {**os.environ, **harness.ENV, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": f"{bin_dir}:{harness.REPO}",
+           "FAKE_SLURM_LOG": str(log), "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "localhost", "SLURM_NNODES": "1",
+           "SLURM_GPUS_PER_NODE": "1", "SLURM_SUBMIT_DIR": str(harness.REPO), "MASTER_PORT": str(harness_port()), "OMP_NUM_THREADS": "1"}
+    return env, log
+
+
+def harness_port() -> int:
+    from tests.golden.harness import _free_port
+
+    return _free_port()
+
+
+def _sbatch(script: str, args: list[str], env: dict, **extra) -> subprocess.Popen:
+    return subprocess.Popen(["bash", str(SLURM / script), *args], cwd=harness.REPO, env={**env, **extra},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _calls(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.is_file() else []
+
+
+def test_time_limit_warning_checkpoints_requeues_and_the_requeued_job_resumes_exactly(tmp_path, fake_slurm):
+    env, log = fake_slurm
+    cfg = _config(tmp_path)
+    whole = harness.finish(harness.command(cfg, ["run.name=whole"]))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    run = tmp_path / "runs" / "job"
+
+    job = _sbatch("train.sbatch", [str(cfg), "run.name=job"], env, SLOW_STEP_S="0.05")
+    _wait_for_step(job, run, 8)
+    job.send_signal(signal.SIGUSR1)  # --signal=B:USR1@300: the batch shell only
+    out, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err[-3000:]
+    stopped = json.loads((run / "stopped.json").read_text())
+    assert stopped["reason"] == "stop file" and 8 <= stopped["step"] < STEPS
+    assert "scontrol requeue 4242" in _calls(log) and "requeued job 4242" in out
+    assert not (run / "STOP").exists()
+
+    again = _sbatch("train.sbatch", [str(cfg), "run.name=job"], env, SLURM_RESTART_COUNT="1")  # SLURM starts the requeued job
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-3000:]
+    assert _calls(log).count("scontrol requeue 4242") == 1 and not (run / "stopped.json").exists()
+    assert harness.identical(tmp_path / "runs" / "whole", run)
+
+
+def test_preemption_sigterm_to_the_whole_job_and_the_requeue_limit(tmp_path, fake_slurm):
+    env, log = fake_slurm
+    cfg = _config(tmp_path)
+    run = tmp_path / "runs" / "pre"
+    job = _sbatch("train.sbatch", [str(cfg), "run.name=pre"], env, SLOW_STEP_S="0.05", SLURM_RESTART_COUNT="3", BIGTRAIN_MAX_REQUEUES="3")
+    _wait_for_step(job, run, 5)
+    os.killpg(job.pid, signal.SIGTERM)  # a preemption: SLURM signals every process of the job
+    out, err = job.communicate(timeout=300)
+    assert job.returncode == 75, err[-3000:]  # checkpointed, but requeued 3 times already: not again
+    assert json.loads((run / "stopped.json").read_text())["reason"] in ("signal SIGTERM", "stop file")  # torchrun forwards it; the shell's trap asks too
+    assert not [c for c in _calls(log) if c.startswith("scontrol requeue")] and "not again" in err
+
+
+@pytest.mark.slow
+def test_sweep_task_trains_its_value_and_eval_script_scores_the_run(tmp_path, fake_slurm, weights):
+    env, log = fake_slurm
+    cfg = _config(tmp_path)
+    job = _sbatch("sweep.sbatch", [str(cfg), "optim.g.lr", "1e-4", "3e-4", "--", "train.total_kimg=0.064"], env, SLURM_ARRAY_TASK_ID="1")
+    out, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err[-3000:]
+    run = tmp_path / "runs" / "c-optim_g_lr-3e-4"
+    resolved = (run / "config.yaml").read_text()
+    assert "lr: 0.0003" in resolved and "total_kimg: 0.064" in resolved
+    job = _sbatch("eval.sbatch", [str(run), "--metrics", "is", "--num", "4", "--weights", str(weights), "--no-download", "--device", "cpu", "--batch-size", "4"], env)
+    out, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err[-3000:]
+    result = json.loads((run / "eval-4242.json").read_text())
+    assert result["is"] > 0 and result["protocol"]["generated"]["num_images"] == 4
