@@ -77,6 +77,7 @@ class Backend:
     micro_batch: int  # per process per accumulation round
     rounds: int  # accumulation rounds per optimizer step
     precision: str  # fp32 | bf16 | fp16
+    reshardable: bool = True  # a checkpoint of N processes resumes on M (every rank holds full states)
 
     def autocast(self) -> ContextManager:
         """Mixed precision for forwards: inputs stay fp32, matmuls and convs run in bf16/fp16."""
@@ -296,6 +297,8 @@ class DeepSpeedBackend(Backend):
     only updates on the accumulation boundary), and `step` merely checks that the phase ended on
     that boundary and reports an fp16 skip.
     """
+
+    reshardable = False  # ZeRO partitions optimizer states (and at 3 the weights) per process
 
     def __init__(self, backend_cfg: BackendConfig, train_cfg: TrainConfig, env: Mapping[str, str] = os.environ):
         import deepspeed

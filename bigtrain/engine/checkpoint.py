@@ -166,17 +166,28 @@ def _load_file(path: Path) -> dict:
     return state
 
 
+def written_by(folder: Path, trainer_state: dict) -> int:
+    """How many processes wrote a checkpoint (older ones do not say: their rank files count)."""
+    return int(trainer_state.get("world_size") or len(list(Path(folder).glob("rank*.pt"))))
+
+
 def load(folder: Path, rank: int) -> tuple[dict, dict]:
-    """(trainer_state, rank_state) of a checkpoint folder, for `rank`."""
+    """(trainer_state, rank_state) of a checkpoint folder, for `rank`. A rank the checkpoint
+    has no state for (a resume on more processes) gets `{"new_rank": True}` and rank 0's data
+    positions; the Trainer derives the rest (docs/design.md, "Resume on another number of
+    processes")."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: checkpoint folder not found")
     trainer_state = read_trainer_state(folder)
     rank_file = folder / f"rank{rank}.pt"
-    if not rank_file.is_file():
-        written = len(list(folder.glob("rank*.pt")))
-        raise CheckpointError(f"{folder}: written by {written} process(es), has no state for rank {rank}; resume with the same number of processes")
-    return trainer_state, _load_file(rank_file)
+    if rank_file.is_file():
+        return trainer_state, _load_file(rank_file)
+    written = written_by(folder, trainer_state)
+    if rank < written:
+        raise CheckpointError(f"{folder}: written by {written} processes, but {rank_file.name} is missing")
+    first = _load_file(folder / "rank0.pt")
+    return trainer_state, {"new_rank": True, "data_pos": first["data_pos"]}
 
 
 def latest(ckpt_root: Path) -> Optional[Path]:

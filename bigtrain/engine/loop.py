@@ -563,6 +563,7 @@ class Trainer:
                 **{f"{name}_ema": ema.state_dict() for name, ema in self.emas.items()},
                 "recipe": self.recipe.state_dict(),
                 "counters": {"step": c.step, "nimg": c.nimg},
+                "world_size": backend.world_size,
                 "health": dict(self.health.totals),
                 "config": config_mod.to_dict(self.cfg),
                 "data_info": self.info.to_dict(),
@@ -584,6 +585,9 @@ class Trainer:
         )
 
     def _restore(self, folder: Path, trainer_state: dict, rank_state: dict) -> None:
+        written = checkpoint.written_by(folder, trainer_state)
+        if written != self.backend.world_size:
+            rank_state = self._other_world(folder, written, trainer_state, rank_state)
         try:
             for name, p in self.players.items():
                 self.backend.load_player(p, trainer_state["players"][name], folder)
@@ -610,6 +614,31 @@ class Trainer:
         torch.set_rng_state(rank_state["torch_rng"])
         if rank_state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(rank_state["cuda_rng"])
+
+    def _other_world(self, folder: Path, written: int, trainer_state: dict, rank_state: dict) -> dict:
+        """A checkpoint of `written` processes resumed on another number (docs/design.md,
+        "Resume on another number of processes"): the global state loads as it is; a rank that
+        existed keeps its RNG, latent stream, data positions, pools and unlogged statistics; a
+        new rank starts its own augmentation and latent streams, seeded by (seed, rank, step),
+        with empty per-rank recipe state, at rank 0's data positions. Positions round up to whole
+        micro-batches of this run (a shard stream restarts only there)."""
+        backend, seed = self.backend, self.cfg.run.seed
+        if not backend.reshardable:
+            raise CheckpointError(f"{folder}: written by {written} processes; the {self.cfg.backend.kind} backend resumes only on the same number "
+                                  f"(its ZeRO partitions are per process), not on {backend.world_size}")
+        if backend.is_main:
+            warnings.warn(f"resuming {folder.name}, written by {written} process(es), on {backend.world_size}: weights, optimizers, EMA, scalers, "
+                          f"schedule and counters carry over; ranks >= {min(written, backend.world_size)} draw new data and latent streams, "
+                          "so the losses follow another, equally likely path from here", stacklevel=2)
+        state = dict(rank_state)
+        if state.pop("new_rank", False):
+            step = int(trainer_state["counters"]["step"])
+            state["torch_rng"] = torch.Generator().manual_seed(derive_seed(seed, backend.rank, 0, step)).get_state()
+            state["latent_gen"] = torch.Generator(device=backend.device).manual_seed(derive_seed(seed, backend.rank, LATENT_STREAM, step)).get_state()
+            state.update(cuda_rng=None, recipe={}, data_stats={}, tracker={})
+        m = backend.micro_batch
+        state["data_pos"] = {s: -(-int(p) // m) * m for s, p in dict(state["data_pos"]).items()}
+        return state
 
     def _write_config(self) -> None:
         """config.yaml = the resolved config; a different earlier one is kept, not overwritten."""

@@ -57,7 +57,12 @@ def test_weights_only_refuses_code(tmp_path):
 
 def test_missing_rank_file_and_folder(tmp_path):
     folder = _save(tmp_path, 1, 1)
-    with pytest.raises(CheckpointError, match="written by 1 process.*rank 1"):
+    # a rank the checkpoint never had (a resume on more processes): rank 0's data positions,
+    # the rest is the Trainer's to derive (tests/dist/test_resume_world.py)
+    assert checkpoint.load(folder, rank=1)[1] == {"new_rank": True, "data_pos": 1}
+    state = torch.load(folder / "trainer.pt", weights_only=True)
+    torch.save({**state, "world_size": 2}, folder / "trainer.pt")  # written by 2, rank1.pt lost
+    with pytest.raises(CheckpointError, match="written by 2 processes, but rank1.pt is missing"):
         checkpoint.load(folder, rank=1)
     with pytest.raises(CheckpointError, match="not found"):
         checkpoint.load(tmp_path / "nope", rank=0)
