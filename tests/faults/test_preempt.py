@@ -147,6 +147,22 @@ def test_sigterm_checkpoints_at_the_next_iteration_and_resumes_bit_for_bit(tmp_p
     _resume_matches(cfg, tmp_path, "stopped", whole_dir)
 
 
+@pytest.mark.slow
+def test_sigterm_on_one_deepspeed_process_resumes_bit_for_bit(tmp_path):
+    pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install -e .[deepspeed])")
+    cfg = _config(tmp_path)
+    out = harness.finish(_cmd(cfg, "whole", "deepspeed"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    run = tmp_path / "runs" / "stopped"
+    proc = _start(_cmd(cfg, "stopped", "deepspeed"))
+    _wait_for_step(proc, run, 10)
+    proc.send_signal(signal.SIGTERM)
+    code, err = _finish(proc)
+    assert code == EXIT_STOPPED, err[-2000:]
+    assert _stopped(run)["reason"] == "signal SIGTERM"
+    _resume_matches(cfg, tmp_path, "stopped", tmp_path / "runs" / "whole", "deepspeed")
+
+
 def test_signal_during_a_checkpoint_write_and_during_an_evaluation(tmp_path, whole, weights):
     cfg, whole_dir = whole
     run = tmp_path / "runs" / "in_save"
