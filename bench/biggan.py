@@ -40,7 +40,6 @@ import json
 import math
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import traceback
@@ -51,6 +50,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.conftest (the synthetic data), bigtrain from this checkout
 
+from bench.common import log_intervals, peak_mem_mb  # noqa: E402
 from bigtrain.config import load_config  # noqa: E402
 from bigtrain.engine.loop import Trainer  # noqa: E402
 from bigtrain.models.biggan import LADDERS  # noqa: E402
@@ -197,12 +197,7 @@ def run(args, world: int, tmp: Path) -> dict:
             channels_last["warning"] = "train.channels_last was set but the weights (or activations) were not channels_last throughout: this run measured a mixed or default layout"
     result = None
     if backend.is_main:
-        rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
-        rows = [r for r in rows if "perf/img_per_s" in r]
-        rates = [r["perf/img_per_s"] for r in rows]
-        if len(rates) < 2:
-            raise SystemExit(f"only {len(rates)} log interval(s): raise --intervals or --kimg")
-        img_s = statistics.median(rates[1:])  # the first interval: warm-up
+        rows, rates, img_s = log_intervals(trainer.run_dir, "raise --intervals or --kimg")
         on_gpu = backend.device.type == "cuda"
         result = {
             "bench": "biggan",
@@ -214,7 +209,7 @@ def run(args, world: int, tmp: Path) -> dict:
             "global_batch": batch,
             "img_per_s": round(img_s, 2),
             "iteration_s": round(batch / img_s, 4),
-            "peak_mem_mb": round(max(r.get("perf/peak_mem_mb/rank0", 0.0) for r in rows), 1),
+            "peak_mem_mb": peak_mem_mb(rows),
             "peak_mem_mb_before_train": round(peak_before, 1),
             "memory": "CUDA allocator peak (torch.cuda.max_memory_allocated) of rank 0 since the start" if on_gpu else
                       "peak resident set (ru_maxrss) of rank 0's whole process: Python, torch and its libraries, the data, the nets and the training; peak_mem_mb_before_train is the same after building the Trainer",

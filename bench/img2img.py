@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bigtrain from this checkout
 
+from bench.common import log_intervals, peak_mem_mb  # noqa: E402
 from bigtrain.config import load_config  # noqa: E402
 from bigtrain.engine.loop import Trainer  # noqa: E402
 
@@ -86,16 +86,11 @@ def bench(args, recipe: str, tmp: Path, world: int) -> dict | None:
     backend = trainer.backend
     result = None
     if backend.is_main:
-        rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
-        rows = [r for r in rows if "perf/img_per_s" in r]
-        rates = [r["perf/img_per_s"] for r in rows]
-        if len(rates) < 2:
-            raise SystemExit(f"{recipe}: only {len(rates)} log interval(s): raise --iters or --intervals")
-        img_s = statistics.median(rates[1:])
+        rows, rates, img_s = log_intervals(trainer.run_dir, f"{recipe}: raise --iters or --intervals")
         result = {
             "recipe": recipe, "config": str(CONFIGS[recipe].relative_to(REPO)), "params": params,
             "img_per_s": round(img_s, 3), "iteration_s": round(args.batch / img_s, 4),
-            "peak_mem_mb": round(max(r.get("perf/peak_mem_mb/rank0", 0.0) for r in rows), 1),
+            "peak_mem_mb": peak_mem_mb(rows),
             "intervals_img_per_s": [round(r, 3) for r in rates],
         }
     backend.close()
@@ -126,8 +121,7 @@ def main() -> None:
         if world > 1:
             parser.error("under torchrun give one recipe (--recipes cyclegan or --recipes pix2pix)")
         results = []
-        argv = sys.argv[1:]
-        argv = [a for i, a in enumerate(argv) if a != "--recipes" and (i == 0 or argv[i - 1] != "--recipes") and not a.startswith("--recipes=")]
+        argv = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items() if key != "recipes"]  # this run's options
         for r in recipes:
             out = subprocess.run([sys.executable, __file__, *argv, "--recipes", r], capture_output=True, text=True)
             if out.returncode != 0:

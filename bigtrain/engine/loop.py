@@ -25,7 +25,7 @@ from bigtrain.data import DataInfo, Source, build_sources
 from bigtrain.engine import checkpoint
 from bigtrain.engine.backend import build_backend
 from bigtrain.engine.players import EMA, NONFINITE_WHAT, Player, first_nonfinite
-from bigtrain.engine.stopping import NONE, RunLock, StopRequests, write_stopped
+from bigtrain.engine.stopping import NONE, STOPPED_FILE, RunLock, StopRequests, write_stopped
 from bigtrain.errors import EXIT_STOPPED, BigtrainError, CheckpointError, ConfigError, Stopped, TrainingDiverged
 from bigtrain.recipes import build_recipe, recipe_class
 from bigtrain.recipes.base import Phase, Round
@@ -343,7 +343,7 @@ class Trainer:
         total_img = int(round(cfg.train.total_kimg * 1000))
         if backend.is_main:
             self._write_config()
-            (self.run_dir / "stopped.json").unlink(missing_ok=True)  # it describes the previous run
+            (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)  # it describes the previous run
         tracker = Tracker(self.run_dir, is_main=backend.is_main, reduce_mean=backend.reduce_mean, total_img=total_img, start_img=counters.nimg,
                           progress_bar=cfg.log.progress_bar, rank=backend.rank, world_size=backend.world_size, device=backend.device, start_step=counters.step)
         tracker.load_state_dict(self._tracker_state)
@@ -585,6 +585,9 @@ class Trainer:
         )
 
     def _restore(self, folder: Path, trainer_state: dict, rank_state: dict) -> None:
+        data_pos = rank_state["data_pos"]
+        if isinstance(data_pos, int):  # written before streams were named: micro-batches of the one stream
+            rank_state = {**rank_state, "data_pos": {s: data_pos * self.backend.micro_batch for s in self.recipe.streams}}
         written = checkpoint.written_by(folder, trainer_state)
         if written != self.backend.world_size:
             rank_state = self._other_world(folder, written, trainer_state, rank_state)
@@ -602,10 +605,7 @@ class Trainer:
             raise CheckpointError(f"{folder}: does not fit this config ({str(exc).splitlines()[0]})") from None
         self._restore_source_stats(rank_state.get("data_stats") or {})
         self._tracker_state = rank_state.get("tracker") or {}
-        data_pos = rank_state["data_pos"]
-        if isinstance(data_pos, int):  # written before streams were named: micro-batches of the one stream
-            data_pos = {s: data_pos * self.backend.micro_batch for s in self.recipe.streams}
-        self.counters = Counters(step=trainer_state["counters"]["step"], nimg=trainer_state["counters"]["nimg"], data_pos=dict(data_pos))
+        self.counters = Counters(step=trainer_state["counters"]["step"], nimg=trainer_state["counters"]["nimg"], data_pos=dict(rank_state["data_pos"]))
         self.health.totals.update(trainer_state.get("health") or {})
         try:
             self.latent_gen.set_state(rank_state["latent_gen"])
@@ -637,7 +637,7 @@ class Trainer:
             state["latent_gen"] = torch.Generator(device=backend.device).manual_seed(derive_seed(seed, backend.rank, LATENT_STREAM, step)).get_state()
             state.update(cuda_rng=None, recipe={}, data_stats={}, tracker={})
         m = backend.micro_batch
-        state["data_pos"] = {s: -(-int(p) // m) * m for s, p in dict(state["data_pos"]).items()}
+        state["data_pos"] = {s: -(-int(p) // m) * m for s, p in state["data_pos"].items()}
         return state
 
     def _write_config(self) -> None:
