@@ -253,8 +253,9 @@ class AccelerateBackend(Backend):
         """Collective: engines that keep their own checkpoint files write them into `folder`.
         DDP players live entirely in trainer.pt, so there is nothing to do here."""
 
-    def load_player(self, player: Player, state: dict, folder: Path) -> None:
-        """Restore a player from its trainer.pt entry (and its own files in `folder`, if any)."""
+    def load_player(self, player: Player, state: dict, folder: Path, written: Optional[int] = None) -> None:
+        """Restore a player from its trainer.pt entry (and its own files in `folder`, if any);
+        `written`: the number of processes that wrote it (every rank holds full states here)."""
         if state.get("engine") == "deepspeed":
             raise CheckpointError(f"{folder}: {player.name} was saved by the deepspeed backend; resume with backend.kind=deepspeed")
         player.net.load_state_dict(state["net"])
@@ -298,7 +299,13 @@ class DeepSpeedBackend(Backend):
     that boundary and reports an fp16 skip.
     """
 
-    reshardable = False  # ZeRO partitions optimizer states (and at 3 the weights) per process
+    @property
+    def reshardable(self) -> bool:
+        """A checkpoint of N processes resumes on M at ZeRO 1-2 in fp32: its per-process
+        partitions go through DeepSpeed's universal checkpoint (`load_player`). Other stages and
+        precisions are refused: not tested here (docs/design.md, "Resume on another number of
+        processes")."""
+        return self.precision == "fp32" and all(stage in (1, 2) for stage in self.zero_stages.values())
 
     def __init__(self, backend_cfg: BackendConfig, train_cfg: TrainConfig, env: Mapping[str, str] = os.environ):
         import deepspeed
@@ -460,19 +467,60 @@ class DeepSpeedBackend(Backend):
         for p in players:
             p.engine.save_checkpoint(str(Path(folder) / p.name), tag=ENGINE_TAG, client_state={})
 
-    def load_player(self, player: Player, state: dict, folder: Path) -> None:
+    def load_player(self, player: Player, state: dict, folder: Path, written: Optional[int] = None) -> None:
         """Collective: restore an engine from `folder/<name>/` after checking its files (see
-        `verify_deepspeed_files`)."""
+        `verify_deepspeed_files`). Written by another number of processes (`written`), the
+        partitions are first converted to DeepSpeed's universal checkpoint, once, by rank 0
+        (`folder/<name>/universal/`, beside the files it reads), and loaded from there."""
         if state.get("engine") != "deepspeed":
             raise CheckpointError(f"{folder}: {player.name} was saved by the accelerate backend; resume with backend.kind=accelerate")
         stage = self.zero_stages[player.name]
         if (state["zero_stage"], state["precision"]) != (stage, self.precision):
             raise CheckpointError(f"{folder}: {player.name} was saved at ZeRO-{state['zero_stage']} in {state['precision']} but this run uses ZeRO-{stage} in {self.precision}")
         engine_dir = Path(folder) / player.name
-        verify_deepspeed_files(engine_dir / state["tag"], stage, self.world_size)
-        path, _ = player.engine.load_checkpoint(str(engine_dir), tag=state["tag"], load_optimizer_states=True, load_lr_scheduler_states=True)
+        saved_world = self.world_size if written is None else written
+        verify_deepspeed_files(engine_dir / state["tag"], stage, saved_world)
+        engine = player.engine
+        universal = saved_world != self.world_size
+        if universal:
+            engine_dir = self._universal(engine_dir, state["tag"])
+        # DeepSpeed reads this flag from its config at load time; set for this one load
+        engine._config.load_universal_checkpoint = universal
+        try:
+            path, _ = engine.load_checkpoint(str(engine_dir), tag=state["tag"], load_optimizer_states=True, load_lr_scheduler_states=True)
+        finally:
+            engine._config.load_universal_checkpoint = False
         if path is None:
             raise CheckpointError(f"{engine_dir}: DeepSpeed found no checkpoint to load")
+
+    def _universal(self, engine_dir: Path, tag: str) -> Path:
+        """Collective: `engine_dir/universal/` holding `engine_dir/tag` as a universal checkpoint,
+        made by rank 0 with DeepSpeed's own converter (`deepspeed.checkpoint.ds_to_universal`;
+        `--inject_missing_state` supplies the layout record a Megatron client would save) unless
+        an earlier resume made it. A failed conversion fails every rank."""
+        import subprocess
+        import sys
+
+        import torch.distributed as dist
+
+        out = engine_dir / "universal"
+        ok = torch.tensor(1)
+        if self.is_main and not (out / "latest_universal").exists():
+            tmp = engine_dir / "universal.partial"
+            cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(engine_dir / tag), "--output_folder", str(tmp / tag),
+                   "--num_extract_workers", "1", "--num_merge_workers", "1", "--inject_missing_state"]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode == 0:
+                (tmp / "latest_universal").write_text(tag)
+                tmp.rename(out)
+            else:
+                ok.zero_()
+                warnings.warn(f"{engine_dir}: ds_to_universal failed:\n{done.stderr[-2000:]}", stacklevel=2)
+        if self.world_size > 1:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if not ok:
+            raise CheckpointError(f"{engine_dir}: converting the ZeRO partitions to a universal checkpoint failed (see the warning above on rank 0)")
+        return out
 
     def reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """Mean over ranks (identity on one process)."""

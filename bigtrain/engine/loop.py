@@ -593,7 +593,7 @@ class Trainer:
             rank_state = self._other_world(folder, written, trainer_state, rank_state)
         try:
             for name, p in self.players.items():
-                self.backend.load_player(p, trainer_state["players"][name], folder)
+                self.backend.load_player(p, trainer_state["players"][name], folder, written=written)
             for name, ema in self.emas.items():
                 if trainer_state.get(f"{name}_ema") is not None:
                     ema.load_state_dict(trainer_state[f"{name}_ema"])
@@ -625,7 +625,7 @@ class Trainer:
         backend, seed = self.backend, self.cfg.run.seed
         if not backend.reshardable:
             raise CheckpointError(f"{folder}: written by {written} processes; the {self.cfg.backend.kind} backend resumes only on the same number "
-                                  f"(its ZeRO partitions are per process), not on {backend.world_size}")
+                                  f"here (ZeRO-3, ZeRO-0 and fp16/bf16 partitions are not converted), not on {backend.world_size}")
         if backend.is_main:
             warnings.warn(f"resuming {folder.name}, written by {written} process(es), on {backend.world_size}: weights, optimizers, EMA, scalers, "
                           f"schedule and counters carry over; ranks >= {min(written, backend.world_size)} draw new data and latent streams, "
