@@ -501,10 +501,8 @@ class DeepSpeedBackend(Backend):
         import subprocess
         import sys
 
-        import torch.distributed as dist
-
         out = engine_dir / "universal"
-        ok = torch.tensor(1)
+        ok = True
         if self.is_main and not (out / "latest_universal").exists():
             tmp = engine_dir / "universal.partial"
             cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(engine_dir / tag), "--output_folder", str(tmp / tag),
@@ -514,11 +512,9 @@ class DeepSpeedBackend(Backend):
                 (tmp / "latest_universal").write_text(tag)
                 tmp.rename(out)
             else:
-                ok.zero_()
+                ok = False
                 warnings.warn(f"{engine_dir}: ds_to_universal failed:\n{done.stderr[-2000:]}", stacklevel=2)
-        if self.world_size > 1:
-            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        if not ok:
+        if not self.all_ranks(ok):
             raise CheckpointError(f"{engine_dir}: converting the ZeRO partitions to a universal checkpoint failed (see the warning above on rank 0)")
         return out
 
