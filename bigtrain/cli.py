@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bigtrain.eval import commands as ev
 
     parser = argparse.ArgumentParser(prog="bigtrain", description="Distributed, large-batch GAN training.")
+    # the deepspeed launcher passes --local_rank=N before the command (unless --no_local_rank);
+    # the process's GPU comes from LOCAL_RANK, which that launcher sets as well
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train (or resume) a GAN from a YAML config")
@@ -268,6 +271,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:
         code = _run(args)
     except Exception:

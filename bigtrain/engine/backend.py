@@ -301,11 +301,11 @@ class DeepSpeedBackend(Backend):
 
     @property
     def reshardable(self) -> bool:
-        """A checkpoint of N processes resumes on M at ZeRO 1-2 in fp32: its per-process
-        partitions go through DeepSpeed's universal checkpoint (`load_player`). Other stages and
-        precisions are refused: not tested here (docs/design.md, "Resume on another number of
-        processes")."""
-        return self.precision == "fp32" and all(stage in (1, 2) for stage in self.zero_stages.values())
+        """A checkpoint of N processes resumes on M in fp32 and bf16 at every ZeRO stage: the
+        per-process partitions go through DeepSpeed's universal checkpoint (`load_player`).
+        fp16 is refused: its loss scaler's conversion is untested here, where DeepSpeed runs no
+        fp16 (docs/design.md, "Resume on another number of processes")."""
+        return self.precision != "fp16"
 
     def __init__(self, backend_cfg: BackendConfig, train_cfg: TrainConfig, env: Mapping[str, str] = os.environ):
         import deepspeed
@@ -481,7 +481,10 @@ class DeepSpeedBackend(Backend):
         saved_world = self.world_size if written is None else written
         verify_deepspeed_files(engine_dir / state["tag"], stage, saved_world)
         engine = player.engine
-        universal = saved_world != self.world_size
+        # an engine that saved no optimizer partitions (ZeRO-0: every rank holds whole states in
+        # mp_rank_00_model_states.pt) loads on any number of processes as it is
+        partitioned = any((engine_dir / state["tag"]).glob("*optim_states.pt"))
+        universal = saved_world != self.world_size and partitioned
         if universal:
             engine_dir = self._universal(engine_dir, state["tag"])
         # DeepSpeed reads this flag from its config at load time; set for this one load

@@ -625,7 +625,7 @@ class Trainer:
         backend, seed = self.backend, self.cfg.run.seed
         if not backend.reshardable:
             raise CheckpointError(f"{folder}: written by {written} processes; the {self.cfg.backend.kind} backend resumes only on the same number "
-                                  f"here (ZeRO-3, ZeRO-0 and fp16/bf16 partitions are not converted), not on {backend.world_size}")
+                                  f"here (fp16 engines are not converted), not on {backend.world_size}")
         if backend.is_main:
             warnings.warn(f"resuming {folder.name}, written by {written} process(es), on {backend.world_size}: weights, optimizers, EMA, scalers, "
                           f"schedule and counters carry over; ranks >= {min(written, backend.world_size)} draw new data and latent streams, "

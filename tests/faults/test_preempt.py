@@ -16,7 +16,7 @@ import pytest
 
 from bigtrain.errors import EXIT_STOPPED
 from tests.conftest import tiny_config, write_config, write_images_npz
-from tests.dist.test_ddp import torchrun
+from tests.dist.test_ddp import _free_port, torchrun
 from tests.faults import harness
 
 STEPS = 40  # of 16 images; log every 3 steps (a stop between two log lines), checkpoint every 20
@@ -232,7 +232,7 @@ def test_ctrl_c_to_the_process_group_with_shard_loader_workers(tmp_path):
 def test_a_second_start_on_the_same_run_is_refused_and_a_dead_runs_lock_is_not(tmp_path):
     cfg = _config(tmp_path)
     run = tmp_path / "runs" / "busy"
-    proc = _start(_cmd(cfg, "busy"))
+    proc = _start(_cmd(cfg, "busy"), SLOW_STEP_S="1")  # busy for 35 s more: the second start meets it running even on a loaded machine
     _wait_for_step(proc, run, 3)
     second = harness.finish(harness.command(cfg, ["run.name=busy"]))
     assert second.returncode == 2 and "is in use by another run" in second.stderr and f"pid {proc.pid}" in second.stderr, second.stderr[-2000:]
@@ -265,6 +265,55 @@ def test_two_processes_stop_together_when_one_rank_or_torchrun_is_signalled(tmp_
     second = _stopped(run)
     assert second["reason"] == "signal SIGTERM" and second["step"] > first["step"], err[-2000:]
     _resume_matches(cfg, tmp_path, "stopped", tmp_path / "runs" / "whole", backend, 2)
+
+
+def _deepspeed_launcher(cfg, name: str) -> list[str]:
+    """The deepspeed launcher on this host, 2 processes (--no_local_rank: the prelude's `python
+    -c` would take the --local_rank it adds for a python option; the CLI's own parse is tested
+    in test_the_cli_takes_the_deepspeed_launchers_local_rank)."""
+    launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(_free_port()), "--no_local_rank", "--no_python"]
+    return [*launcher, sys.executable, "-c", PRELUDE, "train", str(cfg), f"run.name={name}", *BACKENDS["deepspeed"]]
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+@pytest.mark.parametrize("target", ["launch", "group"])
+def test_the_deepspeed_launchers_signal_forwarding_stops_with_a_checkpoint(tmp_path, target):
+    """SIGTERM to deepspeed.launcher.launch, which forwards it to one rank at a time (it waits up
+    to 30 s for each to exit before signalling the next), or to the launcher's whole process
+    group (SLURM, Ctrl-C): both ranks stop at the same step with one checkpoint, and the run
+    continues bit for bit."""
+    pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install -e .[deepspeed])")
+    cfg = _config(tmp_path)
+    out = harness.finish(_cmd(cfg, "whole", "deepspeed", 2))
+    assert out.returncode == 0, out.stderr[-2000:]
+    run = tmp_path / "runs" / "stopped"
+    proc = _start(_deepspeed_launcher(cfg, "stopped"))
+    _wait_for_step(proc, run, 8)
+    if target == "launch":
+        launch = [pid for pid in harness._descendants(proc.pid) if b"deepspeed.launcher.launch" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(launch) == 1
+        os.kill(launch[0], signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+    code, err = _finish(proc)
+    record = _stopped(run)
+    assert record["reason"].startswith("signal") and 8 <= record["step"] < STEPS, err[-2000:]
+    assert err.count(f"stopped at step {record['step']} ") == 2, err[-3000:]  # both ranks, at the same step
+    _resume_matches(cfg, tmp_path, "stopped", tmp_path / "runs" / "whole", "deepspeed", 2)
+
+
+def test_the_cli_takes_the_deepspeed_launchers_local_rank(tmp_path, monkeypatch, capsys):
+    """The deepspeed launcher starts `bigtrain --local_rank=N COMMAND ...`; LOCAL_RANK (which it
+    sets too) is kept, or set from the flag when missing."""
+    from bigtrain.cli import main
+
+    cfg = _config(tmp_path)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert main(["--local_rank=1", "train", str(cfg), "--dry-run"]) == 0
+    assert os.environ["LOCAL_RANK"] == "1" and "backend:" in capsys.readouterr().out
+    assert main(["--local-rank", "0", "train", str(cfg), "--print-run-dir"]) == 0
+    assert os.environ["LOCAL_RANK"] == "1"  # the launcher's environment wins
 
 
 def test_stop_requests_time_budget_margin_follows_what_was_measured(tmp_path):
