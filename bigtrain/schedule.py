@@ -19,6 +19,7 @@ class Plan:
     batch_size: int  # global batch of this iteration
     lr: dict[str, float]  # player name -> learning rate
     values: dict[str, float] = field(default_factory=dict)  # the recipe's values (resolution, alpha, ...)
+    micro_batch: int = 0  # per process per accumulation round (set by the loop: the recipe's or train.micro_batch's)
 
 
 def factor(curve: CurveConfig, nimg: int, total_kimg: float, batch: int) -> float:

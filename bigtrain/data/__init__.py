@@ -42,8 +42,9 @@ Batch = tuple[torch.Tensor, Optional[torch.Tensor]]
 class Source(Protocol):
     info: DataInfo
 
-    def batches(self, start: int = 0) -> Iterator[Batch]:
-        """Infinite micro-batches for this rank, beginning after the first `start` samples."""
+    def batches(self, start: int = 0, size: Optional[int] = None) -> Iterator[Batch]:
+        """Infinite batches of `size` samples (default: the micro-batch it was built with) for
+        this rank, beginning after the first `start` samples."""
         ...
 
     def stats(self) -> dict[str, float]:

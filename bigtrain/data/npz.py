@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -101,14 +101,14 @@ class NpzSource:
         corners = crop_offsets(len(self.x), self.x.shape[-1], self.size, gen) if self.cropped else None  # [N, 2], drawn last: older streams unchanged
         return order, flips, corners
 
-    def batches(self, start: int = 0) -> Iterator[Batch]:
+    def batches(self, start: int = 0, size: Optional[int] = None) -> Iterator[Batch]:
         n = len(self.x)
         pos = start  # samples already served
         epoch, offset = divmod(pos, n)
         order, flips, corners = self._epoch(epoch)
         while True:
             idx_parts, flip_parts, corner_parts = [], [], []
-            need = self.micro_batch
+            need = size or self.micro_batch
             while need:
                 take = min(need, n - offset)
                 idx_parts.append(order[offset : offset + take])

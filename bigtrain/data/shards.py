@@ -535,17 +535,19 @@ class ShardSource:
         self.info = DataInfo("image", (channels * (2 if cfg.paired else 1), cfg.resolution, cfg.resolution), shards.num_classes)
         self._skipped = 0
 
-    def batches(self, start: int = 0) -> Iterator[Batch]:
-        """Infinite micro-batches; `start` (samples already served) reseeds every stream.
+    def batches(self, start: int = 0, size: Optional[int] = None) -> Iterator[Batch]:
+        """Infinite batches of `size` samples (default: the micro-batch); `start` (samples
+        already served) reseeds every stream.
 
         Worker w of this rank yields micro-batches w, w + W, w + 2W, ... (the DataLoader keeps
         that order), so the stream is reproducible for a fixed number of workers.
         """
         # the seeds take the position in micro-batches, as before positions were counted in
         # samples (the micro-batch is fixed for a run), so shard streams resume as they did
-        if start % self.spec.micro_batch:
-            raise ValueError(f"shard streams resume at whole micro-batches: {start} samples is not a multiple of {self.spec.micro_batch}")
-        loader = DataLoader(ShardStream(self.spec, start // self.spec.micro_batch), batch_size=None, num_workers=self.num_workers,
+        spec = replace(self.spec, micro_batch=size) if size else self.spec
+        if start % spec.micro_batch:
+            raise ValueError(f"shard streams resume at whole micro-batches: {start} samples is not a multiple of {spec.micro_batch}")
+        loader = DataLoader(ShardStream(spec, start // spec.micro_batch), batch_size=None, num_workers=self.num_workers,
                             worker_init_fn=_ignore_stop_signals if self.num_workers else None)
         batches = iter(loader)
         # workers ignore SIGTERM, so multiprocessing's exit handler (terminate, then join) would

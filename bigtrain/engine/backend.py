@@ -127,11 +127,11 @@ class Backend:
         flag = torch.full((1,), value, dtype=torch.int64)
         return Agreement(flag, dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._control_group, async_op=True))
 
-    def rounds_for(self, batch_size: int) -> int:
-        """Accumulation rounds that make `batch_size` images with this micro-batch and world."""
-        per_round = self.micro_batch * self.world_size
+    def rounds_for(self, batch_size: int, micro_batch: int) -> int:
+        """Accumulation rounds that make `batch_size` images with `micro_batch` per process."""
+        per_round = micro_batch * self.world_size
         if batch_size % per_round:
-            raise ConfigError("schedule.batch", f"batch size {batch_size} is not a multiple of micro_batch ({self.micro_batch}) x world size ({self.world_size})")
+            raise ConfigError("schedule.batch", f"batch size {batch_size} is not a multiple of micro_batch ({micro_batch}) x world size ({self.world_size})")
         return batch_size // per_round
 
     def set_lr(self, player: Player, lr: float) -> None:
@@ -172,10 +172,11 @@ class AccelerateBackend(Backend):
         return Player(name=name, net=net, engine=engine, optimizer=optimizer, scaler=scaler, grad_clip=opt_cfg.grad_clip, base_lr=opt_cfg.lr,
                       deferred_guard=fused)
 
-    def set_rounds(self, rounds: int) -> None:
-        """Accumulation rounds from the next phase on (called between iterations, where
-        Accelerate's round counter is a whole number of phases, so restarting it is exact)."""
-        self.rounds = rounds
+    def set_batch(self, micro_batch: int, rounds: int) -> None:
+        """Micro-batch and accumulation rounds from the next phase on (called between
+        iterations, where Accelerate's round counter is a whole number of phases, so restarting
+        it is exact)."""
+        self.micro_batch, self.rounds = micro_batch, rounds
         self.accelerator.gradient_accumulation_steps = rounds
         self.accelerator.step = 0
 
@@ -366,12 +367,14 @@ class DeepSpeedBackend(Backend):
         lr = float(ds_config.get("optimizer", {}).get("params", {}).get("lr", opt_cfg.lr))
         return Player(name=name, net=engine.module, engine=engine, optimizer=optimizer, scaler=None, grad_clip=float(ds_config.get("gradient_clipping", 0.0)), base_lr=lr)
 
-    def set_rounds(self, rounds: int) -> None:
-        """Accumulation rounds from the next phase on, through each engine's own API
-        (`set_train_batch_size` keeps the micro-batch and changes its accumulation steps)."""
-        self.rounds = rounds
+    def set_batch(self, micro_batch: int, rounds: int) -> None:
+        """Micro-batch and accumulation rounds from the next phase on, through each engine's
+        own API (`set_train_micro_batch_size`, then `set_train_batch_size`, which keeps the
+        micro-batch and sets the accumulation steps)."""
+        self.micro_batch, self.rounds = micro_batch, rounds
         for engine in self.engines:
-            engine.set_train_batch_size(self.micro_batch * rounds * self.world_size)
+            engine.set_train_micro_batch_size(micro_batch)
+            engine.set_train_batch_size(micro_batch * rounds * self.world_size)
 
     def accumulate(self, players: list[Player]) -> ContextManager:
         """DeepSpeed counts accumulation rounds itself (one `engine.step` per `backward`)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -171,8 +172,13 @@ class Trainer:
         self.source: Source = next(iter(self.sources.values()))  # the first stream's (the only one of most recipes)
         self.info: DataInfo = self.source.info
         _check_labels(cfg, self.info)
-        self.recipe = build_recipe(cfg, self.info)  # every config check before an engine starts
+        self.recipe = build_recipe(cfg, self.info, backend.world_size)  # every config check before an engine starts
         self.recipe.check_streams({s: src.info for s, src in self.sources.items()})
+        # the streams are read in chunks that make up every micro-batch the recipe asks for
+        # (progressive growing: one per resolution); otherwise a chunk is the micro-batch
+        self.config_micro_batch = backend.micro_batch
+        sizes = self.recipe.micro_batch_sizes()
+        self.chunk = math.gcd(*sizes) if sizes else backend.micro_batch
 
         torch.manual_seed(derive_seed(cfg.run.seed))  # identical initial weights on every rank
         self.players: dict[str, Player] = {}
@@ -189,7 +195,7 @@ class Trainer:
                 net.compile(backend=cfg.train.compile_backend)
             self.players[spec.name] = backend.make_player(spec.name, net, spec.optim)
         self.recipe.check_players(self.players, lambda name: backend.supports_second_order(self.players[name]))
-        self.recipe.bind(self.players, backend.reduce_mean, backend.micro_batch)
+        self.recipe.bind(self.players, backend.reduce_mean, self.chunk)
         self.evaluator = self._build_evaluator()
         self.best_fid = checkpoint.best_fid(self.ckpt_root)
         self.counters = Counters(data_pos={s: 0 for s in self.recipe.streams})
@@ -202,7 +208,7 @@ class Trainer:
             torch.manual_seed(derive_seed(cfg.run.seed, backend.rank, 0))  # each rank its own augmentations
         # one stream of this rank for every name the recipe reads, each from its own source
         prefetch = cfg.data.prefetch if cfg.data.prefetch is not None else backend.device.type == "cuda"
-        self._batches = {s: self.sources[s].batches(self.counters.data_pos[s]) for s in self.recipe.streams}
+        self._batches = {s: self.sources[s].batches(self.counters.data_pos[s], self.chunk) for s in self.recipe.streams}
         self.streams: dict[str, Iterator[dict[str, torch.Tensor]]] = {s: (Prefetcher if prefetch else map)(self._to_device, b) for s, b in self._batches.items()}
         self.plan: Optional[Plan] = None
         self._grid_cache: Optional[dict[str, torch.Tensor]] = None  # the grid's input samples, read on first use
@@ -266,7 +272,9 @@ class Trainer:
         return out
 
     def _draw(self, stream: str) -> dict[str, torch.Tensor]:
-        batch = next(self.streams[stream])
+        """The next micro-batch of `stream`: one chunk, or several joined."""
+        parts = [next(self.streams[stream]) for _ in range(self.backend.micro_batch // self.chunk)]
+        batch = parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         self.counters.data_pos[stream] += len(batch["x"])  # samples taken (a prefetched one is not yet)
         return batch
 
@@ -308,11 +316,12 @@ class Trainer:
         own = self.recipe.schedule(self.counters.nimg, base_lr)
         if own is not None:
             plan = dataclasses.replace(plan, batch_size=own[0], lr=dict(own[1]))
+        plan = dataclasses.replace(plan, micro_batch=self.recipe.micro_batch(self.counters.nimg) or self.config_micro_batch)
         last = self.plan
-        if last is None or plan.batch_size != last.batch_size:
-            rounds = self.backend.rounds_for(plan.batch_size)
-            if rounds != self.backend.rounds:
-                self.backend.set_rounds(rounds)
+        if last is None or (plan.batch_size, plan.micro_batch) != (last.batch_size, last.micro_batch):
+            rounds = self.backend.rounds_for(plan.batch_size, plan.micro_batch)
+            if (plan.micro_batch, rounds) != (self.backend.micro_batch, self.backend.rounds):
+                self.backend.set_batch(plan.micro_batch, rounds)
         for name, lr in plan.lr.items():
             if (last.lr[name] if last is not None else self.players[name].base_lr) != lr:
                 self.backend.set_lr(self.players[name], lr)
@@ -621,7 +630,7 @@ class Trainer:
         existed keeps its RNG, latent stream, data positions, pools and unlogged statistics; a
         new rank starts its own augmentation and latent streams, seeded by (seed, rank, step),
         with empty per-rank recipe state, at rank 0's data positions. Positions round up to whole
-        micro-batches of this run (a shard stream restarts only there)."""
+        chunks of this run (a shard stream restarts only there)."""
         backend, seed = self.backend, self.cfg.run.seed
         if not backend.reshardable:
             raise CheckpointError(f"{folder}: written by {written} processes; the {self.cfg.backend.kind} backend resumes only on the same number "
@@ -636,7 +645,7 @@ class Trainer:
             state["torch_rng"] = torch.Generator().manual_seed(derive_seed(seed, backend.rank, 0, step)).get_state()
             state["latent_gen"] = torch.Generator(device=backend.device).manual_seed(derive_seed(seed, backend.rank, LATENT_STREAM, step)).get_state()
             state.update(cuda_rng=None, recipe={}, data_stats={}, tracker={})
-        m = backend.micro_batch
+        m = self.chunk
         state["data_pos"] = {s: -(-int(p) // m) * m for s, p in state["data_pos"].items()}
         return state
 

@@ -36,9 +36,11 @@ def recipe_class(cfg: Config) -> type[Recipe]:
     return RECIPES[cfg.recipe]
 
 
-def build_recipe(cfg: Config, info: DataInfo) -> Recipe:
-    """The recipe for `cfg` on data described by `info`, with its config checks done."""
+def build_recipe(cfg: Config, info: DataInfo, world_size: int = 1) -> Recipe:
+    """The recipe for `cfg` on data described by `info`, trained by `world_size` processes,
+    with its config checks done."""
     recipe = recipe_class(cfg)(cfg, info)
+    recipe.world_size = world_size
     names = {spec.name.lower() for spec in recipe.players()} | set(recipe.optim_groups())
     for section, keys in (("optim", cfg.optim), ("backend.configs", cfg.backend.configs), ("schedule.lr", cfg.schedule.lr)):
         for key in keys:

@@ -88,6 +88,8 @@ class Recipe:
     grid_streams: tuple[str, ...] = ()  # streams whose first samples the sample grid shows (image-to-image: its inputs)
     conditional_sampling: bool = True  # `--class` means something for this family
 
+    world_size: int = 1  # processes training the recipe (set by build_recipe)
+
     def __init__(self, cfg: Config, info: DataInfo):
         self.cfg, self.info = cfg, info
         self.phases: list[Phase] = []
@@ -125,6 +127,17 @@ class Recipe:
         `schedule.batch` / `schedule.lr` (progressive growing looks both up by resolution); None:
         the config's schedule. A pure function of `nimg`, as the plan must be."""
         return None
+
+    def micro_batch(self, nimg: int) -> Optional[int]:
+        """The recipe's own per-process micro-batch at `nimg` (progressive growing: by
+        resolution); None: train.micro_batch's. A pure function of `nimg`."""
+        return None
+
+    def micro_batch_sizes(self) -> tuple[int, ...]:
+        """Every value `micro_batch` returns over the run (() when it returns None): the data
+        streams are read in chunks of their greatest common divisor. Checked before any
+        engine starts."""
+        return ()
 
     def begin_iteration(self, plan: Any) -> tuple[str, ...]:
         """Called with the iteration's plan before its phases (e.g. set a resolution on the

@@ -30,7 +30,8 @@ class GrowthOptions:
     transition_kimg: float = 600.0  # images (thousands) over which a new resolution fades in
     minibatch_base: int = 16  # global minibatch where `minibatch` names none
     minibatch: Dict[int, int] = field(default_factory=dict)  # resolution -> global minibatch
-    max_minibatch_per_gpu: Dict[int, int] = field(default_factory=dict)  # resolution -> most samples per process
+    max_minibatch_per_gpu: Dict[int, int] = field(default_factory=dict)  # resolution -> most samples per process (caps the minibatch, as the official code)
+    micro_batch: Dict[int, int] = field(default_factory=dict)  # resolution -> samples per process per accumulation round (else train.micro_batch, or the whole share)
     g_lr: Dict[int, float] = field(default_factory=dict)  # resolution -> G's learning rate (else optim.g.lr)
     d_lr: Dict[int, float] = field(default_factory=dict)  # resolution -> D's learning rate (else optim.d.lr)
     reset_optimizer: bool = True  # clear G's and D's optimizer state when a fade starts or ends (official reset_opt_for_new_lod)
@@ -44,7 +45,7 @@ class GrowthOptions:
                 raise ConfigError(f"{prefix}.{key}", f"must be >= 0, got {getattr(self, key)}")
         if self.minibatch_base < 1:
             raise ConfigError(f"{prefix}.minibatch_base", f"must be >= 1, got {self.minibatch_base}")
-        for key in ("minibatch", "max_minibatch_per_gpu", "g_lr", "d_lr"):
+        for key in ("minibatch", "max_minibatch_per_gpu", "micro_batch", "g_lr", "d_lr"):
             for res, value in getattr(self, key).items():
                 if res < 4 or res & (res - 1):
                     raise ConfigError(f"{prefix}.{key}.{res}", "keys are resolutions: powers of 2 >= 4")
@@ -79,12 +80,34 @@ def growth(opts: GrowthOptions, nimg: int, resolution: int, num_gpus: int, g_lr:
         lod -= max(phase_kimg - opts.training_kimg, 0.0) / opts.transition_kimg
     lod = max(lod, 0.0)
     res = 2 ** (resolution_log2 - int(math.floor(lod)))
+    return Growth(lod=lod, resolution=res, alpha=1.0 - (lod - math.floor(lod)), minibatch=minibatch_at(opts, res, num_gpus),
+                  g_lr=opts.g_lr.get(res, g_lr), d_lr=opts.d_lr.get(res, d_lr))
+
+
+def minibatch_at(opts: GrowthOptions, res: int, num_gpus: int) -> int:
+    """The global minibatch at resolution `res` on `num_gpus` processes, as the official code
+    sets it: the table's (else `minibatch_base`), rounded down to a multiple of the processes,
+    at most `max_minibatch_per_gpu` per process."""
     minibatch = opts.minibatch.get(res, opts.minibatch_base)
     minibatch -= minibatch % num_gpus
     if res in opts.max_minibatch_per_gpu:
         minibatch = min(minibatch, opts.max_minibatch_per_gpu[res] * num_gpus)
-    return Growth(lod=lod, resolution=res, alpha=1.0 - (lod - math.floor(lod)), minibatch=minibatch,
-                  g_lr=opts.g_lr.get(res, g_lr), d_lr=opts.d_lr.get(res, d_lr))
+    return minibatch
+
+
+def micro_batch_at(opts: GrowthOptions, res: int, num_gpus: int, cap: int) -> int:
+    """Samples per process per accumulation round at resolution `res`: `opts.micro_batch[res]`,
+    else `cap` (train.micro_batch; 0: none), at most the process's share of the minibatch. The
+    official code has no accumulation: with neither set, the whole share in one round."""
+    share = minibatch_at(opts, res, num_gpus) // num_gpus
+    if share == 0:
+        raise ConfigError(f"progan.minibatch.{res}", f"the minibatch at {res}x{res} is smaller than the {num_gpus} processes")
+    micro = min(opts.micro_batch.get(res) or cap or share, share)
+    if share % micro:
+        key = f"progan.micro_batch.{res}" if res in opts.micro_batch else "train.micro_batch"
+        raise ConfigError(key, f"{micro} does not divide the {share} samples per process of the minibatch at {res}x{res} "
+                               f"({minibatch_at(opts, res, num_gpus)} over {num_gpus} processes)")
+    return micro
 
 
 def resets_optimizer(previous: float, lod: float) -> bool:

@@ -25,7 +25,7 @@ from bigtrain.errors import ConfigError
 from bigtrain.models.progan import blend_reals
 from bigtrain.recipes.base import PlayerSpec, Round, Stats, optim_for
 from bigtrain.recipes.gan import GanRecipe
-from bigtrain.recipes.growth import Growth, GrowthOptions, growth, resets_optimizer
+from bigtrain.recipes.growth import Growth, GrowthOptions, growth, micro_batch_at, resets_optimizer
 
 
 @dataclass
@@ -68,8 +68,6 @@ class ProganRecipe(GanRecipe):
             raise ConfigError("progan.reset_optimizer", "is not supported under DeepSpeed (its ZeRO partitions hold the optimizer state); set it to false")
         if cfg.backend.kind == "accelerate" and not cfg.backend.find_unused_parameters:
             raise ConfigError("backend.find_unused_parameters", "progan's nets hold every level, and a forward uses only some of them: set it to true")
-        if cfg.train.micro_batch == 0:
-            raise ConfigError("train.micro_batch", "progan's minibatch changes with the resolution: set the micro-batch per process (each minibatch must be a multiple of it x the processes)")
         self.prev_lod: Optional[float] = None  # the lod of the last iteration (saved: resets stay exact on resume)
         self.now: Optional[Growth] = None
 
@@ -84,9 +82,26 @@ class ProganRecipe(GanRecipe):
 
     # ---- the schedule ----------------------------------------------------------------------
     def _growth(self, nimg: int) -> Growth:
-        # the minibatch is not rounded to the process count here (num_gpus 1): the backend
-        # refuses one that is no multiple of micro-batch x processes, naming it
-        return growth(self.opts, nimg, self.resolution, 1, optim_for(self.cfg, "G").lr, optim_for(self.cfg, "D").lr)
+        # as the official code: the minibatch rounded down to a multiple of the processes and
+        # capped by max_minibatch_per_gpu x processes
+        return growth(self.opts, nimg, self.resolution, self.world_size, optim_for(self.cfg, "G").lr, optim_for(self.cfg, "D").lr)
+
+    def _resolutions(self) -> list[int]:
+        return [2 ** k for k in range(self.opts.initial_resolution.bit_length() - 1, self.resolution.bit_length())]
+
+    def micro_batch(self, nimg: int) -> Optional[int]:
+        return micro_batch_at(self.opts, self._growth(nimg).resolution, self.world_size, self.cfg.train.micro_batch)
+
+    def micro_batch_sizes(self) -> tuple[int, ...]:
+        """The micro-batch of every resolution the run trains at; a minibatch stddev group must
+        divide each (or be larger: then it is the whole micro-batch, as the paper's v1 code)."""
+        sizes = tuple(micro_batch_at(self.opts, res, self.world_size, self.cfg.train.micro_batch) for res in self._resolutions())
+        group = self.cfg.model.d.mbstd_group
+        for res, micro in zip(self._resolutions(), sizes):
+            if group and micro % min(group, micro):
+                raise ConfigError("model.d.mbstd_group", f"{group} does not divide the micro-batch {micro} at {res}x{res} (D's minibatch "
+                                  "stddev groups samples of one micro-batch); pick a divisor of every micro-batch, or one above all of them")
+        return sizes
 
     def schedule(self, nimg: int, base_lr: dict[str, float]) -> tuple[int, dict[str, float]]:
         g = self._growth(nimg)  # its base rates are base_lr's: optim.g.lr, optim.d.lr

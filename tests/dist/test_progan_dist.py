@@ -32,6 +32,25 @@ def test_growth_on_two_processes_keeps_the_ranks_identical(tmp_path, backend, ov
     assert [r["progan/resolution"] for r in rows] == [4] * 5 + [8] * 8 + [16] * 11
 
 
+@pytest.mark.parametrize("backend, overrides", CASES)
+def test_a_micro_batch_that_changes_with_the_resolution_keeps_the_ranks_identical(tmp_path, backend, overrides):
+    """Minibatch 16 at 4x4 and 8x8, 8 at 16x16, each process taking its whole share in one
+    round (train.micro_batch 0): the micro-batch goes from 8 to 4 at the second growth, through
+    each backend's own API (DeepSpeed: set_train_micro_batch_size)."""
+    if backend == "deepspeed":
+        pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install -e .[deepspeed])")
+    cfg = _cfg(tmp_path, minibatch={16: 8})
+    cfg["train"]["micro_batch"] = 0
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    result = run_worker(tmp_path / "c.yaml", tmp_path / "out.pt", *overrides)
+    assert result["world_size"] == 2 and result["micro_batch"] == 4 and result["rounds"] == 1
+    assert result["max_rank_diff"] == 0.0
+    assert (result["params"] - result["initial"]).abs().max() > 1e-3
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "pg" / "metrics.jsonl").read_text().splitlines()]
+    res = [r["progan/resolution"] for r in rows]
+    assert res[:13] == [4] * 5 + [8] * 8 and res[13:] == [16] * 11 and rows[-1]["kimg"] == pytest.approx(0.384)
+
+
 # the schedule of _cfg (growth.py, 16 images a step, 4 steps per phase): step 6 trains the fade
 # to 8x8 at alpha 0.25, steps 9-13 stabilise at 8x8, step 14 starts the fade to 16x16
 @pytest.mark.parametrize("resume_step, alphas, resolutions", [

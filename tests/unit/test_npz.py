@@ -83,3 +83,18 @@ def test_bad_files(tmp_path):
         load_npz(wrong)
     with pytest.raises(ConfigError, match="data.path"):
         build_source(DataConfig(path=""), micro_batch=2, rank=0, world_size=1, seed=0)
+
+
+def test_batches_of_another_size_are_the_same_stream_cut_differently(tmp_path):
+    """The loop reads a stream in chunks and joins them into micro-batches of any multiple (a
+    micro-batch that changes with the resolution): sample k is the same whatever the size."""
+    path = write_images_npz(tmp_path / "d.npz", n=13, res=8)
+
+    def read(start, size, n):  # n batches, joined; mirrored at random, so order and flips both count
+        batches = _source(path, xflip=True).batches(start, size)
+        return torch.cat([next(batches)[0] for _ in range(n)])
+
+    whole = read(0, 12, 3)  # [36, 1, 8, 8]: nearly 3 epochs of 13
+    assert torch.equal(read(0, 4, 9), whole)
+    assert torch.equal(read(20, 4, 4), whole[20:36])
+    assert not torch.equal(whole[:13], whole[13:26])  # the epochs differ: the check sees the order

@@ -84,6 +84,58 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, resume_step):
             assert torch.equal(a, b)
 
 
+class _Recording(Trainer):
+    """A Trainer noting, at each iteration, (global batch, micro-batch, rounds) as applied to
+    the backend and the samples its stream served before it."""
+
+    def apply_plan(self):
+        plan = super().apply_plan()
+        self.seen = getattr(self, "seen", []) + [(plan.batch_size, self.backend.micro_batch, self.backend.rounds, self.counters.data_pos["real"])]
+        return plan
+
+
+@pytest.mark.parametrize("micro, table, expect", [
+    # 208 images at 4x4 and 8x8 in minibatches of 16, then 176 at 16x16 in minibatches of 8 (the fade's too)
+    (0, {}, [(16, 16, 1)] * 13 + [(8, 8, 1)] * 22),  # the official way: each process's whole share, one round
+    pytest.param(4, {}, [(16, 4, 4)] * 13 + [(8, 4, 2)] * 22, marks=pytest.mark.slow),  # train.micro_batch caps it: accumulation makes up the minibatch
+    pytest.param(0, {4: 16, 8: 8}, [(16, 16, 1)] * 5 + [(16, 8, 2)] * 8 + [(8, 8, 1)] * 22, marks=pytest.mark.slow),  # progan.micro_batch by resolution
+], ids=["whole-share", "capped", "table"])
+def test_the_micro_batch_follows_the_resolution(tmp_path, micro, table, expect):
+    cfg = _cfg(tmp_path, minibatch={16: 8}, micro_batch=table)
+    cfg["train"]["micro_batch"] = micro
+    trainer = _Recording(config_from_dict(cfg))
+    trainer.train()
+    trainer.backend.close()
+    assert [s[:3] for s in trainer.seen] == expect
+    served = [b - a for a, b in zip([s[3] for s in trainer.seen], [s[3] for s in trainer.seen[1:]] + [trainer.counters.data_pos["real"]])]
+    assert served == [s[0] for s in expect]  # each iteration read exactly its minibatch of reals
+    assert trainer.chunk == min(m for _, m, _ in expect)
+    rows = _rows(tmp_path / "runs" / "pg")
+    res = [r["progan/resolution"] for r in rows]  # a line every 16 images: every step, then every second step
+    assert res[:13] == [4] * 5 + [8] * 8 and res[13:] == [16] * 11
+    assert all(torch.isfinite(torch.tensor([r["loss/D"], r["loss/G"]])).all() for r in rows)
+
+
+@pytest.mark.parametrize("resume_step", [pytest.param(10, marks=pytest.mark.slow), 15], ids=["before-the-change", "after-the-change"])
+def test_resume_across_a_micro_batch_change_reproduces_the_uninterrupted_run(tmp_path, resume_step):
+    """Micro-batch 16 at 4x4 and 8x8, 8 at 16x16 (from step 14): a resume before or after the
+    change continues with the losses and weights of the uninterrupted run."""
+    def cfg(name, **train):
+        c = _cfg(tmp_path, name=name, minibatch={16: 8})
+        c["train"].update(micro_batch=0, **train)
+        return c
+
+    whole = _train(cfg("whole"))
+    resumed = _train(cfg("resumed", resume=str(tmp_path / "runs" / "whole" / "checkpoints" / f"step-{resume_step:08d}")))
+    keys = ("loss/D", "loss/G", "loss/D_gp", "progan/resolution")
+    expect = [[r[k] for k in keys] for r in _rows(tmp_path / "runs" / "whole") if r["step"] > resume_step]
+    assert [[r[k] for k in keys] for r in _rows(tmp_path / "runs" / "resumed")] == expect
+    assert resumed.counters.data_pos == whole.counters.data_pos
+    for name in ("G", "D"):
+        for a, b in zip(whole.players[name].net.state_dict().values(), resumed.players[name].net.state_dict().values()):
+            assert torch.equal(a, b)
+
+
 def test_reals_are_box_filtered_to_the_current_resolution_and_blended(tmp_path):
     trainer = Trainer(config_from_dict(_cfg(tmp_path)))
     recipe = trainer.recipe
@@ -108,7 +160,10 @@ def test_sampling_a_checkpoint_of_any_stage_gives_its_resolution(tmp_path):
 @pytest.mark.parametrize("edit, key", [
     (lambda c: c["model"].update(g={"arch": "dcgan", "width": 8}), "model.g.arch"),
     (lambda c: c["backend"].update(find_unused_parameters=False), "backend.find_unused_parameters"),
-    (lambda c: c["train"].update(micro_batch=0), "train.micro_batch"),
+    (lambda c: c["train"].update(micro_batch=3, batch_size=24), "train.micro_batch"),
+    (lambda c: c["progan"].update(micro_batch={8: 5}), "progan.micro_batch.8"),
+    (lambda c: c["model"]["d"].update(mbstd_group=3), "model.d.mbstd_group"),
+    (lambda c: c["progan"].update(minibatch={16: 0}), "progan.minibatch.16"),
     (lambda c: c["backend"].update(kind="deepspeed"), "progan.reset_optimizer"),
     (lambda c: c["progan"].update(initial_resolution=32), "progan.initial_resolution"),
     (lambda c: c.update(schedule={"batch": [[1, 32]]}), "schedule"),
