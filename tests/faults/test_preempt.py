@@ -309,7 +309,8 @@ def test_the_cli_takes_the_deepspeed_launchers_local_rank(tmp_path, monkeypatch,
     from bigtrain.cli import main
 
     cfg = _config(tmp_path)
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "0")  # recorded, so that the LOCAL_RANK main sets is undone after the test
+    monkeypatch.delenv("LOCAL_RANK")
     assert main(["--local_rank=1", "train", str(cfg), "--dry-run"]) == 0
     assert os.environ["LOCAL_RANK"] == "1" and "backend:" in capsys.readouterr().out
     assert main(["--local-rank", "0", "train", str(cfg), "--print-run-dir"]) == 0
