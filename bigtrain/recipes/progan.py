@@ -5,9 +5,9 @@ growth.py (docs/design.md, "Progressive growing").
 Each iteration the recipe sets the schedule's level of detail on G and D (G_ema follows, as the
 EMA copies G's buffers); the real batch, read at the data's resolution, is box-filtered down to
 the current one and crossfaded like G's output (`blend_reals`), so D never sees reals sharper
-than fakes. The global batch and the learning rates come from the schedule's per-resolution
-tables; the optimizers' state is reset where a fade starts and ends (official default). The
-loss is `loss.type` with `loss.gp_weight` (WGAN-GP, lambda 10 in the paper) around
+than fakes. The global batch, the micro-batch and the learning rates come from the schedule's
+per-resolution tables (docs/design.md, "Micro-batch by resolution"); the optimizers' state is
+reset where a fade starts and ends (official default). The loss is `loss.type` with `loss.gp_weight` (WGAN-GP, lambda 10 in the paper) around
 `progan.gp_target` and the drift term `progan.drift` x E[D(x)^2].
 """
 from __future__ import annotations
