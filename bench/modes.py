@@ -42,11 +42,12 @@ VARIANTS = {
 _CPU_PACGAN = "configs/pacgan_grid25_cpu.yaml"
 # GMAN on the CPU config's nets, optimizer and schedule: its recipe takes neither a pack nor R1,
 # and its discriminators are the players D1..D3, each with its own lr curve
-_GMAN_CPU = ["recipe=gman", "gman.discriminators=3", "gman.combiner=soft_mean", "gman.softmax_lambda=1.0", "model.d.pack=1", "train.batch_size=100",
+_GMAN_CPU = ["recipe=gman", "gman.discriminators=3", "gman.combiner=soft_mean", "gman.softmax_lambda=1.0", "model.d.pack=1", "train.batch_size=200",
              "loss.r1_gamma=0", *(f"schedule.lr.d{k}.shape=linear" for k in (1, 2, 3))]
 CPU_VARIANTS = {
-    "gan": (_CPU_PACGAN, ["model.d.pack=1", "train.batch_size=100"]),
-    "pacgan2": (_CPU_PACGAN, ["model.d.pack=2", "train.batch_size=200"]),
+    # as PacGAN's experiment, D sees as many inputs a step whatever the pack: 200 in the CPU config
+    "gan": (_CPU_PACGAN, ["model.d.pack=1", "train.batch_size=200"]),
+    "pacgan2": (_CPU_PACGAN, ["model.d.pack=2", "train.batch_size=400"]),
     "pacgan4": (_CPU_PACGAN, []),
     "gman": (_CPU_PACGAN, _GMAN_CPU),
     "madgan": ("configs/madgan_grid25_cpu.yaml", []),
