@@ -23,7 +23,7 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 from bigtrain.config import catchable_signal
 from bigtrain.errors import BigtrainError
@@ -102,8 +102,14 @@ class StopRequests:
         self._previous.clear()
 
 
-def write_stopped(run_dir: Path, record: dict) -> None:
-    """RUN_DIR/stopped.json (atomically), and the stop file it answered removed."""
+def write_stopped(run_dir: Path, record: dict, env: Mapping[str, str] = os.environ) -> None:
+    """RUN_DIR/stopped.json (atomically), and the stop file it answered removed. Under SLURM the
+    record also names the job and its start (`slurm_job_id`, `slurm_restart_count`): a requeued
+    job that fails before training finds the previous start's file, and slurm/train.sbatch
+    requeues only for a stop its own start wrote."""
+    if env.get("SLURM_JOB_ID"):
+        restarts = env.get("SLURM_RESTART_COUNT", "")
+        record = {**record, "slurm_job_id": env["SLURM_JOB_ID"], "slurm_restart_count": int(restarts) if restarts.isdigit() else 0}
     tmp = run_dir / f".{STOPPED_FILE}.tmp"
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(run_dir / STOPPED_FILE)

@@ -88,6 +88,7 @@ def test_time_limit_warning_checkpoints_requeues_and_the_requeued_job_resumes_ex
     assert job.returncode == 0, err[-3000:]
     stopped = json.loads((run / "stopped.json").read_text())
     assert stopped["reason"] == "stop file" and 8 <= stopped["step"] < STEPS
+    assert (stopped["slurm_job_id"], stopped["slurm_restart_count"]) == ("4242", 0)  # this start of the job wrote it
     assert "scontrol requeue 4242" in _calls(log) and "requeued job 4242" in out
     assert not (run / "STOP").exists()
 
@@ -109,6 +110,23 @@ def test_preemption_sigterm_to_the_whole_job_and_the_requeue_limit(tmp_path, fak
     assert job.returncode == 75, err[-3000:]  # checkpointed, but requeued 3 times already: not again
     assert json.loads((run / "stopped.json").read_text())["reason"] in ("signal SIGTERM", "stop file")  # torchrun forwards it; the shell's trap asks too
     assert not [c for c in _calls(log) if c.startswith("scontrol requeue")] and "not again" in err
+
+
+def test_a_requeued_job_that_fails_before_training_does_not_requeue_for_the_previous_stop(tmp_path, fake_slurm):
+    """The previous start of job 4242 stopped with a checkpoint and was requeued; the requeued
+    start (restart 1) fails before training (its data is gone), so stopped.json is still the
+    previous start's: that is no reason to requeue again (on a real cluster: two pointless
+    requeues, then FAILED 75)."""
+    env, log = fake_slurm
+    cfg = _config(tmp_path)
+    run = tmp_path / "runs" / "job"
+    run.mkdir(parents=True)
+    previous = {"reason": "stop file", "step": 9, "exit_code": 75, "slurm_job_id": "4242", "slurm_restart_count": 0}
+    (run / "stopped.json").write_text(json.dumps(previous))
+    job = _sbatch("train.sbatch", [str(cfg), "run.name=job", f"data.path={tmp_path / 'gone.npz'}"], env, SLURM_RESTART_COUNT="1")
+    out, err = job.communicate(timeout=300)
+    assert job.returncode != 0 and "gone.npz" in err, err[-3000:]
+    assert not [c for c in _calls(log) if c.startswith("scontrol requeue")], out
 
 
 @pytest.mark.slow
