@@ -20,15 +20,27 @@ from tests.faults.test_preempt import STEPS, _config, _wait_for_step
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(900)]
 
 SLURM = harness.REPO / "slurm"
+# srun runs the step's one task and ends with its exit code, which it logs; signals do not end
+# it: SLURM delivers them to every process of the step itself
 FAKE_SRUN = """#!/bin/bash
 echo "srun $*" >> "$FAKE_SLURM_LOG"
 while [[ "$1" == --* ]]; do shift; done
 export SLURM_NODEID=0 SLURM_PROCID=0
-exec "$@"
+trap : TERM INT USR1
+"$@"
+code=$?
+echo "srun exit $code" >> "$FAKE_SLURM_LOG"
+exit $code
 """
+# `scontrol requeue` fails with FAKE_REQUEUE_REFUSAL where set (SLURM requeues the job already);
+# `scontrol show job` reports FAKE_RESTARTS as the job's restart count
 FAKE_SCONTROL = """#!/bin/bash
 echo "scontrol $*" >> "$FAKE_SLURM_LOG"
-if [ "$1 $2" = "show hostnames" ]; then echo localhost; fi
+case "$1 $2" in
+    "show hostnames") echo localhost ;;
+    "show job") echo "JobId=$3 JobName=bigtrain JobState=${FAKE_JOB_STATE:-RUNNING} Requeue=1 Restarts=${FAKE_RESTARTS:-0} BatchFlag=1" ;;
+    requeue*) if [ -n "${FAKE_REQUEUE_REFUSAL:-}" ]; then echo "$FAKE_REQUEUE_REFUSAL" >&2; exit 1; fi ;;
+esac
 """
 # every Python process of the job imports this first (PYTHONPATH): each training iteration
 # sleeps SLOW_STEP_S, so the signals find the run mid-way
@@ -90,6 +102,7 @@ def test_time_limit_warning_checkpoints_requeues_and_the_requeued_job_resumes_ex
     assert stopped["reason"] == "stop file" and 8 <= stopped["step"] < STEPS
     assert (stopped["slurm_job_id"], stopped["slurm_restart_count"]) == ("4242", 0)  # this start of the job wrote it
     assert "scontrol requeue 4242" in _calls(log) and "requeued job 4242" in out
+    assert "srun exit 0" in _calls(log)  # a checkpointed stop is no failed step (torchrun itself exits 1)
     assert not (run / "STOP").exists()
 
     again = _sbatch("train.sbatch", [str(cfg), "run.name=job"], env, SLURM_RESTART_COUNT="1")  # SLURM starts the requeued job
@@ -112,6 +125,26 @@ def test_preemption_sigterm_to_the_whole_job_and_the_requeue_limit(tmp_path, fak
     assert not [c for c in _calls(log) if c.startswith("scontrol requeue")] and "not again" in err
 
 
+def test_a_requeue_slurm_already_made_ends_the_job_cleanly(tmp_path, fake_slurm):
+    """An administrator's `scontrol requeue` (or a preemption that requeues) sends SIGTERM to the
+    job and requeues it: the run checkpoints, the script's own `scontrol requeue` is refused
+    (SLURM: "Job is pending execution"), and the job's restart count is already past this
+    start's. That is the requeue the script wanted: exit 0, and the step ended with 0 too (sacct
+    showed FAILED for every interruption)."""
+    env, log = fake_slurm
+    cfg = _config(tmp_path)
+    run = tmp_path / "runs" / "admin"
+    job = _sbatch("train.sbatch", [str(cfg), "run.name=admin"], env, SLOW_STEP_S="0.05",
+                  FAKE_REQUEUE_REFUSAL="Job is pending execution for job 4242", FAKE_RESTARTS="1")
+    _wait_for_step(job, run, 5)
+    os.killpg(job.pid, signal.SIGTERM)  # what SLURM does to the job it requeues
+    out, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err[-3000:]
+    assert json.loads((run / "stopped.json").read_text())["step"] < STEPS
+    assert "scontrol requeue 4242" in _calls(log) and "srun exit 0" in _calls(log)
+    assert "requeued already" in out and "Job is pending execution" in out
+
+
 def test_a_requeued_job_that_fails_before_training_does_not_requeue_for_the_previous_stop(tmp_path, fake_slurm):
     """The previous start of job 4242 stopped with a checkpoint and was requeued; the requeued
     start (restart 1) fails before training (its data is gone), so stopped.json is still the
@@ -123,7 +156,8 @@ def test_a_requeued_job_that_fails_before_training_does_not_requeue_for_the_prev
     run.mkdir(parents=True)
     previous = {"reason": "stop file", "step": 9, "exit_code": 75, "slurm_job_id": "4242", "slurm_restart_count": 0}
     (run / "stopped.json").write_text(json.dumps(previous))
-    job = _sbatch("train.sbatch", [str(cfg), "run.name=job", f"data.path={tmp_path / 'gone.npz'}"], env, SLURM_RESTART_COUNT="1")
+    gone = f"data.path={tmp_path / 'gone.npz'}"
+    job = _sbatch("train.sbatch", [str(cfg), "run.name=job", gone], env, SLURM_RESTART_COUNT="1")
     out, err = job.communicate(timeout=300)
     assert job.returncode != 0 and "gone.npz" in err, err[-3000:]
     assert not [c for c in _calls(log) if c.startswith("scontrol requeue")], out
