@@ -3,7 +3,7 @@ requeue").
 
 A run stops early, with a checkpoint, for one of three reasons: a signal (train.stop_signals,
 on any rank), a stop file (RUN_DIR/STOP, seen by rank 0) or the time budget (train.max_minutes
-or SLURM's job end time, judged by rank 0). A signal handler only records the signal; the loop
+or SLURM's job end time, judged by rank 0; `slurm_job_end_time`). A signal handler only records the signal; the loop
 asks `local_reason()` after each iteration and the ranks agree on the largest reason with one
 collective (Backend.max_over_ranks), so every rank stops after the same iteration, whichever
 ranks were signalled. A second SIGINT aborts at once (KeyboardInterrupt, exit 130).
@@ -15,15 +15,18 @@ it runs, and one untouched for `stale_minutes` is taken over.
 """
 from __future__ import annotations
 
+import calendar
 import contextlib
 import errno
 import json
 import os
 import signal
 import socket
+import subprocess
 import time
+import warnings
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 from bigtrain.config import catchable_signal
 from bigtrain.errors import BigtrainError
@@ -34,6 +37,46 @@ LOCK_FILE = "train.lock"
 
 NONE, SIGNAL, STOP_REQUESTED, TIME_BUDGET = 0, 1, 2, 3  # the agreed reason is the largest of the ranks'
 REASONS = {SIGNAL: "signal", STOP_REQUESTED: "stop file", TIME_BUDGET: "time budget"}
+NO_END_TIME = ("NONE", "N/A", "Unknown", "None")  # squeue's %e without a time limit (running, pending)
+
+
+def slurm_job_end_time(env: Mapping[str, str] = os.environ, run=subprocess.run,
+                       timeout_s: float = 10.0) -> Optional[float]:
+    """This SLURM job's end time as a UNIX time; None outside SLURM or without a time limit.
+
+    SLURM_JOB_END_TIME where SLURM sets it. SLURM 22.05 does not: then `squeue -h -j
+    $SLURM_JOB_ID -o %e` tells, asked in UTC (squeue prints local time) and in SLURM's standard
+    format (a user's SLURM_TIME_FORMAT would change it). A missing squeue, an error, an answer
+    that is no time or no answer within `timeout_s` cost one warning and no deadline: never the
+    run."""
+    end = env.get("SLURM_JOB_END_TIME", "").strip()
+    if end.isdigit():
+        return float(end)
+    job = env.get("SLURM_JOB_ID", "").strip()
+    if not job:
+        return None
+    cmd = ["squeue", "--noheader", "--jobs", job, "--format", "%e"]
+    try:
+        done = run(cmd, env={**env, "TZ": "UTC0", "SLURM_TIME_FORMAT": "standard"}, capture_output=True, text=True,
+                   timeout=timeout_s)
+    except (OSError, subprocess.SubprocessError) as exc:  # not installed, not executable, timed out
+        return _no_end_time(cmd, str(exc))
+    answer = done.stdout.strip()
+    if done.returncode != 0:
+        return _no_end_time(cmd, f"exit {done.returncode}: {(done.stderr or answer).strip()[-500:]}")
+    if answer in NO_END_TIME:
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(answer, "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return _no_end_time(cmd, f"answered {answer[-200:]!r}")
+
+
+def _no_end_time(cmd: list[str], why: str) -> None:
+    warnings.warn(f"train.slurm_deadline: no SLURM_JOB_END_TIME, and `{' '.join(cmd)}` did not tell the job's end "
+                  f"time ({why}); the run will not stop by itself before the time limit (the batch script's --signal "
+                  "still asks it to)", stacklevel=3)
+    return None
 
 
 class StopRequests:
@@ -45,7 +88,8 @@ class StopRequests:
     late, so two passes and the final checkpoint must fit)."""
 
     def __init__(self, signals: list[str], run_dir: Path, *, is_main: bool, max_minutes: float = 0.0, min_margin_s: float = 60.0,
-                 slurm_deadline: bool = True, env=os.environ, clock=time.monotonic, wall=time.time):
+                 slurm_deadline: bool = True, env=os.environ, clock=time.monotonic, wall=time.time,
+                 job_end_time: Callable[[Mapping[str, str]], Optional[float]] = slurm_job_end_time):
         self.run_dir, self.is_main, self.clock = run_dir, is_main, clock
         self.min_margin_s = min_margin_s
         self.caught: Optional[signal.Signals] = None
@@ -53,9 +97,10 @@ class StopRequests:
         self._next_file_check = 0.0
         now = clock()
         deadlines = [now + 60.0 * max_minutes] if max_minutes > 0 else []
-        end = env.get("SLURM_JOB_END_TIME") if slurm_deadline else None
-        if end and end.strip().isdigit():  # a UNIX time; on the monotonic clock from here
-            deadlines.append(now + float(end) - wall())
+        # rank 0 alone judges the clock: one squeue a job, not one a rank
+        end = job_end_time(env) if slurm_deadline and is_main else None
+        if end is not None:  # a UNIX time; on the monotonic clock from here
+            deadlines.append(now + end - wall())
         self.deadline: Optional[float] = min(deadlines) if deadlines else None
         self._previous: dict[signal.Signals, object] = {}
         for sig in {catchable_signal(name) for name in signals} - {None}:  # names checked by TrainConfig
@@ -109,7 +154,8 @@ def write_stopped(run_dir: Path, record: dict, env: Mapping[str, str] = os.envir
     requeues only for a stop its own start wrote."""
     if env.get("SLURM_JOB_ID"):
         restarts = env.get("SLURM_RESTART_COUNT", "")
-        record = {**record, "slurm_job_id": env["SLURM_JOB_ID"], "slurm_restart_count": int(restarts) if restarts.isdigit() else 0}
+        record = {**record, "slurm_job_id": env["SLURM_JOB_ID"],
+                  "slurm_restart_count": int(restarts) if restarts.isdigit() else 0}
     tmp = run_dir / f".{STOPPED_FILE}.tmp"
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(run_dir / STOPPED_FILE)

@@ -38,9 +38,15 @@ FAKE_SCONTROL = """#!/bin/bash
 echo "scontrol $*" >> "$FAKE_SLURM_LOG"
 case "$1 $2" in
     "show hostnames") echo localhost ;;
-    "show job") echo "JobId=$3 JobName=bigtrain JobState=${FAKE_JOB_STATE:-RUNNING} Requeue=1 Restarts=${FAKE_RESTARTS:-0} BatchFlag=1" ;;
+    "show job") echo "JobId=$3 JobName=bigtrain JobState=RUNNING Requeue=1 Restarts=${FAKE_RESTARTS:-0} BatchFlag=1" ;;
     requeue*) if [ -n "${FAKE_REQUEUE_REFUSAL:-}" ]; then echo "$FAKE_REQUEUE_REFUSAL" >&2; exit 1; fi ;;
 esac
+"""
+# squeue answers the job's end time (train.slurm_deadline, where SLURM sets no SLURM_JOB_END_TIME):
+# FAKE_END_TIME seconds from now, a day where unset
+FAKE_SQUEUE = """#!/bin/bash
+echo "squeue $*" >> "$FAKE_SLURM_LOG"
+date -d "+${FAKE_END_TIME:-86400} seconds" +%Y-%m-%dT%H:%M:%S
 """
 # every Python process of the job imports this first (PYTHONPATH): each training iteration
 # sleeps SLOW_STEP_S, so the signals find the run mid-way
@@ -61,7 +67,8 @@ if os.environ.get("SLOW_STEP_S"):
 def fake_slurm(tmp_path):
     bin_dir = tmp_path / "fake-slurm"
     bin_dir.mkdir()
-    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("sitecustomize.py", SITECUSTOMIZE)):
+    fakes = (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("squeue", FAKE_SQUEUE), ("sitecustomize.py", SITECUSTOMIZE))
+    for name, text in fakes:
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     log = tmp_path / "slurm-calls.log"
@@ -123,6 +130,21 @@ def test_preemption_sigterm_to_the_whole_job_and_the_requeue_limit(tmp_path, fak
     assert job.returncode == 75, err[-3000:]  # checkpointed, but requeued 3 times already: not again
     assert json.loads((run / "stopped.json").read_text())["reason"] in ("signal SIGTERM", "stop file")  # torchrun forwards it; the shell's trap asks too
     assert not [c for c in _calls(log) if c.startswith("scontrol requeue")] and "not again" in err
+
+
+def test_without_slurm_job_end_time_the_run_still_stops_before_the_job_ends(tmp_path, fake_slurm):
+    """SLURM 22.05 sets no SLURM_JOB_END_TIME: bigtrain asks squeue for the job's end time. 30 s
+    left is inside the least margin (train.exit_margin_minutes, 1): the run checkpoints after
+    its first iteration, and the job is requeued."""
+    env, log = fake_slurm
+    cfg = _config(tmp_path)
+    run = tmp_path / "runs" / "deadline"
+    job = _sbatch("train.sbatch", [str(cfg), "run.name=deadline"], env, FAKE_END_TIME="30")
+    out, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err[-3000:]
+    stopped = json.loads((run / "stopped.json").read_text())
+    assert stopped["reason"].startswith("time budget") and stopped["step"] < STEPS
+    assert "squeue --noheader --jobs 4242 --format %e" in _calls(log) and "scontrol requeue 4242" in _calls(log)
 
 
 def test_a_requeue_slurm_already_made_ends_the_job_cleanly(tmp_path, fake_slurm):
