@@ -47,26 +47,44 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _parameter_counts(cfg) -> str:
-    """`# parameters: G 1,234,567  D ...`: every player of the recipe, built on the data's shape
-    (reading the data for it; without data the line says why there is no count)."""
+    """`# parameters: G 1,234,567  D ...`: every player of the recipe, built on the data's shape;
+    without readable data, on the shape the config describes (data.assumed_info), saying so."""
     import torch
 
-    from bigtrain.data import build_sources
+    from bigtrain.data import assumed_info, build_sources
     from bigtrain.recipes import build_recipe, recipe_class
 
+    streams = recipe_class(cfg).streams
+    assumed = ""
     try:
-        sources = build_sources(cfg.data, recipe_class(cfg).streams, micro_batch=1, rank=0, world_size=1, seed=cfg.run.seed, num_classes=cfg.model.num_classes)
+        sources = build_sources(cfg.data, streams, micro_batch=1, rank=0, world_size=1, seed=cfg.run.seed, num_classes=cfg.model.num_classes)
+        infos = {s: src.info for s, src in sources.items()}
     except BigtrainError as exc:
-        return f"# parameters: not counted, the data cannot be read ({exc})"
-    recipe = build_recipe(cfg, next(iter(sources.values())).info)
-    recipe.check_streams({s: src.info for s, src in sources.items()})
-    counts = []
-    with torch.random.fork_rng(devices=[]):
-        for spec in recipe.players():
-            net = spec.build()
-            parts = [(f"{spec.name}.{name}", sum(p.numel() for p in m.parameters())) for name, m in net.named_children()] if getattr(net, "joins_players", False) else []
-            counts.append((spec.name, sum(p.numel() for p in net.parameters()), parts))
-    return "# parameters: " + "  ".join(f"{name} {n:,}" + (f" ({', '.join(f'{k} {v:,}' for k, v in parts)})" if parts else "") for name, n, parts in counts)
+        info = assumed_info(cfg.data, cfg.model.num_classes)
+        infos = {s: info for s in streams}
+        c, h, w = info.shape
+        assumed = (f"  (the data cannot be read ({exc}); assumed {c}x{h}x{w} images"
+                   f"{f' with {info.num_classes} classes' if info.num_classes else ''}: data.channels, data.resolution)")
+    try:
+        recipe = build_recipe(cfg, next(iter(infos.values())))
+        recipe.check_streams(infos)
+        counts = []
+        with torch.random.fork_rng(devices=[]):
+            for spec in recipe.players():
+                net = spec.build()
+                joined = getattr(net, "joins_players", False)
+                parts = [(f"{spec.name}.{name}", _count(m)) for name, m in net.named_children()] if joined else []
+                counts.append((spec.name, _count(net), parts))
+    except BigtrainError as exc:
+        if not assumed:
+            raise
+        return f"# parameters: not counted {assumed[2:]}, and the nets cannot be built on that ({exc})"
+    text = "  ".join(f"{name} {n:,}" + (f" ({', '.join(f'{k} {v:,}' for k, v in parts)})" if parts else "") for name, n, parts in counts)
+    return "# parameters: " + text + assumed
+
+
+def _count(net) -> int:
+    return sum(p.numel() for p in net.parameters())
 
 
 def _print_summary(trainer) -> None:
@@ -270,7 +288,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv: Optional[list[str]] = None) -> int:
     warnings.formatwarning = _one_line_warning
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, sys.argv[1:] if argv is None else argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:
@@ -281,6 +299,19 @@ def main(argv: Optional[list[str]] = None) -> int:
             leave_process(1)
         raise
     return leave_process(code)
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """`argv` parsed by `parser`, with `key=value` overrides accepted anywhere after the
+    command's positionals (`bigtrain train CONFIG --dry-run a=1 b=2`): argparse hands the
+    ones after an option back as unrecognised, and they join the overrides in order."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        takes_overrides = isinstance(getattr(args, "overrides", None), list)
+        if not takes_overrides or any(a.startswith("-") or "=" not in a for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
 
 
 def _run(args: argparse.Namespace) -> int:

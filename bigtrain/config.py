@@ -48,6 +48,7 @@ class DataConfig:
     source: str = "npz"  # npz | shards
     path: str = ""  # npz file, or shards: dataset.json, brace pattern or list (see README)
     resolution: int = 32  # images are resized to this on load; ignored for vector data
+    channels: int = 0  # image channels as stored (checked against the data); 0 = as the data has (--dry-run without data: 3)
     xflip: bool = False  # random horizontal flips of real images
     num_workers: int = 0  # loader worker processes per rank (streaming sources)
     shuffle_buffer: int = 1000  # shards: samples each loader worker shuffles among; 0 = off
@@ -61,6 +62,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_choice("data.source", self.source, ("npz", "shards"))
         _check_positive("data.resolution", self.resolution)
+        _check_positive("data.channels", self.channels, allow_zero=True)
         _check_positive("data.load_size", self.load_size, allow_zero=True)
         if 0 < self.load_size < self.resolution:
             raise ConfigError("data.load_size", f"must be 0 or >= data.resolution ({self.resolution}): images are cropped from it, got {self.load_size}")

@@ -26,17 +26,13 @@ def write_digits_npz(path: Path) -> Path:
 
 
 def run_demo(out_dir: str, overrides: list[str]) -> int:
-    """Write the data, then train with the bundled config (upsampled to 32x32 on load)."""
-    from bigtrain.cli import cmd_train
+    """Write the data, then train with the bundled config (upsampled to 32x32 on load), through
+    the CLI's own parser: the demo is `bigtrain train demo.yaml ...`, so it cannot drift from it."""
+    from bigtrain.cli import build_parser, parse_arguments
 
     data = Path(out_dir) / "demo-data" / "digits.npz"
     if not data.is_file():
         write_digits_npz(data)
-    import argparse
-
-    args = argparse.Namespace(
-        config=str(DEMO_CONFIG),
-        overrides=[f"run.out_dir={out_dir}", f"data.path={data}", *overrides],
-        dry_run=False,
-    )
-    return cmd_train(args)
+    parser = build_parser()
+    args = parse_arguments(parser, ["train", str(DEMO_CONFIG), f"run.out_dir={out_dir}", f"data.path={data}", *overrides])
+    return args.func(args)

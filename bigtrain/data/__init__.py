@@ -64,12 +64,28 @@ def build_source(cfg: DataConfig, *, micro_batch: int, rank: int, world_size: in
     if cfg.source == "npz":
         from bigtrain.data.npz import NpzSource
 
-        return NpzSource(cfg, micro_batch=micro_batch, rank=rank, seed=seed)
-    if cfg.source == "shards":
+        source: Source = NpzSource(cfg, micro_batch=micro_batch, rank=rank, seed=seed)
+    elif cfg.source == "shards":
         from bigtrain.data.shards import ShardSource
 
-        return ShardSource(cfg, micro_batch=micro_batch, rank=rank, world_size=world_size, seed=seed, num_classes=num_classes)
-    raise ConfigError("data.source", f"unknown source {cfg.source!r}")
+        source = ShardSource(cfg, micro_batch=micro_batch, rank=rank, world_size=world_size, seed=seed, num_classes=num_classes)
+    else:
+        raise ConfigError("data.source", f"unknown source {cfg.source!r}")
+    channels = source.info.shape[0] // (2 if cfg.paired else 1)
+    if cfg.channels and source.info.kind == "image" and channels != cfg.channels:
+        raise ConfigError("data.channels", f"is {cfg.channels} but the images of {cfg.path} have {channels}")
+    return source
+
+
+ASSUMED_CHANNELS = 3  # what `--dry-run` takes for images it cannot read, unless data.channels says
+
+
+def assumed_info(cfg: DataConfig, num_classes: int) -> DataInfo:
+    """The data a config describes, without reading it (`--dry-run` before the data exists):
+    images of data.channels (else 3) channels at data.resolution (paired: both halves), labelled
+    when the model is conditional."""
+    channels = (cfg.channels or ASSUMED_CHANNELS) * (2 if cfg.paired else 1)
+    return DataInfo("image", (channels, cfg.resolution, cfg.resolution), num_classes)
 
 
 SINGLE_STREAM = ("real",)  # the stream of recipes that read one: data.* itself
