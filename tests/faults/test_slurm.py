@@ -33,12 +33,13 @@ echo "srun exit $code" >> "$FAKE_SLURM_LOG"
 exit $code
 """
 # `scontrol requeue` fails with FAKE_REQUEUE_REFUSAL where set (SLURM requeues the job already);
-# `scontrol show job` reports FAKE_RESTARTS as the job's restart count
+# `scontrol show job` reports FAKE_RESTARTS as the job's restart count and FAKE_COMMAND as the
+# submitted script
 FAKE_SCONTROL = """#!/bin/bash
 echo "scontrol $*" >> "$FAKE_SLURM_LOG"
 case "$1 $2" in
     "show hostnames") echo localhost ;;
-    "show job") echo "JobId=$3 JobName=bigtrain JobState=RUNNING Requeue=1 Restarts=${FAKE_RESTARTS:-0} BatchFlag=1" ;;
+    "show job") echo "JobId=$3 JobState=RUNNING Requeue=1 Restarts=${FAKE_RESTARTS:-0} Command=${FAKE_COMMAND:-} WorkDir=$PWD" ;;
     requeue*) if [ -n "${FAKE_REQUEUE_REFUSAL:-}" ]; then echo "$FAKE_REQUEUE_REFUSAL" >&2; exit 1; fi ;;
 esac
 """
@@ -47,6 +48,10 @@ esac
 FAKE_SQUEUE = """#!/bin/bash
 echo "squeue $*" >> "$FAKE_SLURM_LOG"
 date -d "+${FAKE_END_TIME:-86400} seconds" +%Y-%m-%dT%H:%M:%S
+"""
+# logs its arguments instead of training (tests of what the scripts ask torchrun for)
+FAKE_TORCHRUN = """#!/bin/bash
+echo "torchrun $*" >> "$FAKE_SLURM_LOG"
 """
 # every Python process of the job imports this first (PYTHONPATH): each training iteration
 # sleeps SLOW_STEP_S, so the signals find the run mid-way
@@ -91,6 +96,26 @@ def _sbatch(script: str, args: list[str], env: dict, **extra) -> subprocess.Pope
 
 def _calls(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.is_file() else []
+
+
+def _without_torchrun(tmp_path, env: dict) -> dict:
+    """`env` with FAKE_TORCHRUN first on PATH and no MASTER_PORT."""
+    bin_dir = tmp_path / "fake-torchrun"
+    bin_dir.mkdir()
+    (bin_dir / "torchrun").write_text(FAKE_TORCHRUN)
+    (bin_dir / "torchrun").chmod(0o755)
+    return {**{k: v for k, v in env.items() if k != "MASTER_PORT"}, "PATH": f"{bin_dir}:{env['PATH']}"}
+
+
+def _torchrun_options(log: Path) -> list[dict]:
+    """Each torchrun call's --options (up to the `--`) and what followed `-m --`."""
+    out = []
+    for line in _calls(log):
+        if line.startswith("torchrun "):
+            words = line.split()[1:]
+            options, rest = words[:words.index("-m")], words[words.index("--") + 1:]
+            out.append({**dict(zip(options[::2], options[1::2])), "module": rest})
+    return out
 
 
 def test_time_limit_warning_checkpoints_requeues_and_the_requeued_job_resumes_exactly(tmp_path, fake_slurm):
@@ -183,6 +208,30 @@ def test_a_requeued_job_that_fails_before_training_does_not_requeue_for_the_prev
     out, err = job.communicate(timeout=300)
     assert job.returncode != 0 and "gone.npz" in err, err[-3000:]
     assert not [c for c in _calls(log) if c.startswith("scontrol requeue")], out
+
+
+def test_array_tasks_on_one_node_get_ports_of_their_own_and_cpu_clusters_set_the_processes(tmp_path, fake_slurm):
+    """Two array tasks on one node both listened on 29500 (EADDRINUSE): the port follows the job
+    id unless MASTER_PORT is set. Processes per node: one per GPU of --gpus-per-node ("h100:4"),
+    BIGTRAIN_PROCS_PER_NODE where set (CPU clusters: exporting SLURM_GPUS_PER_NODE would change
+    srun's request), one where the job has no GPUs."""
+    env, log = fake_slurm
+    env = _without_torchrun(tmp_path, env)
+    cfg = _config(tmp_path)
+    jobs = [  # job id, environment, processes expected
+        ("5001", {"SLURM_ARRAY_JOB_ID": "5000", "SLURM_ARRAY_TASK_ID": "0", "SLURM_GPUS_PER_NODE": "h100:4"}, "4"),
+        ("5002", {"SLURM_ARRAY_JOB_ID": "5000", "SLURM_ARRAY_TASK_ID": "1", "BIGTRAIN_PROCS_PER_NODE": "3"}, "3"),
+        ("24999", {"SLURM_GPUS_PER_NODE": "0"}, "1"),
+        ("5003", {"MASTER_PORT": "23456"}, "1"),
+    ]
+    for job_id, extra, _ in jobs:
+        job = _sbatch("train.sbatch", [str(cfg), "run.name=ports"], env, SLURM_JOB_ID=job_id, **extra)
+        out, err = job.communicate(timeout=120)
+        assert job.returncode == 0, err[-3000:]
+    calls = _torchrun_options(log)
+    assert [c["--master_port"] for c in calls] == ["15001", "15002", "14999", "23456"]  # 10000 + id % 20000
+    assert [c["--nproc_per_node"] for c in calls] == [expected for _, _, expected in jobs]
+    assert all(c["module"] == ["bigtrain", "train", str(cfg), "run.name=ports"] for c in calls)
 
 
 @pytest.mark.slow
