@@ -134,6 +134,10 @@ class Backend:
             raise ConfigError("schedule.batch", f"batch size {batch_size} is not a multiple of micro_batch ({micro_batch}) x world size ({self.world_size})")
         return batch_size // per_round
 
+    def get_lr(self, player: Player) -> float:
+        """The learning rate the player's optimizer holds (every group has the same one)."""
+        return float(player.optimizer.param_groups[0]["lr"])
+
     def set_lr(self, player: Player, lr: float) -> None:
         """Set the learning rate of every parameter group of the player's optimizer."""
         for group in player.optimizer.param_groups:
@@ -375,6 +379,10 @@ class DeepSpeedBackend(Backend):
         for engine in self.engines:
             engine.set_train_micro_batch_size(micro_batch)
             engine.set_train_batch_size(micro_batch * rounds * self.world_size)
+            # DeepSpeed finds the accumulation boundary by its count of micro-steps modulo the
+            # rounds; a count of whole phases of the old rounds (or a restored engine's, which
+            # restarts at 0) need not be whole phases of the new ones: start a whole cycle here
+            engine.micro_steps = -(-engine.micro_steps // rounds) * rounds
 
     def accumulate(self, players: list[Player]) -> ContextManager:
         """DeepSpeed counts accumulation rounds itself (one `engine.step` per `backward`)."""

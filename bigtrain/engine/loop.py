@@ -318,12 +318,14 @@ class Trainer:
             plan = dataclasses.replace(plan, batch_size=own[0], lr=dict(own[1]))
         plan = dataclasses.replace(plan, micro_batch=self.recipe.micro_batch(self.counters.nimg) or self.config_micro_batch)
         last = self.plan
+        # the first plan of a run (fresh or restored) is checked against what the backend and
+        # the optimizers hold, which a restore may have set to any earlier iteration's values
         if last is None or (plan.batch_size, plan.micro_batch) != (last.batch_size, last.micro_batch):
             rounds = self.backend.rounds_for(plan.batch_size, plan.micro_batch)
             if (plan.micro_batch, rounds) != (self.backend.micro_batch, self.backend.rounds):
                 self.backend.set_batch(plan.micro_batch, rounds)
         for name, lr in plan.lr.items():
-            if (last.lr[name] if last is not None else self.players[name].base_lr) != lr:
+            if (last.lr[name] if last is not None else self.backend.get_lr(self.players[name])) != lr:
                 self.backend.set_lr(self.players[name], lr)
         self.plan = plan
         return plan
@@ -375,7 +377,7 @@ class Trainer:
                 if done or any(e > 0 and crossed(counters.nimg, batch, e) for e in every):
                     self.health.check()  # deferred skip flags: read before logging or saving anything
                 if done or crossed(counters.nimg, batch, cfg.log.every_kimg):
-                    tracker.flush(step=counters.step, nimg=counters.nimg, extra={**self._data_stats(), **self.health.stats()})
+                    tracker.flush(step=counters.step, nimg=counters.nimg, extra={**self._data_stats(), **self.health.stats(), **self._learning_rates()})
                 with tracker.maintenance():
                     if done or crossed(counters.nimg, batch, cfg.log.samples_every_kimg):
                         grid_path = self.save_grid(tracker) or grid_path
@@ -428,6 +430,10 @@ class Trainer:
                                          "longest_checkpoint_s": round(stopper.longest_checkpoint_s, 3), "longest_pass_s": round(stopper.longest_pass_s, 3)})
         self.backend.barrier()  # stopped.json is down before any rank leaves
         raise Stopped(reason, c.step, saved)
+
+    def _learning_rates(self) -> dict[str, float]:
+        """`lr/<player>`: the rate each optimizer holds now (the schedule's, as applied)."""
+        return {f"lr/{name}": self.backend.get_lr(p) for name, p in self.players.items()}
 
     def _source_stats(self) -> dict[str, float]:
         """This rank's data counters: the one stream's as `data/skipped`, several as `data/A/skipped`."""
