@@ -234,6 +234,25 @@ def test_array_tasks_on_one_node_get_ports_of_their_own_and_cpu_clusters_set_the
     assert all(c["module"] == ["bigtrain", "train", str(cfg), "run.name=ports"] for c in calls)
 
 
+def test_the_scripts_work_from_any_submit_directory(tmp_path, fake_slurm):
+    """sbatch runs a copy of the script from its spool directory, in the directory it was
+    submitted from: the sweep finds train.sbatch beside the script that was submitted (the job's
+    Command), not in the submit directory."""
+    env, log = fake_slurm
+    env = _without_torchrun(tmp_path, env)
+    cfg = _config(tmp_path)
+    elsewhere, spool = tmp_path / "elsewhere", tmp_path / "spool"
+    elsewhere.mkdir()
+    spool.mkdir()
+    (spool / "slurm_script").write_text((SLURM / "sweep.sbatch").read_text())
+    job = subprocess.run(["bash", str(spool / "slurm_script"), str(cfg), "optim.g.lr", "1e-4", "3e-4"], cwd=elsewhere,
+                         env={**env, "SLURM_SUBMIT_DIR": str(elsewhere), "SLURM_ARRAY_TASK_ID": "1",
+                              "FAKE_COMMAND": str(SLURM / "sweep.sbatch")}, capture_output=True, text=True, timeout=120)
+    assert job.returncode == 0, job.stderr[-3000:]
+    call, = _torchrun_options(log)
+    assert call["module"] == ["bigtrain", "train", str(cfg), "optim.g.lr=3e-4", "run.name=c-optim_g_lr-3e-4"]
+
+
 @pytest.mark.slow
 def test_sweep_task_trains_its_value_and_eval_script_scores_the_run(tmp_path, fake_slurm, weights):
     env, log = fake_slurm
