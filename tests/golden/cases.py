@@ -119,12 +119,30 @@ LEARNING_BASES = [
     Base(f"learn_{name}", f"{DATA}/defaults.yaml", "digits", batch, iters, overrides) for name, (batch, iters, overrides) in FAMILIES.items()
 ]
 
-BASES = {b.name: b for b in CONFIG_BASES + EXTRA_BASES + LEARNING_BASES}
+# The families added after the first recordings (recorded before the engine's move to family
+# folders, issue 24), each from its digits or grid config, shrunk: GMAN and MAD-GAN on the
+# digits as perceptrons, ProGAN growing 4 -> 8 -> 16 with GP and drift, BigGAN (hinge,
+# orthogonal regularisation, G_ema), CycleGAN on two streams of one file, Pix2Pix on digits
+# split into left|right halves.
+_PROGAN = ("model.g.fmap_base=64", "model.g.fmap_max=16", "model.d.fmap_base=64", "model.d.fmap_max=16", "data.resolution=16",
+           "progan.training_kimg=0.128", "progan.transition_kimg=0.128", "train.micro_batch=0")
+FAMILY_BASES = [
+    Base("gman_digits", f"{DATA}/defaults.yaml", "digits", 64, 16, _MLP_8 + ("recipe=gman", "gman.discriminators=3", "gman.combiner=soft_mean")),
+    Base("madgan_digits", f"{DATA}/defaults.yaml", "digits", 60, 16, _MLP_8 + ("recipe=madgan", "madgan.generators=3")),
+    Base("progan_digits", "configs/progan_digits.yaml", "digits", 64, 10, _PROGAN),  # minibatch 64 at 4 and 8, 32 at 16
+    Base("biggan_digits", "configs/biggan_digits.yaml", "digits", 16, 8, ("model.g.width=4", "model.d.width=8", "model.g.shared_dim=8", "train.precision=fp32", "ema.start_kimg=0.064")),
+    Base("cyclegan_digits", "configs/cyclegan_digits.yaml", "digits", 8, 8, ("model.g.width=4", "model.g.blocks=1", "model.d.width=4", f"data.streams.A.path={DATA}/digits.npz",
+                                                                             f"data.streams.B.path={DATA}/digits.npz", f"cyclegan.eval_inputs={DATA}/digits.npz")),
+    Base("pix2pix_digits", "configs/pix2pix_digits.yaml", "digits", 8, 8, ("model.g.width=4", "model.d.width=4", f"pix2pix.eval_inputs={DATA}/digits.npz")),
+]
+
+BASES = {b.name: b for b in CONFIG_BASES + EXTRA_BASES + LEARNING_BASES + FAMILY_BASES}
 
 # The bases of the other cells: every config, the shard, resume and accumulation runs, and the
 # learning families that add what no config has (minimax, lazy R1, DiffAugment, AC-GAN, GP on DCGAN).
 MULTI = [b.name for b in CONFIG_BASES + EXTRA_BASES] + ["learn_gan_mlp_minimax", "learn_r1_lazy", "learn_diffaugment", "learn_wgan_gp", "learn_acgan"]
-MATRIX = {"acc1": list(BASES), "acc2": MULTI, "ds1": MULTI, "ds2": MULTI}
+FAMILY_MULTI = [b.name for b in FAMILY_BASES]  # acc2 and ds2 only: a family's distributed path (ProGAN resets no optimizer under DeepSpeed)
+MATRIX = {"acc1": list(BASES), "acc2": MULTI + FAMILY_MULTI, "ds1": MULTI, "ds2": MULTI + [n for n in FAMILY_MULTI if n != "progan_digits"]}
 
 # Run by a plain `pytest` (everything else is marked slow; all of acc1 would take ~3 min): the
 # acc1 runs that between them cover every loss, penalty, conditioning and data path, and a few
@@ -135,6 +153,7 @@ DEFAULT = {
         "dcgan_cifar10_shards", "wgan_clip_cifar10_shards_resume",
         "learn_gan_mlp_minimax", "learn_wgan_gp", "learn_r1_lazy",
         "learn_cgan_mlp_concat", "learn_diffaugment", "learn_acgan",
+        "progan_digits", "biggan_digits", "cyclegan_digits", "gman_digits",
     },
     "acc2": {"gan_mlp", "wgan_gp_cifar10", "dcgan_cifar10_shards"},
     "ds1": {"dcgan_digits"},
