@@ -32,7 +32,8 @@ code=$?
 echo "srun exit $code" >> "$FAKE_SLURM_LOG"
 exit $code
 """
-# `scontrol requeue` fails with FAKE_REQUEUE_REFUSAL where set (SLURM requeues the job already);
+# `scontrol requeue` fails with FAKE_REQUEUE_REFUSAL where set (SLURM requeues the job already),
+# else ends the job as SLURM does, with a SIGTERM to the batch shell (the session's leader);
 # `scontrol show job` reports FAKE_RESTARTS as the job's restart count and FAKE_COMMAND as the
 # submitted script
 FAKE_SCONTROL = """#!/bin/bash
@@ -40,7 +41,8 @@ echo "scontrol $*" >> "$FAKE_SLURM_LOG"
 case "$1 $2" in
     "show hostnames") echo localhost ;;
     "show job") echo "JobId=$3 JobState=RUNNING Requeue=1 Restarts=${FAKE_RESTARTS:-0} Command=${FAKE_COMMAND:-} WorkDir=$PWD" ;;
-    requeue*) if [ -n "${FAKE_REQUEUE_REFUSAL:-}" ]; then echo "$FAKE_REQUEUE_REFUSAL" >&2; exit 1; fi ;;
+    requeue*) if [ -n "${FAKE_REQUEUE_REFUSAL:-}" ]; then echo "$FAKE_REQUEUE_REFUSAL" >&2; exit 1; fi
+              kill -TERM "$(ps -o sid= -p $$ | tr -d ' ')" ;;
 esac
 """
 # squeue answers the job's end time (train.slurm_deadline, where SLURM sets no SLURM_JOB_END_TIME):
