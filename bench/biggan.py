@@ -51,9 +51,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.conftest (the synthetic data), bigtrain from this checkout
 
 from bench.common import log_intervals, peak_mem_mb  # noqa: E402
-from bigtrain.config import load_config  # noqa: E402
+from bigtrain.families import load_config  # noqa: E402
 from bigtrain.engine.loop import Trainer  # noqa: E402
-from bigtrain.models.biggan import LADDERS  # noqa: E402
+from bigtrain.families.biggan.nets import LADDERS  # noqa: E402
 from bigtrain.tracking import _peak_memory_mb  # noqa: E402
 from tests.conftest import write_images_npz  # noqa: E402
 

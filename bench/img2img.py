@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bigtrain from this checkout
 
 from bench.common import log_intervals, peak_mem_mb  # noqa: E402
-from bigtrain.config import load_config  # noqa: E402
+from bigtrain.families import load_config  # noqa: E402
 from bigtrain.engine.loop import Trainer  # noqa: E402
 
 CONFIGS = {"cyclegan": REPO / "configs" / "cyclegan_horse2zebra.yaml", "pix2pix": REPO / "configs" / "pix2pix_facades.yaml"}

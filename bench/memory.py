@@ -69,7 +69,7 @@ def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
-    from bigtrain.config import load_config
+    from bigtrain.families import load_config
     from bigtrain.engine.loop import Trainer
 
     after_import = rss_mib()

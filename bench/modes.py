@@ -72,7 +72,7 @@ def head_tv(recipe, nets, seed: int) -> float:
 
 
 def run_variant(name: str, kimg: float | None, seed: int, data: Path, out_dir: Path, extra: list[str], variants: dict = VARIANTS) -> dict:
-    from bigtrain.config import load_config
+    from bigtrain.families import load_config
     from bigtrain.data.toy import GRID25_MODES, GRID25_STD
     from bigtrain.engine.loop import Trainer
     from bigtrain.eval.modes import mode_coverage

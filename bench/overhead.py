@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bigtrain.config import load_config
+from bigtrain.families import load_config
 from bigtrain.data import DataInfo
 from bigtrain.engine.loop import Trainer
 from bigtrain.engine.players import EMA
-from bigtrain.models import build_discriminator, build_generator
+from bigtrain.families import build_discriminator, build_generator
 
 
 def make_data(path: Path, n: int = 2048, res: int = 32, classes: int = 10) -> Path:

@@ -30,7 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.conftest (the synthetic data), bigtrain from this checkout
 
-from bigtrain.config import config_from_dict  # noqa: E402
+from bigtrain.families import config_from_dict  # noqa: E402
 from bigtrain.engine.loop import Trainer  # noqa: E402
 from tests.conftest import tiny_config, write_config, write_images_npz  # noqa: E402
 from tests.faults import harness  # noqa: E402

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bigtrain.config import load_config
+from bigtrain.families import load_config
 from bigtrain.engine.loop import Trainer
 
 PAPER_KIMG_PER_LEVEL = 800 + 800  # CelebA-HQ: fade + stabilise (the 4x4 level: 800 only)

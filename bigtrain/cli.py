@@ -28,7 +28,8 @@ EXIT_DIVERGED = 3
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from bigtrain.config import load_config, to_yaml
+    from bigtrain.config import to_yaml
+    from bigtrain.families import load_config
 
     cfg = load_config(args.config, args.overrides)
     if args.print_run_dir:  # for scripts (slurm/train.sbatch): where stopped.json and STOP live
@@ -52,7 +53,7 @@ def _parameter_counts(cfg) -> str:
     import torch
 
     from bigtrain.data import assumed_info, build_sources
-    from bigtrain.recipes import build_recipe, recipe_class
+    from bigtrain.families import build_recipe, recipe_class
 
     streams = recipe_class(cfg).streams
     assumed = ""

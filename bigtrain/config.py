@@ -8,10 +8,12 @@ config is turned back into dataclasses. Every failure becomes one `ConfigError` 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import signal
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional, Protocol
 
 import yaml
 from omegaconf import OmegaConf
@@ -22,8 +24,6 @@ from bigtrain.errors import ConfigError
 PRECISIONS = ("fp32", "bf16", "fp16")
 BACKENDS = ("accelerate", "deepspeed")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
-COND_CHOICES = ("auto", "concat", "cbn", "projection", "acgan")
-AUGMENTS = ("color", "translation", "cutout")
 
 
 def _check_choice(key: str, value: Any, choices: tuple) -> None:
@@ -75,376 +75,27 @@ class DataConfig:
             raise ConfigError("data.max_skipped_fraction", f"must be in [0, 1], got {self.max_skipped_fraction}")
 
 
-NORMS = ("batch", "none")
-
-
-@dataclass
-class NetConfig:
-    """A `model.g` / `model.d` section. `arch` and the side pick its class (NET_CONFIGS), which
-    declares exactly the keys that net reads (docs/design.md, "Network config per architecture")."""
-
-    norms: ClassVar[tuple[str, ...]] = NORMS  # the values `norm` may take, in the classes that have it
-    arch: str = "dcgan"  # key of bigtrain.models.MODELS; picks this section's class, and so its other keys
-    width: int = 64  # dcgan: channels at res/2 (doubled at each halving); sngan: channel multiple; began: filters; mlp, grid: hidden units
-
-    def validate(self, prefix: str) -> None:
-        """Value checks of this class's keys, each error naming `prefix.key`."""
-        for f in dataclasses.fields(self):
-            key, value = f"{prefix}.{f.name}", getattr(self, f.name)
-            if f.name in ("width", "depth", "h_dim", "mbstd_channels", "pack"):
-                _check_positive(key, value)
-            elif f.name == "mbstd_group":
-                _check_positive(key, value, allow_zero=True)
-            elif f.name == "norm":
-                _check_choice(key, value, self.norms)
-            elif f.name == "cond":
-                _check_choice(key, value, COND_CHOICES)
-
-
-# The keys some nets read, one mixin each. A class lists its mixins last key first, so that its
-# fields keep the order arch, width, depth, norm, cond, spectral_norm, h_dim, mbstd_*, pack.
-@dataclass
-class _Depth:
-    depth: int = 2  # hidden layers
-
-
-@dataclass
-class _Norm:
-    norm: str = "batch"  # batch | none: batch norm in the hidden layers (D: real and fake forwarded apart, see README)
-
-
-@dataclass
-class _Cond:
-    cond: str = "auto"  # class conditioning: auto (the arch's default) | concat | cbn (G) | projection | acgan (D)
-
-
-@dataclass
-class _SpectralNorm:
-    spectral_norm: bool = False  # spectral normalisation of every weight layer (Miyato et al. 2018)
-
-
-@dataclass
-class _HDim:
-    h_dim: int = 64  # BEGAN: size of the autoencoder's bottleneck embedding
-
-
-@dataclass
-class _Mbstd:
-    mbstd_group: int = 0  # minibatch standard deviation over groups of this many samples (Karras et al. 2018); 0 = off
-    mbstd_channels: int = 1  # feature groups of the minibatch-stddev statistic
-
-
-@dataclass
-class _Pack:
-    pack: int = 1  # PacGAN packing, D scores m samples joined along channels (Lin et al. 2018); 1 = off
-
-
-@dataclass
-class MlpGConfig(_SpectralNorm, _Cond, _Depth, NetConfig):
-    arch: str = "mlp"  # this class's architecture
-
-
-@dataclass
-class MlpDConfig(_Pack, _Mbstd, _SpectralNorm, _Cond, _Depth, NetConfig):
-    arch: str = "mlp"  # this class's architecture
-
-
-@dataclass
-class DcganGConfig(_SpectralNorm, _Cond, _Norm, NetConfig):
-    pass
-
-
-@dataclass
-class DcganDConfig(_Pack, _Mbstd, _SpectralNorm, _Cond, _Norm, NetConfig):
-    norm: str = "none"  # D: batch | none, none by default
-
-
-@dataclass
-class SnganGConfig(_SpectralNorm, _Cond, _Norm, NetConfig):
-    arch: str = "sngan"  # this class's architecture
-
-
-@dataclass
-class SnganDConfig(_Pack, _SpectralNorm, _Cond, _Norm, NetConfig):
-    """`norm` can only be none: this D has no normalisation layers (spectral norm is its normaliser)."""
-
-    norms: ClassVar[tuple[str, ...]] = ("none",)
-    arch: str = "sngan"  # this class's architecture
-    norm: str = "none"  # none only
-
-
-@dataclass
-class BeganGConfig(_SpectralNorm, _HDim, NetConfig):
-    """G takes z (model.z_dim), not the bottleneck: it accepts `h_dim` but does not read it, so a
-    config may give both began nets one h_dim (docs/design.md, "Network config per architecture")."""
-
-    arch: str = "began"  # this class's architecture
-
-
-@dataclass
-class BeganDConfig(_SpectralNorm, _HDim, NetConfig):
-    arch: str = "began"  # this class's architecture
-
-
-@dataclass
-class GridGConfig(_Norm, _Depth, NetConfig):
-    arch: str = "grid"  # this class's architecture
-
-
-@dataclass
-class GridDConfig(_Pack, _Depth, NetConfig):
-    arch: str = "grid"  # this class's architecture
-
-
-@dataclass
-class _ProganNet(NetConfig):
-    """The keys both progan nets read. `width` is no progan key (fmap_* set the channels), but
-    every NetConfig declares it: it is refused unless left at its default."""
-
-    arch: str = "progan"  # this class's architecture
-    fmap_base: int = 8192  # channels at stage s (resolution 2**(s+1)): min(fmap_base / 2**(s * fmap_decay), fmap_max)
-    fmap_decay: float = 1.0  # log2 of the channel reduction per doubling of the resolution
-    fmap_max: int = 512  # most channels of any layer
-
-    def validate(self, prefix: str) -> None:
-        super().validate(prefix)
-        if self.width != NetConfig.width:
-            raise ConfigError(f"{prefix}.width", f"progan does not read width (fmap_base, fmap_decay and fmap_max set its channels); got {self.width}")
-        _check_positive(f"{prefix}.fmap_base", self.fmap_base)
-        _check_positive(f"{prefix}.fmap_decay", self.fmap_decay, allow_zero=True)
-        _check_positive(f"{prefix}.fmap_max", self.fmap_max)
-
-
-@dataclass
-class ProganGConfig(_ProganNet):
-    arch: str = "progan"  # this class's architecture
-
-
-@dataclass
-class ProganDConfig(_ProganNet):
-    arch: str = "progan"  # this class's architecture
-    mbstd_group: int = 4  # minibatch standard deviation over groups of this many samples, one feature map (official minibatch_stddev_layer); 0 or 1 = off
-
-
-@dataclass
-class _BigganNet(NetConfig):
-    """The keys both biggan nets read (Brock et al. 2019; BigGAN-PyTorch's defaults for ImageNet)."""
-
-    arch: str = "biggan"  # this class's architecture
-    width: int = 96  # channel multiple `ch` (BigGAN-PyTorch's G_ch / D_ch): see bigtrain/models/biggan.py LADDERS
-    cond: str = "auto"  # G: cbn only (auto); D: projection (auto) | acgan
-    attention: Optional[List[int]] = None  # resolutions with a self-attention block after them; null = 64 at 128 px and up, res/2 below
-    spectral_norm: bool = True  # spectral norm on every conv and linear (D: its embedding too; never G's shared embedding)
-    sn_eps: float = 1e-6  # spectral norm epsilon (BigGAN-PyTorch launch scripts: --SN_eps 1e-6)
-
-    def validate(self, prefix: str) -> None:
-        super().validate(prefix)
-        _check_positive(f"{prefix}.sn_eps", self.sn_eps)
-        for r in self.attention or ():
-            if r < 4 or r & (r - 1):
-                raise ConfigError(f"{prefix}.attention", f"resolutions must be powers of two >= 4, got {list(self.attention)}")
-
-
-@dataclass
-class BigganGConfig(_BigganNet):
-    hier: bool = True  # hierarchical latent: z split into one chunk per block plus one for the input layer
-    shared_dim: int = 128  # size of the shared class embedding (no spectral norm) that feeds every conditional BN
-    bn_eps: float = 1e-5  # batch norm epsilon (BigGAN-PyTorch --BN_eps 1e-5; StudioGAN 1e-4)
-    cross_replica: bool = False  # G's batch norm statistics over all processes' micro-batches (SyncBN); G_ema always uses its own
-
-    def validate(self, prefix: str) -> None:
-        super().validate(prefix)
-        _check_positive(f"{prefix}.shared_dim", self.shared_dim)
-        _check_positive(f"{prefix}.bn_eps", self.bn_eps)
-
-
-@dataclass
-class BigganDConfig(_BigganNet):
-    pass
-
-
-@dataclass
-class BigganDeepGConfig(_BigganNet):
-    """BigGAN-deep's G (bigtrain/models/biggan_deep.py): z is never split, so no `hier`."""
-
-    arch: str = "biggan_deep"  # this class's architecture
-    width: int = 128  # channel multiple `ch` (BigGAN-PyTorch's G_ch): see bigtrain/models/biggan_deep.py
-    depth: int = 2  # bottleneck residual blocks per resolution (BigGAN-PyTorch's G_depth)
-    shared_dim: int = 128  # size of the shared class embedding (no spectral norm); [z, it] feeds every conditional BN
-    bn_eps: float = 1e-5  # batch norm epsilon (BigGAN-PyTorch --BN_eps 1e-5)
-    cross_replica: bool = False  # G's batch norm statistics over all processes' micro-batches (SyncBN); G_ema always uses its own
-
-    def validate(self, prefix: str) -> None:
-        super().validate(prefix)
-        for key in ("shared_dim", "bn_eps"):
-            _check_positive(f"{prefix}.{key}", getattr(self, key))
-
-
-@dataclass
-class BigganDeepDConfig(_BigganNet):
-    """BigGAN-deep's D (bigtrain/models/biggan_deep.py)."""
-
-    arch: str = "biggan_deep"  # this class's architecture
-    width: int = 128  # channel multiple `ch` (BigGAN-PyTorch's D_ch): see bigtrain/models/biggan_deep.py
-    depth: int = 2  # bottleneck residual blocks per resolution (BigGAN-PyTorch's D_depth)
-
-
-@dataclass
-class _Img2imgNet(NetConfig):
-    """The keys every image-to-image net reads (bigtrain/models/img2img.py; the defaults are
-    junyanz/pytorch-CycleGAN-and-pix2pix's). `norm` may also be instance norm (without affine
-    parameters, statistics per sample); a conv followed by batch norm has no bias."""
-
-    norms: ClassVar[tuple[str, ...]] = ("instance", "batch", "none")
-    arch: str = "cyclegan"  # this class's architecture
-    width: int = 64  # channels of the first conv (the reference's ngf for G, ndf for D), doubled at each halving up to 8x
-    norm: str = "instance"  # instance | batch | none
-
-    def validate(self, prefix: str) -> None:
-        super().validate(prefix)
-        for key, allow_zero in (("blocks", True), ("downs", False), ("layers", False)):
-            if hasattr(self, key):
-                _check_positive(f"{prefix}.{key}", getattr(self, key), allow_zero)
-
-
-@dataclass
-class CycleganGConfig(_Img2imgNet):
-    """CycleGAN's G: the ResNet generator (the reference's resnet_9blocks)."""
-
-    blocks: int = 9  # residual blocks at 1/4 of the resolution
-    dropout: bool = False  # dropout 0.5 inside each residual block (the reference: off for CycleGAN)
-
-
-@dataclass
-class CycleganDConfig(_Img2imgNet):
-    """CycleGAN's D: the 70x70 PatchGAN (the reference's basic D)."""
-
-    layers: int = 3  # stride-2 convs (the reference's n_layers_D; 3: 70x70 patches, a 30x30 map at 256 px)
-
-
-@dataclass
-class Pix2pixGConfig(_Img2imgNet):
-    """Pix2Pix's G: the U-Net (the reference's unet_256 at downs 8)."""
-
-    arch: str = "pix2pix"  # this class's architecture
-    norm: str = "batch"  # instance | batch | none (the reference's pix2pix: batch)
-    downs: int = 8  # halvings down to the bottleneck (num_downs): the image side must be a multiple of 2**downs
-    dropout: bool = True  # dropout 0.5 on the up-path of the downs - 5 levels just above the bottleneck (8x width; the reference: on for pix2pix)
-
-
-@dataclass
-class Pix2pixDConfig(_Img2imgNet):
-    """Pix2Pix's D: the PatchGAN on (input, output) joined along channels."""
-
-    arch: str = "pix2pix"  # this class's architecture
-    norm: str = "batch"  # instance | batch | none (the reference's pix2pix: batch)
-    layers: int = 3  # stride-2 convs (the reference's n_layers_D; 3: 70x70 patches, a 30x30 map at 256 px)
-
-
-# arch -> (its G's section class, its D's); bigtrain.models.MODELS holds their builders
-NET_CONFIGS: dict[str, tuple[type[NetConfig], type[NetConfig]]] = {
-    "mlp": (MlpGConfig, MlpDConfig),
-    "dcgan": (DcganGConfig, DcganDConfig),
-    "sngan": (SnganGConfig, SnganDConfig),
-    "began": (BeganGConfig, BeganDConfig),
-    "grid": (GridGConfig, GridDConfig),
-    "progan": (ProganGConfig, ProganDConfig),
-    "biggan": (BigganGConfig, BigganDConfig),
-    "biggan_deep": (BigganDeepGConfig, BigganDeepDConfig),
-    "cyclegan": (CycleganGConfig, CycleganDConfig),  # image-to-image: G(x) -> y, D(x) -> a patch logit map
-    "pix2pix": (Pix2pixGConfig, Pix2pixDConfig),
-}
-SIDES = {"g": "generator", "d": "discriminator"}
-
-
-def net_config_class(side: str, arch: Any, section: str = "") -> type[NetConfig]:
-    """The class of a `side` net section for `arch`; ConfigError naming <section>.arch
-    (section: model.<side> unless given)."""
-    if not isinstance(arch, str) or arch not in NET_CONFIGS:
-        raise ConfigError(f"{section or f'model.{side}'}.arch", f"unknown architecture {arch!r}; choose one of {', '.join(sorted(NET_CONFIGS))}")
-    return NET_CONFIGS[arch][list(SIDES).index(side)]
-
-
-def _net_keys(cls: type[NetConfig]) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
 @dataclass
 class ModelConfig:
-    g: NetConfig = field(default_factory=DcganGConfig)  # generator: the class NET_CONFIGS has for its arch
-    d: NetConfig = field(default_factory=DcganDConfig)  # discriminator: likewise
+    g: Any = None  # generator: the section class its arch has (an architecture of the registry, bigtrain.families)
+    d: Any = None  # discriminator: likewise
     z_dim: int = 100  # latent size
     num_classes: int = 0  # 0 = unconditional; >0 = class-conditional G and D
     nets: Dict[str, Any] = field(default_factory=dict)  # one player's own network (lowercased name: d2, g_ab, ...): keys over its side's model.g / model.d
 
     def __post_init__(self) -> None:
-        for side, net in (("g", self.g), ("d", self.d)):
-            cls = net_config_class(side, net.arch)
-            if type(net) is not cls:
-                raise ConfigError(f"model.{side}", f"arch {net.arch} takes a {cls.__name__}, got a {type(net).__name__}")
+        for side in ("g", "d"):
+            net = getattr(self, side)
+            if net is None:
+                continue
+            if net.arch != type(net).arch:  # each section class is one arch's (its default)
+                raise ConfigError(f"model.{side}", f"a {type(net).__name__} is the {type(net).arch} section, not arch {net.arch}'s")
             net.validate(f"model.{side}")
         _check_positive("model.z_dim", self.z_dim)
         _check_positive("model.num_classes", self.num_classes, allow_zero=True)
         for name, over in self.nets.items():
             if not isinstance(over, dict):
                 raise ConfigError(f"model.nets.{name}", "must be a mapping of network keys (arch, width, ...) over model.g or model.d")
-
-
-def net_for(model: ModelConfig, player: str, side: str) -> NetConfig:
-    """Player `player`'s network section: `model.<side>` with `model.nets.<player lowercased>`
-    over it. An override that names another arch starts from that arch's defaults; each key it
-    sets is checked as in `model.<side>`, errors naming `model.nets.<player>.<key>`
-    (docs/design.md, "Network config per architecture")."""
-    key = player.lower()
-    base = getattr(model, side)
-    over = model.nets.get(key)
-    if over is None:
-        return base
-    section = f"model.nets.{key}"
-    cls = net_config_class(side, over.get("arch", base.arch), section)
-    for name in over:
-        if name not in _net_keys(cls):
-            raise ConfigError(f"{section}.{name}", f"the {cls.arch} {SIDES[side]} has no key {name!r}; its keys: {', '.join(_net_keys(cls))}")
-    start = base if type(base) is cls else cls()
-    try:
-        net = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(start), over))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{section}.{getattr(exc, 'key', '') or ''}".rstrip("."), _first_line(exc)) from None
-    net.validate(section)
-    return net
-
-
-@dataclass
-class LossConfig:
-    type: str = "nonsaturating"  # key of bigtrain.losses.LOSSES
-    lsgan_abc: list[float] = field(default_factory=lambda: [0.0, 1.0, 1.0])  # LSGAN targets a (fake), b (real), c (G's)
-    gp_weight: float = 0.0  # WGAN-GP gradient penalty on real/fake interpolates (lambda; 10 in the paper); 0 = off
-    r1_gamma: float = 0.0  # R1 penalty gamma/2 * |grad D(real)|^2 (Mescheder et al. 2018); 0 = off
-    r1_interval: int = 1  # lazy R1: a separate D_reg phase every k iterations, weighted by k
-    dragan_weight: float = 0.0  # DRAGAN penalty around perturbed real data (lambda; 10 in the paper); 0 = off
-    clip_d_weights: float = 0.0  # WGAN weight clipping: D's parameters into [-c, c] after each D step; 0 = off
-    acgan_weight: float = 1.0  # weight of the auxiliary classifier's cross-entropy (D cond: acgan)
-    began_gamma: float = 0.5  # BEGAN diversity ratio gamma = E[L(G(z))] / E[L(x)]
-    began_lambda_k: float = 0.001  # BEGAN proportional gain of k_t
-    began_k0: float = 0.0  # BEGAN initial k_t
-
-    def __post_init__(self) -> None:
-        if len(self.lsgan_abc) != 3:
-            raise ConfigError("loss.lsgan_abc", f"needs three values a, b, c; got {list(self.lsgan_abc)}")
-        for name in ("gp_weight", "r1_gamma", "dragan_weight", "clip_d_weights", "acgan_weight", "began_lambda_k"):
-            _check_positive(f"loss.{name}", getattr(self, name), allow_zero=True)
-        _check_positive("loss.r1_interval", self.r1_interval)
-        if not 0.0 <= self.began_k0 <= 1.0:
-            raise ConfigError("loss.began_k0", f"must be in [0, 1], got {self.began_k0}")
-
-
-@dataclass
-class AugmentConfig:
-    policy: str = ""  # DiffAugment (Zhao et al. 2020) ops for D's inputs, comma-separated: color,translation,cutout
-
-    def __post_init__(self) -> None:
-        for op in filter(None, (p.strip() for p in self.policy.split(","))):
-            _check_choice("augment.policy", op, AUGMENTS)
 
 
 @dataclass
@@ -630,12 +281,10 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    recipe: str = "gan"  # model family (bigtrain.recipes.RECIPES): gan, began, gman, madgan, progan, biggan; its own options sit under its name
+    recipe: str = "gan"  # model family's recipe (bigtrain.families): gan, began, gman, madgan, progan, biggan, cyclegan, ...; its options sit under its name
     run: RunConfig = field(default_factory=RunConfig)  # naming, output folder, seed
     data: DataConfig = field(default_factory=DataConfig)  # training data source
     model: ModelConfig = field(default_factory=ModelConfig)  # G and D architectures
-    loss: LossConfig = field(default_factory=LossConfig)  # adversarial loss and regularizers
-    augment: AugmentConfig = field(default_factory=AugmentConfig)  # differentiable augmentation
     optim: Dict[str, OptimConfig] = field(default_factory=dict)  # one optimizer per player, by lowercased name (g, d, d2, ...); a missing one has the defaults
     train: TrainConfig = field(default_factory=TrainConfig)  # length, batch, precision, resume
     ema: EmaConfig = field(default_factory=EmaConfig)  # moving average of G
@@ -685,13 +334,41 @@ def _last(layers: list[Any], path: tuple[str, ...], default: Any) -> Any:
     return value
 
 
+class Catalog(Protocol):
+    """What the loader needs of the family registry (bigtrain.families.registry()), handed to it:
+    this module imports no family, so every family can import it."""
+
+    def recipe_name(self, lookup: Callable[[tuple[str, ...]], Any]) -> Any:
+        """The recipe the layers select (`lookup(path)`: the last value set at path, or None)."""
+
+    def recipe_names(self) -> list[str]: ...
+
+    def sections(self, recipe: str) -> dict[str, type]:
+        """The recipe's own top-level sections, name -> dataclass (its options, loss, ...)."""
+
+    def all_sections(self) -> dict[str, type]:
+        """Every section some recipe declares (to recognise an old save's untouched ones)."""
+
+    def net_config(self, side: str, arch: Any, key: str) -> type:
+        """The `side` ("g"/"d") section class of `arch`; ConfigError naming `key` if unknown."""
+
+    def renamed(self) -> dict[str, tuple[str, Any]]:
+        """Old dotted key -> (its new dotted key, its default), accepted for one release."""
+
+
 # The shared NetConfig that every `model.g` / `model.d` section had before per-architecture
 # classes; configs and checkpoints of that time hold every one of these keys (docs/design.md).
 OLD_NET_DEFAULTS = {"arch": "dcgan", "width": 64, "depth": 2, "norm": "batch", "cond": "auto", "spectral_norm": False,
                     "h_dim": 64, "mbstd_group": 0, "mbstd_channels": 1, "pack": 1}  # G's; D's norm was none
+DEFAULT_ARCH = "dcgan"  # model.g.arch / model.d.arch when no layer sets them
+SIDE_NAMES = {"g": "generator", "d": "discriminator"}
 
 
-def _drop_old_defaults(layer: Any, nets: dict[str, type[NetConfig]]) -> Any:
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _drop_old_defaults(layer: dict, nets: dict[str, type]) -> dict:
     """`layer` without the untouched fields of an old shared-NetConfig section.
 
     A net section holding every OLD_NET_DEFAULTS key was written before per-architecture
@@ -700,7 +377,7 @@ def _drop_old_defaults(layer: Any, nets: dict[str, type[NetConfig]]) -> Any:
     refused like a key set by hand. New sections never hold all those keys, so this exception
     does not reach them (docs/design.md, "Network config per architecture").
     """
-    model = layer.get("model") if isinstance(layer, dict) else None
+    model = layer.get("model")
     if not isinstance(model, dict):
         return layer
     model = dict(model)
@@ -708,45 +385,91 @@ def _drop_old_defaults(layer: Any, nets: dict[str, type[NetConfig]]) -> Any:
         net = model.get(side)
         if isinstance(net, dict) and net.keys() >= OLD_NET_DEFAULTS.keys():
             old = {**OLD_NET_DEFAULTS, "norm": "none"} if side == "d" else OLD_NET_DEFAULTS
-            keep = set(_net_keys(cls))
+            keep = set(_fields(cls))
             model[side] = {k: v for k, v in net.items() if k in keep or k not in old or v != old[k]}
     return {**layer, "model": model}
 
 
-def _reason(exc: OmegaConfBaseException, key: str, nets: dict[str, type[NetConfig]]) -> str:
+def _move_renamed(layer: dict, recipe: str, sections: dict[str, type], catalog: Catalog, saved: bool) -> dict:
+    """`layer` with each old spelling of a key (catalog.renamed()) moved to its new place, with a
+    warning naming the new key (none for a saved config, which the user did not write). An old
+    key whose new section this recipe lacks is dropped when it holds its default, else refused."""
+    for old, (new, default) in catalog.renamed().items():
+        section, _, key = old.partition(".")
+        values = layer.get(section)
+        if not isinstance(values, dict) or key not in values:
+            continue
+        values = dict(values)
+        value = values.pop(key)
+        layer = {**layer, section: values}
+        new_section, _, new_key = new.partition(".")
+        if new_section not in sections:
+            if value != default:
+                raise ConfigError(old, f"is now {new}, which recipe {recipe} does not read")
+            continue
+        if not saved:
+            warnings.warn(f"{old} is now {new}; the old spelling is read for one more release", FutureWarning, stacklevel=4)
+        target = dict(layer.get(new_section) or {})
+        target.setdefault(new_key, value)
+        layer = {**layer, new_section: target}
+    return layer
+
+
+def _drop_untouched_sections(layer: dict, sections: dict[str, type], catalog: Catalog) -> dict:
+    """A saved config without the sections its recipe no longer declares, where they hold their
+    defaults (older saves held every section; e.g. an image-to-image run's unused `loss`)."""
+    known = catalog.all_sections()
+    unused = [name for name in layer if name in known and name not in sections
+              and isinstance(layer[name], dict) and layer[name] == dataclasses.asdict(known[name]())]
+    return {k: v for k, v in layer.items() if k not in unused}
+
+
+def _reason(exc: OmegaConfBaseException, key: str, nets: dict[str, type]) -> str:
     """OmegaConf's message, or for a key a net section's class lacks, which keys it has."""
     parts = key.split(".")
     if isinstance(exc, ConfigKeyError) and len(parts) == 3 and parts[0] == "model" and parts[1] in nets:
         cls = nets[parts[1]]
-        return f"the {cls.arch} {SIDES[parts[1]]} has no key {parts[2]!r}; its keys: {', '.join(_net_keys(cls))}"
+        return f"the {cls.arch} {SIDE_NAMES[parts[1]]} has no key {parts[2]!r}; its keys: {', '.join(_fields(cls))}"
     return _first_line(exc)
 
 
-def schema(recipe: str) -> type:
-    """The Config dataclass for `recipe`: Config plus the recipe's own section, if it has one."""
-    from bigtrain.recipes import RECIPES
+def schema(recipe: str, catalog: Catalog) -> type:
+    """The Config dataclass for `recipe`: Config plus the recipe's sections (its options, and the
+    shared ones it reads, such as loss)."""
+    return _schema(recipe, tuple(catalog.sections(recipe).items()))
 
-    if recipe not in RECIPES:
-        raise ConfigError("recipe", f"unknown recipe {recipe!r}; choose one of {', '.join(sorted(RECIPES))}")
-    cls = RECIPES[recipe]
-    if cls.section is None:
+
+@functools.lru_cache(maxsize=None)
+def _schema(recipe: str, sections: tuple[tuple[str, type], ...]) -> type:
+    # one class per recipe and sections, so that two configs of one recipe compare equal
+    if not sections:
         return Config
-    return dataclasses.make_dataclass(f"Config_{recipe}", [(cls.section, cls.Options, field(default_factory=cls.Options))], bases=(Config,))
+    return dataclasses.make_dataclass(f"Config_{recipe}", [(name, cls, field(default_factory=cls)) for name, cls in sections], bases=(Config,))
 
 
-def _merge(layers: list[Any], origin: str) -> Any:
-    recipe = _last(layers, ("recipe",), Config.recipe)
+def _merge(layers: list[Any], origin: str, catalog: Catalog, saved: bool = False) -> Any:
+    layers = [OmegaConf.to_container(layer) if OmegaConf.is_config(layer) else layer for layer in layers]
+    recipe = catalog.recipe_name(lambda path: _last(layers, path, None))
+    if recipe is None:
+        recipe = Config.recipe
     if not isinstance(recipe, str):
         raise ConfigError("recipe", f"must be a name (in {origin})")
+    if recipe not in catalog.recipe_names():
+        raise ConfigError("recipe", f"unknown recipe {recipe!r}; choose one of {', '.join(sorted(catalog.recipe_names()))}")
+    sections = catalog.sections(recipe)
     # each net section's class follows its arch, the last one the layers set
-    nets = {side: net_config_class(side, _last(layers, ("model", side, "arch"), NetConfig.arch)) for side in SIDES}
-    merged = OmegaConf.structured(schema(recipe)(model=ModelConfig(g=nets["g"](), d=nets["d"]())))
+    nets = {side: catalog.net_config(side, _last(layers, ("model", side, "arch"), DEFAULT_ARCH), f"model.{side}.arch") for side in SIDE_NAMES}
+    merged = OmegaConf.structured(schema(recipe, catalog)(model=ModelConfig(g=nets["g"](), d=nets["d"]())))
     for layer in layers:
+        layer = _move_renamed(_drop_old_defaults(layer, nets), recipe, sections, catalog, saved)
+        if saved:
+            layer = _drop_untouched_sections(layer, sections, catalog)
         try:
-            merged = OmegaConf.merge(merged, _drop_old_defaults(layer, nets))
+            merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as exc:
             key = getattr(exc, "full_key", "") or origin
             raise ConfigError(key, f"{_reason(exc, key, nets)} (in {origin})") from None
+    merged.recipe = recipe  # the name it resolved to (an alias, such as loss.type began, becomes its recipe)
     return merged
 
 
@@ -778,19 +501,20 @@ def parse_overrides(overrides: list[str]) -> list[Any]:
     return layers
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file <- overrides, validated. Raises ConfigError naming the key."""
+def load_config(path: str | Path | None, overrides: list[str] | None, catalog: Catalog) -> Config:
+    """Defaults <- YAML file <- overrides, validated against the recipe's schema from `catalog`
+    (bigtrain.families.load_config passes the registry). Raises ConfigError naming the key."""
     layers: list[Any] = []
     if path is not None:
         layers.append(load_yaml(path))
     extra = parse_overrides(overrides or [])
-    _merge(layers, str(path) if path else "defaults")  # names the file for errors in the file
-    return _to_object(_merge([*layers, *extra], "command line" if extra else str(path) if path else "defaults"))
+    _merge(layers, str(path) if path else "defaults", catalog)  # names the file for errors in the file
+    return _to_object(_merge([*layers, *extra], "command line" if extra else str(path) if path else "defaults", catalog))
 
 
-def config_from_dict(data: dict) -> Config:
-    """Validate a config given as a nested dict (e.g. read back from a checkpoint)."""
-    return _to_object(_merge([data], "dict"))
+def config_from_dict(data: dict, catalog: Catalog) -> Config:
+    """Validate a saved config given as a nested dict (e.g. read back from a checkpoint)."""
+    return _to_object(_merge([data], "dict", catalog, saved=True))
 
 
 def to_dict(cfg: Config) -> dict:

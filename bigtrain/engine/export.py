@@ -32,7 +32,7 @@ def _engine_weights(engine_dir: Path, player_state: dict) -> dict[str, torch.Ten
         raise CheckpointError(f"{engine_dir}: no weights for this player in trainer.pt and no engine folder bigtrain knows")
     if not engine_dir.is_dir():
         raise CheckpointError(f"{engine_dir}: DeepSpeed folder missing; the checkpoint is incomplete")
-    from bigtrain.engine.backend import deepspeed_weights  # imports deepspeed only when called
+    from bigtrain.engine.backends.deepspeed_files import deepspeed_weights  # imports deepspeed only when called
 
     return deepspeed_weights(engine_dir, player_state)
 

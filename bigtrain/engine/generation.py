@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from bigtrain import sampling
 from bigtrain.data import DataInfo
 from bigtrain.engine import checkpoint
-from bigtrain.engine.players import first_nonfinite
+from bigtrain.engine.guard import first_nonfinite
 from bigtrain.errors import BigtrainError, CheckpointError
-from bigtrain.recipes.base import Recipe
+from bigtrain.families.base import Recipe
 
 
 @dataclass
@@ -71,8 +71,7 @@ class LoadedGeneration:
 
 def load_generation(run_dir: Optional[str], folder: Optional[str] = None, use_ema: bool = True) -> LoadedGeneration:
     """The generating players of a checkpoint (EMA copies by default), in eval mode on CPU."""
-    from bigtrain.config import config_from_dict
-    from bigtrain.recipes import build_recipe
+    from bigtrain.families import build_recipe, config_from_dict
 
     path = checkpoint.resolve_folder(run_dir, folder)
     state = checkpoint.read_trainer_state(path)

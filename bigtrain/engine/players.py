@@ -39,16 +39,6 @@ class Player:
         self._trainable = None
 
 
-# codes of a deferred skip's cause (a 0-d long tensor the backend leaves in Player.nonfinite)
-NONFINITE_WHAT = {1: "the loss", 2: "a gradient", 3: "a gradient (fp16 overflow)"}
-
-
-def first_nonfinite(state: dict[str, torch.Tensor], prefix: str = "") -> Optional[str]:
-    """`prefix` + the name of the first floating-point tensor of a state dict holding a NaN or
-    inf, or None."""
-    return next((prefix + k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
-
-
 FUSED_OPTIMIZERS = ("adam", "sgd")  # torch has fused kernels for these, which can skip a step on the device
 
 

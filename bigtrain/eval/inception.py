@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bigtrain.sampling import to_uint8
 from bigtrain.eval.weights import WeightsError, WeightsFile, read_state_dict, resolve_weights
+from bigtrain.sampling import to_uint8
 
 INPUT_SIZE = 299
 POOL_FEATURES = 2048

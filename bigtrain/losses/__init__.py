@@ -2,16 +2,15 @@
 
 d_loss(real_out [N], fake_out [N]) -> float32 scalar; g_loss(fake_out [N]) -> float32 scalar.
 Regularizers (R1, gradient penalty, DRAGAN) are in `regularizers`, BEGAN's terms in `gan`; the
-objective (engine/gan.py) combines them as the config asks.
+classic recipe (bigtrain/families/gan/recipe.py) combines them as the config asks.
 """
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from torch import Tensor
 
-from bigtrain.config import LossConfig
 from bigtrain.errors import ConfigError
 from bigtrain.losses import gan
 
@@ -21,12 +20,13 @@ class GanLoss(NamedTuple):
     g_loss: Callable[[Tensor], Tensor]  # fake_out -> scalar
 
 
-def _lsgan(cfg: LossConfig) -> GanLoss:
+def _lsgan(cfg: Any) -> GanLoss:
     a, b, c = cfg.lsgan_abc
     return GanLoss(partial(gan.lsgan_d_loss, a=a, b=b), partial(gan.lsgan_g_loss, c=c))
 
 
-LOSSES: dict[str, Callable[[LossConfig], GanLoss]] = {
+# each builder takes the `loss` section (bigtrain.families.gan.options.LossConfig: type, lsgan_abc)
+LOSSES: dict[str, Callable[[Any], GanLoss]] = {
     "minimax": lambda cfg: GanLoss(gan.nonsaturating_d_loss, gan.minimax_g_loss),
     "nonsaturating": lambda cfg: GanLoss(gan.nonsaturating_d_loss, gan.nonsaturating_g_loss),
     "lsgan": _lsgan,
@@ -37,7 +37,7 @@ LOSSES: dict[str, Callable[[LossConfig], GanLoss]] = {
 }
 
 
-def build_loss(cfg: LossConfig) -> GanLoss:
+def build_loss(cfg: Any) -> GanLoss:
     """The pair named by `loss.type`; ConfigError for an unknown name."""
     if cfg.type not in LOSSES:
         raise ConfigError("loss.type", f"unknown loss {cfg.type!r}; choose one of {', '.join(sorted(LOSSES))}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from bigtrain.config import load_config
+from bigtrain.families import load_config
 from bigtrain import sampling
 from bigtrain.engine.loop import Trainer
 

@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bigtrain.engine.backend import _differentiable_sum
-from bigtrain.models.biggan import Statistics
+from bigtrain.engine.backends.base import _differentiable_sum
+from bigtrain.families.biggan.nets import Statistics
 
 pytestmark = pytest.mark.dist
 

@@ -79,7 +79,7 @@ def test_resume_on_another_number_of_processes(tmp_path, before, after):
 def test_state_carries_over_exactly_from_two_processes_to_one(tmp_path):
     """In this process (1 rank), a Trainer resumed from a 2-process checkpoint holds exactly its
     weights, optimizer states and EMA, and rank 0's data positions."""
-    from bigtrain.config import load_config
+    from bigtrain.families import load_config
     from bigtrain.engine.loop import Trainer
 
     cfg = _config(tmp_path, schedule=SCHEDULE)
@@ -181,7 +181,7 @@ def check_deepspeed_resume(cfg: str, stage: int, precision: str) -> None:
 
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-    from bigtrain.config import load_config
+    from bigtrain.families import load_config
     from bigtrain.engine.loop import Trainer
 
     config = load_config(cfg, ["run.name=two", "backend.kind=deepspeed", f"backend.zero_stage={stage}", f"train.precision={precision}"])

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from bigtrain.cli import leave_process
-from bigtrain.config import load_config
+from bigtrain.families import load_config
 from bigtrain.engine.loop import Trainer
 
 

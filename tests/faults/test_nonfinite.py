@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bigtrain.config import config_from_dict, load_config
+from bigtrain.families import config_from_dict, load_config
 from bigtrain.engine.loop import Trainer
 from bigtrain.errors import ConfigError, TrainingDiverged
 from tests.conftest import REPO, run_cli, tiny_config, write_config, write_images_npz
@@ -22,7 +22,7 @@ from tests.faults import harness
 # `python -c` prelude: from D's K-th optimizer step on (1-based), its gradients hold a NaN
 INJECT = """
 import sys
-from bigtrain.engine import backend as b
+from bigtrain.engine.backends import accelerate as b
 K, ONLY = int(sys.argv[1]), sys.argv[2] == "once"
 calls = {"D": 0}
 step = b.AccelerateBackend.step
@@ -162,7 +162,7 @@ def test_fused_is_refused_where_there_is_no_fused_kernel(tmp_path, overrides, wo
 
 
 def test_deferred_flags_stop_the_run_at_the_next_read_naming_where_the_streak_began():
-    from bigtrain.engine.loop import Health
+    from bigtrain.engine.guard import Health
 
     health = Health(limit=3, totals={"D": 5})
     flags = [0, 1, 1, 0, 1, 1, 1, 1, 0]  # a streak of 2, then one of 4 from step 4

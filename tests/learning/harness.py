@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 
-from bigtrain.config import load_config
+from bigtrain.families import load_config
 from bigtrain.demo import write_digits_npz
 from bigtrain import sampling
 from bigtrain.engine.loop import Trainer

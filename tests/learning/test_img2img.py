@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bigtrain.config import load_config
+from bigtrain.families import load_config
 from bigtrain.data.inputs import read_images
 from bigtrain.data.toy import write_digits_translation
 from bigtrain.engine.loop import train

@@ -152,7 +152,7 @@ def test_specialisation_criterion_rejects_identical_heads():
 
 def _train(tmp_path: Path, config: str):
     """Train configs/<config> on a fresh 100,000-sample grid: (trainer, the nets that sample)."""
-    from bigtrain.config import load_config
+    from bigtrain.families import load_config
     from bigtrain.engine.loop import Trainer
 
     data = write_grid25_npz(tmp_path / "grid25.npz", 100_000, seed=0)

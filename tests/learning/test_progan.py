@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from bigtrain.config import load_config
+from bigtrain.families import load_config
 from bigtrain.engine.loop import Trainer
 from bigtrain.errors import Stopped
 from tests.conftest import REPO

@@ -72,7 +72,7 @@ def test_recipe_trains_and_resumes_exactly(tmp_path, name):
 
 
 def test_schedule_changes_batch_lr_and_ema_at_the_right_images(tmp_path):
-    from bigtrain.config import load_config
+    from bigtrain.families import load_config
     from bigtrain.engine.loop import Trainer
     from bigtrain.tracking import Tracker
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bigtrain.data.augment import OPS, diff_augment
+from bigtrain.families.gan.augment import OPS, diff_augment
 from bigtrain.errors import ConfigError
 
 N, C, H, W = 16, 3, 32, 32

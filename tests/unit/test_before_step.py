@@ -11,7 +11,7 @@ from tests.conftest import REPO, tiny_config, write_config, write_images_npz
 
 SCRIPT = r"""
 import json, sys, torch
-from bigtrain.config import load_config
+from bigtrain.families import load_config
 from bigtrain.engine.loop import Trainer
 from bigtrain.tracking import Tracker
 

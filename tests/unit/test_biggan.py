@@ -7,14 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from bigtrain import sampling
-from bigtrain.config import BigganDConfig, BigganGConfig, EmaConfig, load_config
+from bigtrain.families.biggan.nets import BigganDConfig, BigganGConfig
+from bigtrain.config import EmaConfig
+from bigtrain.families import load_config
 from bigtrain.data import DataInfo
 from bigtrain.engine.players import EMA, ema_beta
 from bigtrain.errors import ConfigError
-from bigtrain.models import biggan
-from bigtrain.models.biggan import BigganDiscriminator, BigganGenerator, Statistics
-from bigtrain.recipes import build_recipe
-from bigtrain.recipes.biggan import ortho_gradient, ortho_penalty, regularized_weights
+from bigtrain.families.biggan import nets as biggan
+from bigtrain.families.biggan.nets import BigganDiscriminator, BigganGenerator, Statistics
+from bigtrain.families import build_recipe
+from bigtrain.families.biggan.recipe import ortho_gradient, ortho_penalty, regularized_weights
 
 
 def count(net):

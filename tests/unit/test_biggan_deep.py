@@ -4,13 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bigtrain.config import BigganDeepDConfig, BigganDeepGConfig
+from bigtrain.families.biggan.deep import BigganDeepDConfig, BigganDeepGConfig
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
-from bigtrain.models import biggan_deep
-from bigtrain.models.biggan import BigganBatchNorm, SelfAttention
-from bigtrain.models.biggan_deep import BigganDeepDiscriminator, BigganDeepGenerator, DeepDBlock, DeepGBlock
-from bigtrain.recipes.biggan import regularized_weights
+from bigtrain.families.biggan import deep as biggan_deep
+from bigtrain.families.biggan.nets import BigganBatchNorm, SelfAttention
+from bigtrain.families.biggan.deep import BigganDeepDiscriminator, BigganDeepGenerator, DeepDBlock, DeepGBlock
+from bigtrain.families.biggan.recipe import regularized_weights
 
 
 def count(net):

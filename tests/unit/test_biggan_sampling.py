@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from bigtrain import sampling
-from bigtrain.config import BigganGConfig, EmaConfig
+from bigtrain.families.biggan.nets import BigganGConfig
+from bigtrain.config import EmaConfig
 from bigtrain.data import DataInfo
-from bigtrain.engine.backend import Backend, _differentiable_sum
+from bigtrain.engine.backends.base import Backend, _differentiable_sum
 from bigtrain.engine.players import EMA
-from bigtrain.models.biggan import BigganGenerator, Statistics
+from bigtrain.families.biggan.nets import BigganGenerator, Statistics
 from tests.conftest import run_cli, write_images_npz
 
 

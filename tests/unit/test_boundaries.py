@@ -1,6 +1,6 @@
 """Model, loss, data and Inception code stay free of distributed engines and device calls.
 
-Parallelism is applied from outside (engine/backend.py); see docs/design.md, "Layout and boundaries".
+Parallelism is applied from outside (engine/backends/); see docs/design.md, "Layout and boundaries".
 """
 from __future__ import annotations
 

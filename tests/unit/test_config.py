@@ -4,7 +4,9 @@ import typing
 
 import pytest
 
-from bigtrain.config import Config, load_config, to_yaml
+from bigtrain.config import Config, to_yaml
+
+from bigtrain.families import load_config
 from bigtrain.errors import ConfigError
 from tests.conftest import run_cli
 

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from bigtrain.config import load_config
+from bigtrain.families import load_config
 from bigtrain.data import DataInfo
-from bigtrain.recipes import build_recipe
+from bigtrain.families import build_recipe
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 

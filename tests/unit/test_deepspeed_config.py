@@ -8,7 +8,8 @@ import torch
 
 from bigtrain.config import BackendConfig, OptimConfig, TrainConfig
 from bigtrain.engine import checkpoint
-from bigtrain.engine.backend import ACCELERATE_DS_CONFIG_FILE, ACCELERATE_DS_ZERO_STAGE, FP16_LOSS_SCALING, build_backend, deepspeed_config
+from bigtrain.engine.backends import build_backend
+from bigtrain.engine.backends.deepspeed_config import ACCELERATE_DS_CONFIG_FILE, ACCELERATE_DS_ZERO_STAGE, FP16_LOSS_SCALING, deepspeed_config
 from bigtrain.errors import CheckpointError, ConfigError
 
 LAUNCH = Path(__file__).resolve().parents[2] / "launch"
@@ -149,7 +150,7 @@ def test_deepspeed_files_are_checked_before_deepspeed_loads_them(tmp_path):
     pytest.importorskip("deepspeed", reason="deepspeed is not installed")
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
 
-    from bigtrain.engine.backend import verify_deepspeed_files
+    from bigtrain.engine.backends.deepspeed_files import verify_deepspeed_files
 
     with pytest.raises(CheckpointError, match="no DeepSpeed checkpoint files"):
         verify_deepspeed_files(tmp_path)
@@ -172,7 +173,7 @@ def test_deepspeed_files_are_checked_before_deepspeed_loads_them(tmp_path):
 ])
 def test_a_deepspeed_folder_missing_a_rank_file_is_refused_on_every_rank(tmp_path, stage, files, missing):
     pytest.importorskip("deepspeed", reason="deepspeed is not installed")
-    from bigtrain.engine.backend import verify_deepspeed_files
+    from bigtrain.engine.backends.deepspeed_files import verify_deepspeed_files
 
     torch.save({"x": torch.zeros(1)}, tmp_path / "zero_to_fp32_placeholder.pt")
     for name in files:
@@ -188,7 +189,7 @@ def test_fp16_on_a_cpu_without_fp16_support_is_a_config_error():
     pytest.importorskip("deepspeed", reason="deepspeed is not installed")
     from deepspeed.accelerator import get_accelerator
 
-    from bigtrain.engine.backend import DeepSpeedBackend
+    from bigtrain.engine.backends.deepspeed import DeepSpeedBackend
 
     accel = get_accelerator()
     if accel.device_name() != "cpu" or accel.is_fp16_supported():

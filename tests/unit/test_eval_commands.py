@@ -16,14 +16,16 @@ import pytest
 import scipy.linalg
 import torch
 
-from bigtrain.config import config_from_dict, to_dict, to_yaml
+from bigtrain.config import to_dict, to_yaml
+
+from bigtrain.families import config_from_dict
 from bigtrain.data import DataInfo
 from bigtrain.engine import checkpoint
 from bigtrain.engine.generation import load_generation
 from bigtrain.errors import BigtrainError
 from bigtrain.eval import commands
 from bigtrain.eval.inception import load_inception
-from bigtrain.models import build_generator
+from bigtrain.families import build_generator
 from tests.conftest import tiny_config, write_images_npz
 
 

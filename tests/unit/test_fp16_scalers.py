@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from bigtrain.config import BackendConfig, OptimConfig, TrainConfig
-from bigtrain.engine.backend import AccelerateBackend
+from bigtrain.engine.backends.accelerate import AccelerateBackend
 
 
 def test_overflow_in_d_skips_only_d():

@@ -10,7 +10,7 @@ from bigtrain.data.npz import load_npz
 from bigtrain.data.toy import GRID25_MODES, add_make_toy_arguments, grid25, run_make_toy, write_grid25_npz
 from bigtrain.errors import BigtrainError
 from bigtrain.eval.modes import PACGAN_NUM_SAMPLES, mode_coverage
-from bigtrain.models.grid import GridDiscriminator, GridGenerator, LinearMaxout
+from bigtrain.families.gan.grid import GridDiscriminator, GridGenerator, LinearMaxout
 
 STD = 0.05
 # Share of a 2-D isotropic Gaussian within 3 std: P(chi2_2 < 9) = 1 - exp(-9/2) = 98.89%.

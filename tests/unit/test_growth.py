@@ -4,7 +4,7 @@ limits {256: 16, 512: 8, 1024: 4} included)."""
 import pytest
 
 from bigtrain.errors import ConfigError
-from bigtrain.recipes.growth import OFFICIAL_PRESETS, GrowthOptions, growth, resets_optimizer
+from bigtrain.families.progan.growth import OFFICIAL_PRESETS, GrowthOptions, growth, resets_optimizer
 
 # (preset, data resolution, gpus, kimg) -> (lod, resolution, alpha, minibatch, lr of G and D)
 ROWS = [

@@ -5,7 +5,7 @@ channels-last nets and batches (`train.channels_last`), torch.compile per player
 import pytest
 import torch
 
-from bigtrain.config import load_config
+from bigtrain.families import load_config
 from bigtrain.engine.loop import Prefetcher, Trainer
 from bigtrain.errors import ConfigError
 from tests.conftest import write_images_npz

@@ -4,10 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from bigtrain.config import CycleganDConfig, CycleganGConfig, ModelConfig, Pix2pixDConfig, Pix2pixGConfig, load_config
+from bigtrain.families.img2img.nets import CycleganDConfig, CycleganGConfig, Pix2pixDConfig, Pix2pixGConfig
+from bigtrain.config import ModelConfig
+from bigtrain.families import load_config
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
-from bigtrain.models import MODELS, build_discriminator, build_generator
+from bigtrain.families import build_discriminator, build_generator, registry
+
+MODELS = registry().archs
 
 RGB256 = DataInfo("image", (3, 256, 256), 0)
 CLASSES = {"cyclegan": (CycleganGConfig, CycleganDConfig), "pix2pix": (Pix2pixGConfig, Pix2pixDConfig)}
@@ -19,7 +23,7 @@ def count(net: nn.Module) -> int:
 
 def nets(arch: str, info: DataInfo, g: dict = {}, d: dict = {}) -> tuple[nn.Module, nn.Module]:
     g_cls, d_cls = CLASSES[arch]
-    return MODELS[arch].G(g_cls(**g), 0, 0, info), MODELS[arch].D(d_cls(**d), 0, 0, info)
+    return MODELS[arch].g(g_cls(**g), 0, 0, info), MODELS[arch].d(d_cls(**d), 0, 0, info)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +48,7 @@ def test_the_norm_sets_the_count_through_affine_parameters_and_conv_biases():
     assert count(nets("pix2pix", RGB256, d={"norm": "instance"})[1]) == 2_768_705 - 128 - 256 - 512
     g, d = nets("cyclegan", RGB256, g={"width": 8}, d={"norm": "none"})  # no norm: every conv keeps its bias (the reference drops them)
     assert count(d) == 2_764_737 and not any(isinstance(m, nn.modules.batchnorm._NormBase) for m in d.modules())
-    assert count(MODELS["cyclegan"].G(CycleganGConfig(width=8, norm="none"), 0, 0, RGB256)) == count(g)
+    assert count(MODELS["cyclegan"].g(CycleganGConfig(width=8, norm="none"), 0, 0, RGB256)) == count(g)
 
 
 def test_reference_shapes(reference):
@@ -54,7 +58,7 @@ def test_reference_shapes(reference):
         assert reference["pair_d"](torch.cat([x, x], dim=1)).shape == (1, 1, 30, 30)
         y = reference["unet_g"].eval()(x)
         assert y.shape == x.shape and y.abs().max() <= 1
-        resnet = MODELS["cyclegan"].G(CycleganGConfig(width=8), 0, 0, RGB256)  # the shape does not depend on the width
+        resnet = MODELS["cyclegan"].g(CycleganGConfig(width=8), 0, 0, RGB256)  # the shape does not depend on the width
         assert resnet(x).shape == x.shape
 
 
@@ -105,18 +109,18 @@ def test_a_sample_output_does_not_depend_on_the_other_samples(norm, per_sample):
 def test_unet_dropout_is_on_in_train_mode_only():
     info = DataInfo("image", (3, 64, 64), 0)
     torch.manual_seed(0)
-    G = MODELS["pix2pix"].G(Pix2pixGConfig(width=4, downs=6, norm="instance"), 0, 0, info)
+    G = MODELS["pix2pix"].g(Pix2pixGConfig(width=4, downs=6, norm="instance"), 0, 0, info)
     assert sum(isinstance(m, nn.Dropout) for m in G.modules()) == 1  # downs - 5 levels
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert not torch.allclose(G.train()(x), G(x))
         torch.testing.assert_close(G.eval()(x), G(x))
-        off = MODELS["pix2pix"].G(Pix2pixGConfig(width=4, downs=6, norm="instance", dropout=False), 0, 0, info).train()
+        off = MODELS["pix2pix"].g(Pix2pixGConfig(width=4, downs=6, norm="instance", dropout=False), 0, 0, info).train()
         torch.testing.assert_close(off(x), off(x))
 
 
 def test_unet_skips_come_first_in_the_up_path_input_as_in_the_reference():
-    G = MODELS["pix2pix"].G(Pix2pixGConfig(width=4, downs=5), 0, 0, DataInfo("image", (3, 32, 32), 0))
+    G = MODELS["pix2pix"].g(Pix2pixGConfig(width=4, downs=5), 0, 0, DataInfo("image", (3, 32, 32), 0))
     seen = {}
     G.down[2].register_forward_hook(lambda m, inputs, out: seen.update(skip=out))
     G.up[2].register_forward_hook(lambda m, inputs, out: seen.update(joined=inputs[0]))
@@ -130,7 +134,7 @@ def test_dropout_placement_follows_the_reference(reference):
     unet = reference["unet_g"]
     with_dropout = [i for i, up in enumerate(unet.up) if any(isinstance(m, nn.Dropout) for m in up.modules())]
     assert with_dropout == [4, 5, 6]  # the num_downs - 5 levels of 8x width above the bottleneck (level 7)
-    resnet = MODELS["cyclegan"].G(CycleganGConfig(width=4, blocks=2, dropout=True), 0, 0, DataInfo("image", (3, 32, 32), 0))
+    resnet = MODELS["cyclegan"].g(CycleganGConfig(width=4, blocks=2, dropout=True), 0, 0, DataInfo("image", (3, 32, 32), 0))
     assert sum(isinstance(m, nn.Dropout) for m in resnet.modules()) == 2  # one per residual block
     assert not any(isinstance(m, nn.Dropout) for m in reference["resnet_g"].modules())  # CycleGAN: off
 
@@ -210,15 +214,15 @@ def test_labels_and_non_image_data_are_refused(arch):
 def test_resolutions_the_nets_cannot_take_are_refused(arch, side, net, shape):
     cls = CLASSES[arch]["gd".index(side)]
     with pytest.raises(ConfigError) as err:
-        MODELS[arch]["gd".index(side)](cls(width=4, **net), 0, 0, DataInfo("image", shape, 0))
+        (MODELS[arch].g, MODELS[arch].d)["gd".index(side)](cls(width=4, **net), 0, 0, DataInfo("image", shape, 0))
     assert err.value.key == "data.resolution"
     assert f"{shape[1]}x{shape[2]}" in err.value.reason
 
 
 @pytest.mark.parametrize("side", ["g", "d"])
 def test_the_z_recipes_refuse_image_to_image_nets(side):
-    from bigtrain.config import load_config
-    from bigtrain.recipes import build_recipe
+    from bigtrain.families import load_config
+    from bigtrain.families import build_recipe
 
     cfg = load_config(None, [f"model.{side}.arch=cyclegan", "data.resolution=32"])
     with pytest.raises(ConfigError, match=f"model.{side}.arch: cyclegan nets translate images"):

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from bigtrain.config import DataConfig, load_config
+from bigtrain.config import DataConfig
+
+from bigtrain.families import load_config
 from bigtrain.data.npz import NpzSource
 from bigtrain.data.toy import write_digits_translation
 from bigtrain.engine.loop import train
 from bigtrain.errors import ConfigError
-from bigtrain.recipes.img2img import ImagePool
+from bigtrain.families.img2img.recipe import ImagePool
 from tests.conftest import run_cli
 
 CONFIGS = Path(__file__).parents[2] / "configs"

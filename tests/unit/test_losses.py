@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from bigtrain.config import LossConfig
+from bigtrain.families.gan.options import LossConfig
 from bigtrain.losses import LOSSES, build_loss
 
 LOG2 = math.log(2.0)

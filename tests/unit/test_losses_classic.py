@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from bigtrain.config import LossConfig
+from bigtrain.families.gan.options import LossConfig
 from bigtrain.losses import build_loss, gan, regularizers
 from bigtrain.errors import ConfigError
 

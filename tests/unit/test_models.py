@@ -7,10 +7,16 @@ import pytest
 import torch
 from torch import nn
 
-from bigtrain.config import NET_CONFIGS, DcganGConfig, ModelConfig, NetConfig, load_config
+from bigtrain.config import ModelConfig
+
+from bigtrain.families import load_config
+from bigtrain.families.gan.dcgan import DcganGConfig
+from bigtrain.netconfig import NetConfig
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
-from bigtrain.models import MODELS, build_discriminator, build_generator
+from bigtrain.families import build_discriminator, build_generator, registry
+
+MODELS = registry().archs
 
 IMAGE_ARCHS = [arch for arch in MODELS if arch not in ("grid", "progan", "biggan", "biggan_deep", "cyclegan", "pix2pix")]  # grid: PacGAN's 2-D nets (tests/unit/test_grid25.py); progan: tests/unit/test_progan_nets.py; biggan(_deep): tests/unit/test_biggan(_deep).py; cyclegan, pix2pix (image to image, no z): tests/unit/test_img2img_nets.py
 
@@ -51,7 +57,7 @@ def net_config(cls: type[NetConfig], width: int, norm: str) -> NetConfig:
 
 def build(arch: str, info: DataInfo, num_classes: int, norm: str = "batch") -> tuple[nn.Module, nn.Module]:
     width = WIDTHS.get(arch, WIDTH)
-    g, d = (net_config(cls, width, norm) for cls in NET_CONFIGS[arch])
+    g, d = (net_config(cls, width, norm) for cls in (MODELS[arch].g_config, MODELS[arch].d_config))
     cfg = ModelConfig(g=g, d=d, z_dim=Z_DIM, num_classes=num_classes)
     return build_generator(cfg, info), build_discriminator(cfg, info)
 
@@ -164,7 +170,7 @@ def test_dcgan_without_batch_norm() -> None:
 def test_dcgan_init() -> None:
     torch.manual_seed(0)
     # Wider than the other tests, so the first layer has enough weights (~200k) for a tight std.
-    G = MODELS["dcgan"].G(DcganGConfig(width=32), 100, 0, DataInfo("image", (3, 32, 32), 0))
+    G = MODELS["dcgan"].g(DcganGConfig(width=32), 100, 0, DataInfo("image", (3, 32, 32), 0))
     first = G.net[0].weight
     assert abs(first.std().item() - 0.02) < 0.002 and abs(first.mean().item()) < 0.002
     bn = G.net[1]
@@ -179,14 +185,14 @@ def test_mlp_has_no_batch_statistics() -> None:
 
 @pytest.mark.parametrize("shape", [(3, 48, 48), (3, 8, 8), (3, 256, 256), (3, 32, 64)])
 def test_dcgan_rejects_unsupported_resolution(shape: tuple[int, ...]) -> None:
-    for builder, net in zip(MODELS["dcgan"], NET_CONFIGS["dcgan"]):
+    for builder, net in zip((MODELS["dcgan"].g, MODELS["dcgan"].d), (MODELS["dcgan"].g_config, MODELS["dcgan"].d_config)):
         with pytest.raises(ConfigError) as err:
             builder(net(), Z_DIM, 0, DataInfo("image", shape, 0))
         assert err.value.key == "data.resolution"
 
 
 def test_dcgan_rejects_vector_data() -> None:
-    cfg = ModelConfig()  # dcgan G and D
+    cfg = ModelConfig(g=MODELS["dcgan"].g_config(), d=MODELS["dcgan"].d_config())
     with pytest.raises(ConfigError) as err:
         build_generator(cfg, VECTOR_INFO)
     assert err.value.key == "model.g.arch"

@@ -7,11 +7,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from bigtrain.config import NET_CONFIGS
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
-from bigtrain.models import MODELS
-from bigtrain.models.layers import SPECTRAL_NORM_LAYERS, ConditionalBatchNorm2d
+from bigtrain.families import registry
+
+MODELS = registry().archs
+from bigtrain.layers import SPECTRAL_NORM_LAYERS, ConditionalBatchNorm2d
 
 Z_DIM = 8
 WIDTH = 4
@@ -26,7 +27,7 @@ def image(res: int, channels: int = 3, num_classes: int = K) -> DataInfo:
 def make(arch: str, player: str, res: int = 32, num_classes: int = 0, **net) -> nn.Module:
     net.setdefault("width", WIDTH)
     side = "GD".index(player)
-    return MODELS[arch][side](NET_CONFIGS[arch][side](**net), Z_DIM, num_classes, image(res, num_classes=num_classes))
+    return (MODELS[arch].g, MODELS[arch].d)[side]((MODELS[arch].g_config, MODELS[arch].d_config)[side](**net), Z_DIM, num_classes, image(res, num_classes=num_classes))
 
 
 def labels(*values: int) -> torch.Tensor:

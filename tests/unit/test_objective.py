@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from bigtrain.config import load_config
+from bigtrain.families import load_config
 from bigtrain.engine.loop import Trainer
 from bigtrain.tracking import Tracker
 from tests.conftest import tiny_config, write_config, write_images_npz
@@ -68,7 +68,7 @@ def test_lazy_r1_runs_every_k_iterations(tmp_path):
 def test_penalties_enter_the_d_loss(tmp_path, override, stat):
     trainer = _trainer(tmp_path, "loss.type=wgan", override)
     plain = _trainer(tmp_path / "plain", "loss.type=wgan")
-    from bigtrain.recipes.base import Round
+    from bigtrain.families.base import Round
 
     batch = trainer._draw("real")
     inputs = Round({"real": batch}, trainer.recipe.latents(len(batch["x"]), trainer.latent_gen, trainer.backend.device))

@@ -5,13 +5,13 @@ import copy
 
 import torch
 
-from bigtrain.config import load_config
+from bigtrain.families import load_config
 from bigtrain.data import DataInfo
 from bigtrain.engine.players import Player
-from bigtrain.recipes.base import Round
-from bigtrain.recipes.gan import GanRecipe
+from bigtrain.families.base import Round
+from bigtrain.families import build_recipe
 from bigtrain.losses import regularizers
-from bigtrain.models import build_discriminator, build_generator
+from bigtrain.families import build_discriminator, build_generator
 
 
 class CountingEngine(torch.nn.Module):
@@ -33,7 +33,7 @@ def _objective(*overrides):
     G, D = build_generator(cfg.model, info), build_discriminator(cfg.model, info)
     G_player = Player(name="G", net=G, engine=G, optimizer=torch.optim.SGD(G.parameters(), lr=0.1))
     D_player = Player(name="D", net=D, engine=CountingEngine(D), optimizer=torch.optim.SGD(D.parameters(), lr=0.1))
-    recipe = GanRecipe(cfg, info)
+    recipe = build_recipe(cfg, info)
     recipe.bind({"G": G_player, "D": D_player}, lambda t: t, 4)
     return recipe, G, D, D_player.engine
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from bigtrain import cli
-from bigtrain.config import MlpDConfig, load_config, net_for
+from bigtrain.families.gan.mlp import MlpDConfig
+from bigtrain.families import load_config, net_for
 from bigtrain.engine.loop import Trainer
 from bigtrain.errors import ConfigError
 from tests.conftest import REPO, run_cli, tiny_config, write_config, write_images_npz

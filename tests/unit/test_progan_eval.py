@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from bigtrain.config import config_from_dict
+from bigtrain.families import config_from_dict
 from bigtrain.engine.generation import load_generation
 from bigtrain.engine.loop import Trainer
 from bigtrain.eval import commands
-from bigtrain.models.progan import upsample2x
+from bigtrain.families.progan.nets import upsample2x
 from bigtrain.sampling import to_uint8
 from tests.conftest import run_cli, write_images_npz
 from tests.unit.test_progan_recipe import STEP_IMG, _cfg, _rows

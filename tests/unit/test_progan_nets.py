@@ -8,11 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bigtrain.config import ModelConfig, ProganDConfig, ProganGConfig, load_config
+from bigtrain.config import ModelConfig
+
+from bigtrain.families import load_config
+from bigtrain.families.progan.nets import ProganDConfig, ProganGConfig
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
-from bigtrain.models import MODELS, build_discriminator, build_generator
-from bigtrain.models.progan import EqualizedConv2d, EqualizedLinear, blend_reals, num_features, pixel_norm
+from bigtrain.families import build_discriminator, build_generator, registry
+
+MODELS = registry().archs
+from bigtrain.families.progan.nets import EqualizedConv2d, EqualizedLinear, blend_reals, num_features, pixel_norm
 
 SQRT2 = math.sqrt(2.0)
 SMALL = {"fmap_base": 64, "fmap_max": 16}  # nf: 16, 16, 16, 8, 4 at 2, 4, 8, 16, 32
@@ -35,7 +40,7 @@ def nets1024():
 def small(res: int = 32, channels: int = 3, mbstd_group: int = 4, seed: int = 0):
     torch.manual_seed(seed)
     info = DataInfo("image", (channels, res, res), 0)
-    return MODELS["progan"].G(ProganGConfig(**SMALL), Z, 0, info), MODELS["progan"].D(ProganDConfig(**SMALL, mbstd_group=mbstd_group), Z, 0, info)
+    return MODELS["progan"].g(ProganGConfig(**SMALL), Z, 0, info), MODELS["progan"].d(ProganDConfig(**SMALL, mbstd_group=mbstd_group), Z, 0, info)
 
 
 def up(x: torch.Tensor) -> torch.Tensor:
@@ -56,8 +61,8 @@ def test_parameter_counts_match_the_official_1024_nets(nets1024):
 def test_parameter_counts_of_the_cifar10_nets():
     info = DataInfo("image", (3, 32, 32), 0)
     keys = {"fmap_base": 4096, "fmap_max": 128}
-    assert count(MODELS["progan"].G(ProganGConfig(**keys), 128, 0, info)) == 1_296_908
-    assert count(MODELS["progan"].D(ProganDConfig(**keys), 128, 0, info)) == 1_298_689
+    assert count(MODELS["progan"].g(ProganGConfig(**keys), 128, 0, info)) == 1_296_908
+    assert count(MODELS["progan"].d(ProganDConfig(**keys), 128, 0, info)) == 1_298_689
 
 
 def test_channels_follow_nf(nets1024):
@@ -221,7 +226,7 @@ def test_gradients_reach_only_the_layers_in_use(lod, g_used, d_used):
 
 @pytest.mark.parametrize("shape", [(3, 48, 48), (3, 2, 2), (3, 32, 64), (1, 12, 12)])
 def test_unsupported_resolutions_are_refused(shape):
-    for builder, cls in zip(MODELS["progan"], (ProganGConfig, ProganDConfig)):
+    for builder, cls in zip((MODELS["progan"].g, MODELS["progan"].d), (ProganGConfig, ProganDConfig)):
         with pytest.raises(ConfigError) as err:
             builder(cls(), Z, 0, DataInfo("image", shape, 0))
         assert err.value.key == "data.resolution"
@@ -229,15 +234,15 @@ def test_unsupported_resolutions_are_refused(shape):
 
 def test_conditional_and_vector_data_are_refused():
     info = DataInfo("image", (3, 16, 16), 10)
-    for builder, cls in zip(MODELS["progan"], (ProganGConfig, ProganDConfig)):
+    for builder, cls in zip((MODELS["progan"].g, MODELS["progan"].d), (ProganGConfig, ProganDConfig)):
         with pytest.raises(ConfigError) as err:
             builder(cls(), Z, 10, info)
         assert err.value.key == "model.num_classes"
     with pytest.raises(ConfigError) as err:
-        MODELS["progan"].D(ProganDConfig(), Z, 0, DataInfo("vector", (5,), 0))
+        MODELS["progan"].d(ProganDConfig(), Z, 0, DataInfo("vector", (5,), 0))
     assert err.value.key == "model.d.arch"
     with pytest.raises(ConfigError) as err:  # 32 / 2**4 = 2 channels at 32x32 -> 1 at 64x64 ... 0 at 1024
-        MODELS["progan"].G(ProganGConfig(fmap_base=32), Z, 0, DataInfo("image", (3, 1024, 1024), 0))
+        MODELS["progan"].g(ProganGConfig(fmap_base=32), Z, 0, DataInfo("image", (3, 1024, 1024), 0))
     assert err.value.key == "model.g.fmap_base"
 
 
@@ -261,7 +266,7 @@ def test_ddp_leaves_the_lod_buffer_alone():
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from bigtrain.models.progan import ProganGenerator
+    from bigtrain.families.progan.nets import ProganGenerator
 
     started = not dist.is_initialized()
     if started:

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bigtrain.config import config_from_dict
+from bigtrain.families import config_from_dict
 from bigtrain.engine.loop import Trainer
 from bigtrain.errors import ConfigError
-from bigtrain.models.progan import blend_reals
-from bigtrain.recipes.base import Round
+from bigtrain.families.progan.nets import blend_reals
+from bigtrain.families.base import Round
 from tests.conftest import run_cli, tiny_config, write_images_npz
 
 STEP_IMG = 16  # one iteration: the minibatch of every resolution

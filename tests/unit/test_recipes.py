@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bigtrain import recipes
-from bigtrain.config import CurveConfig, ScheduleConfig, load_config
+from bigtrain import families
+from bigtrain.config import CurveConfig, ScheduleConfig
+from bigtrain.families import load_config
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
-from bigtrain.models import build_discriminator, build_generator
-from bigtrain.recipes.base import Phase, PlayerSpec, Recipe, optim_for
-from bigtrain.recipes.gan import GanRecipe
-from bigtrain.recipes.gman import combine
+from bigtrain.families import build_discriminator
+from bigtrain.families.base import Family, Phase, PlayerSpec, Recipe, optim_for
+from bigtrain.families.gman.recipe import combine
 from bigtrain.schedule import factor, make_plan
 from tests.conftest import tiny_config, write_config, write_images_npz
 
@@ -34,8 +34,8 @@ class ToyInfoRecipe(Recipe):
     def players(self):
         cfg, info = self.cfg, self.info
         return [
-            PlayerSpec("G", lambda: build_generator(cfg.model, info), optim_for(cfg, "G"), ema=True),
-            PlayerSpec("D", lambda: build_discriminator(cfg.model, info), optim_for(cfg, "D")),
+            PlayerSpec("G", lambda: self.build_generator(info), optim_for(cfg, "G"), ema=True),
+            PlayerSpec("D", lambda: self.build_discriminator(info), optim_for(cfg, "D")),
             PlayerSpec("Q", lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, cfg.model.z_dim)), optim_for(cfg, "Q")),
         ]
 
@@ -68,7 +68,7 @@ class ToyInfoRecipe(Recipe):
 
 @pytest.fixture
 def toy_recipe(monkeypatch):
-    monkeypatch.setitem(recipes.RECIPES, "toy3", ToyInfoRecipe)
+    monkeypatch.setitem(families.FAMILIES, "toy3", Family(recipes={"toy3": ToyInfoRecipe}))
 
 
 def _toy_config(tmp_path, name, **train):
@@ -94,19 +94,19 @@ def test_a_three_player_recipe_trains_and_resumes_through_the_unchanged_loop(tmp
     for name, player in resumed.players.items():
         for mine, theirs in zip(player.net.parameters(), params[name]):
             assert torch.equal(mine, theirs), name
-    fresh = recipes.build_recipe(whole.cfg, whole.info).players()[2].build()
+    fresh = families.build_recipe(whole.cfg, whole.info).players()[2].build()
     assert not all(torch.equal(a, b) for a, b in zip(fresh.parameters(), params["Q"]))  # Q trained
     # the recipe's own section is checked like every other
     with pytest.raises(ConfigError, match="toy3.nope"):
         load_config(_toy_config(tmp_path, "bad"), ["toy3.nope=1"])
     with pytest.raises(ConfigError, match="optim.e"):
-        recipes.build_recipe(load_config(_toy_config(tmp_path, "bad2"), ["optim.e.lr=0.1"]), whole.info)
+        families.build_recipe(load_config(_toy_config(tmp_path, "bad2"), ["optim.e.lr=0.1"]), whole.info)
 
 
 def _mbstd_recipe():
     cfg = load_config(None, ["data.resolution=16", "model.g.arch=dcgan", "model.d.arch=dcgan", "model.g.width=8", "model.d.width=8", "model.d.mbstd_group=4"])
     info = DataInfo("image", (1, 16, 16), 0)
-    recipe = GanRecipe(cfg, info)
+    recipe = families.build_recipe(cfg, info)
     torch.manual_seed(0)
     D = build_discriminator(cfg.model, info)
     return recipe, D
@@ -129,11 +129,11 @@ def test_minibatch_stddev_never_mixes_real_and_fake(separate):
 
 def test_batch_norm_in_d_is_forwarded_apart():
     cfg = load_config(None, ["data.resolution=16", "model.d.arch=dcgan", "model.d.width=8", "model.d.norm=batch"])
-    recipe = GanRecipe(cfg, DataInfo("image", (1, 16, 16), 0))
+    recipe = families.build_recipe(cfg, DataInfo("image", (1, 16, 16), 0))
     D = build_discriminator(cfg.model, DataInfo("image", (1, 16, 16), 0))
     calls = []
     D.register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
-    from bigtrain.recipes.base import has_batch_statistics
+    from bigtrain.families.base import has_batch_statistics
 
     recipe.separate = has_batch_statistics(D)
     assert recipe.separate
@@ -142,7 +142,7 @@ def test_batch_norm_in_d_is_forwarded_apart():
 
 
 def test_minibatch_stddev_layer_matches_the_formula():
-    from bigtrain.models.layers import MinibatchStddev
+    from bigtrain.layers import MinibatchStddev
 
     x = torch.randn(8, 6, 3, 3)
     out = MinibatchStddev(group_size=4, num_channels=2)(x)

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from bigtrain.config import config_from_dict
+from bigtrain.families import config_from_dict
 from bigtrain.engine.loop import Trainer
 from tests.conftest import run_cli, tiny_config, write_config, write_images_npz
 

@@ -4,7 +4,7 @@ import time
 from types import SimpleNamespace
 
 from bigtrain import tracking
-from bigtrain.config import config_from_dict
+from bigtrain.families import config_from_dict
 from bigtrain.engine.loop import Trainer
 from tests.conftest import tiny_config, write_images_npz
 
