@@ -269,12 +269,13 @@ def _tool_commands() -> list[tuple[str, str, Callable, Callable]]:
     """Commands whose arguments and work live next to their code (data and eval tools)."""
     from bigtrain.data import shard_writer, toy
     from bigtrain.engine import export as ex
+    from bigtrain.engine.backends import process_group
     from bigtrain.engine.generation import load_generation
     from bigtrain.eval import commands as ev
 
     return [
         ("make-shards", "write WebDataset tar shards + dataset.json from an image folder, npz or CIFAR batches", shard_writer.add_make_shards_arguments, shard_writer.run_make_shards),
-        ("eval", "FID / IS / KID of a run's checkpoint; prints one JSON object", ev.add_eval_arguments, lambda args: ev.run_eval(args, load_generation)),
+        ("eval", "FID / IS / KID of a run's checkpoint; prints one JSON object", ev.add_eval_arguments, lambda args: ev.run_eval(args, load_generation, process_group)),
         ("fid", "FID between two of: data set, samples npz, statistics npz; prints one JSON object", ev.add_fid_arguments, ev.run_fid),
         ("ref-stats", "reference statistics (mu, sigma) of a data set for FID", ev.add_ref_stats_arguments, ev.run_ref_stats),
         ("make-toy", "write a 2-D toy data set (grid25: 25 Gaussians, VEEGAN / PacGAN) as an npz of float vectors", toy.add_make_toy_arguments, toy.run_make_toy),

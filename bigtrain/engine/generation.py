@@ -8,7 +8,6 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from bigtrain import sampling
 from bigtrain.data import DataInfo
 from bigtrain.engine import checkpoint
 from bigtrain.engine.guard import first_nonfinite
@@ -36,31 +35,23 @@ class LoadedGeneration:
 
     def standing_statistics(self, batches: int, batch_size: int, *, seed: int, truncation: Optional[float] = None,
                             device: torch.device | str = "cpu") -> int:
-        """Re-estimate G's batch-norm statistics from its own samples (bigtrain.sampling.
-        standing_statistics); returns the BN layers updated. BigtrainError for a recipe that
-        samples from other players than one G, or a G without batch norm."""
-        if set(self.nets) != {"G"}:
-            raise BigtrainError(f"--standing-stats: {self.path} samples from {', '.join(self.nets)}; standing statistics are for one G")
-        model = self.recipe.cfg.model
+        """Re-estimate the generator's batch-norm statistics from its own samples (the recipe's
+        standing_statistics); returns the BN layers updated. BigtrainError where the family
+        has no single G(z, y) or its G no batch norm."""
         try:
-            return sampling.standing_statistics(self.nets["G"], z_dim=model.z_dim, num_classes=model.num_classes, batches=batches,
-                                                batch_size=batch_size, seed=seed, truncation=truncation, device=device)
+            return self.recipe.standing_statistics(self.nets, batches, batch_size, seed=seed, truncation=truncation, device=device)
         except ValueError as exc:
-            raise BigtrainError(f"--standing-stats: {exc}") from None
+            raise BigtrainError(f"--standing-stats: {self.path}: {exc}") from None
 
     def interpolation(self, rows: int, steps: int, *, kind: str, seed: int, truncation: Optional[float] = None,
                       device: torch.device | str = "cpu") -> Tensor:
-        """An interpolation grid from G (bigtrain.sampling.interpolation), checked finite."""
-        if set(self.nets) != {"G"}:
-            raise BigtrainError(f"--interp: {self.path} samples from {', '.join(self.nets)}; interpolation is for one G")
-        model = self.recipe.cfg.model
+        """An interpolation grid from the generator (the recipe's interpolation), checked finite."""
         try:
-            x = sampling.interpolation(self.nets["G"], z_dim=model.z_dim, num_classes=model.num_classes, rows=rows, steps=steps,
-                                       seed=seed, kind=kind, truncation=truncation, device=device)
+            x = self.recipe.interpolation(self.nets, rows, steps, kind=kind, seed=seed, truncation=truncation, device=device)
         except ValueError as exc:
-            raise BigtrainError(f"--interp: {exc}") from None
+            raise BigtrainError(f"--interp: {self.path}: {exc}") from None
         if not torch.isfinite(x).all():
-            raise CheckpointError(f"{self.path}: G produces non-finite output; refusing to use it")
+            raise CheckpointError(f"{self.path}: {', '.join(self.nets)} produces non-finite output; refusing to use it")
         return x
 
     def to(self, device: torch.device | str) -> "LoadedGeneration":

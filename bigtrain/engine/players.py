@@ -22,7 +22,12 @@ class Player:
     base_lr: float = 0.0  # optim.<name>.lr: the schedule's factors multiply it
     nonfinite: Any = None  # what was non-finite at the last skipped step: a description, or (deferred) a NONFINITE_WHAT code on the device
     deferred_guard: bool = False  # the optimizer skips non-finite steps on the device (fused): the loop reads the flags at the log interval
+    backend: Any = None  # the backend that made it (differentiable_forward goes through it)
     _trainable: Optional[list[bool]] = None  # requires_grad of each parameter while frozen
+
+    def differentiable_forward(self, *inputs: Any, anchor: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Outputs for a loss through input gradients (Backend.differentiable_forward)."""
+        return self.backend.differentiable_forward(self, *inputs, anchor=anchor)
 
     def freeze(self) -> None:
         """Stop gradients into this player's parameters, remembering which ones had them."""

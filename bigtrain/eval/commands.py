@@ -8,13 +8,11 @@ each. Bad input raises BigtrainError (the CLI prints one line and exits 2).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -101,9 +99,11 @@ def truncations(text: Optional[str]) -> list[Optional[float]]:
     return values
 
 
-def run_eval(args: argparse.Namespace, load_generation: Callable) -> int:
+def run_eval(args: argparse.Namespace, load_generation: Callable, process_group: Callable) -> int:
     """`bigtrain eval`; `load_generation(run, checkpoint, use_ema)` gives the checkpoint's
-    generator (bigtrain.engine.generation, passed in so that eval imports no engine code)."""
+    generator (bigtrain.engine.generation) and `process_group()` the (rank, world size, local
+    rank) of the processes torchrun started (bigtrain.engine.backends), both passed in so that
+    eval imports no engine or distributed code."""
     from bigtrain.eval.evaluate import Evaluator
     from bigtrain.eval.ref_stats import load_ref_stats
 
@@ -117,7 +117,7 @@ def run_eval(args: argparse.Namespace, load_generation: Callable) -> int:
     needs_ref = any(m in ("fid", "kid") for m in metrics)
     if needs_ref and not ref_path:
         raise BigtrainError("FID/KID need --ref-stats (or eval.ref_stats in the run's config)")
-    with _process_group() as (rank, world_size, local_rank):
+    with process_group() as (rank, world_size, local_rank):
         device = _device(args, local_rank)
         evaluator = Evaluator(
             metrics,
@@ -161,27 +161,6 @@ def _run_ref_stats(checkpoint_folder: str) -> Optional[str]:
     if not config.is_file():
         return None
     return (load_yaml(config).get("eval") or {}).get("ref_stats") or None  # the run's resolved config: no need to validate it again
-
-
-@contextlib.contextmanager
-def _process_group() -> Iterator[tuple[int, int, int]]:
-    """(rank, world size, local rank); joins the process group torchrun describes, if any."""
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if dist.is_available() and dist.is_initialized():
-        yield dist.get_rank(), dist.get_world_size(), local_rank
-        return
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        yield 0, 1, 0
-        return
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    try:
-        yield dist.get_rank(), dist.get_world_size(), local_rank
-    finally:
-        dist.destroy_process_group()
 
 
 # ---- bigtrain fid -----------------------------------------------------------------------------

@@ -59,14 +59,32 @@ class PlayerSpec:
     build: Callable[[], nn.Module]  # builds the plain module from its own config section
     optim: OptimConfig  # its optimizer (optim.<name lowercased>, or the recipe's fallback)
     ema: bool = False  # keep an exponential moving average of its weights (`<name>_ema`)
+    local_buffers: tuple[str, ...] = ()  # buffers (names in net.named_buffers()) each rank sets itself: never broadcast by DDP
+    unused_parameters: bool = False  # a forward may leave some parameters unused (DDP's find_unused_parameters)
+
+
+@dataclass(frozen=True)
+class EngineCaps:
+    """What the engine behind one player can do, known before it starts (Recipe.check_engine)."""
+
+    engine: str  # for messages: "DDP", "DeepSpeed ZeRO-3", ...
+    second_order: bool = True  # a loss may backpropagate through input gradients (gradient penalties, path length)
+    whole_weights: bool = True  # every rank holds each whole weight (not at ZeRO-3): a before_step hook may read W W^T
+    resets_optimizer: bool = True  # its optimizer state can be cleared mid-run
 
 
 class Net(Protocol):
     """What a phase needs of a player: its plain module and what it is trained through."""
 
     name: str
-    net: nn.Module  # plain module: frozen forwards, gradient penalties, EMA, saving
+    net: nn.Module  # plain module: frozen forwards, EMA, saving
     engine: nn.Module  # DDP wrapper, DeepSpeed engine, or the module itself
+
+    def differentiable_forward(self, *inputs: Any, anchor: bool = False) -> tuple[Tensor, Tensor]:
+        """(outputs, anchor) of the player on `inputs` for a loss that differentiates through its
+        input gradients (autograd.grad with create_graph, then the phase's backward: gradient
+        penalties, path length), however the engine trains it; `anchor` (a zero to add to the
+        phase's loss) makes the engine see this phase when no other forward of it does."""
 
 
 @dataclass
@@ -81,6 +99,9 @@ class Round:
 
     data: dict[str, dict[str, Tensor]]
     latents: dict[str, Tensor]
+    step: int = 0  # the iteration (iterations done before it)
+    gain: int = 1  # the phase's interval: a lazy regulariser multiplies its loss by it
+    micro_batch: int = 0  # samples per process in this round (the phase's share of the iteration's micro-batch)
 
 
 class GradAccess(Protocol):
@@ -105,6 +126,7 @@ class Phase:
     interval: int = 1  # runs only every `interval` iterations (lazy regularization)
     clamp_weights: float = 0.0  # > 0: updated players' weights clamped to [-c, c] after the step (WGAN)
     before_step: Optional[Callable[[str, nn.Module, GradAccess], None]] = None  # (player, net, grads) after backward
+    batch_fraction: float = 1.0  # its rounds hold this share of the micro-batch (StyleGAN2's path length: 1/2)
 
 
 class Recipe:
@@ -119,6 +141,7 @@ class Recipe:
     sampled: tuple[str, ...] = ("G",)  # players (EMA copy when kept) that generate samples
     grid_streams: tuple[str, ...] = ()  # streams whose first samples the sample grid shows (image-to-image: its inputs)
     conditional_sampling: bool = True  # `--class` means something for this family
+    reads: ClassVar[dict[str, int]] = {}  # statistic of its phases -> every how many iterations read_statistics gets its mean over ranks
 
     world_size: int = 1  # processes training the recipe (set by build_recipe)
     archs: Mapping[str, Arch] = {}  # every architecture of the registry (set by build_recipe)
@@ -172,8 +195,9 @@ class Recipe:
     def check_streams(self, infos: dict[str, DataInfo]) -> None:
         """Refuse data whose streams do not fit each other (called with every stream's info)."""
 
-    def check_players(self, players: dict[str, Net], second_order: Callable[[str], bool]) -> None:
-        """Refuse settings the engine cannot do for a player (e.g. gradient penalties at ZeRO-3)."""
+    def check_engine(self, caps: dict[str, EngineCaps]) -> None:
+        """Refuse settings the engines cannot do (e.g. gradient penalties at ZeRO-3); `caps` by
+        player name, known before any engine starts."""
 
     def plan_values(self, nimg: int) -> dict[str, float]:
         """Recipe values of the schedule at `nimg` (a resolution, a fade alpha, ...)."""
@@ -205,6 +229,23 @@ class Recipe:
     def end_iteration(self) -> Stats:
         """Bookkeeping after all phases of an iteration (collective if it reduces); stats."""
         return {}
+
+    def read_statistics(self, step: int, means: dict[str, Tensor]) -> None:
+        """The means over every rank and observation of the statistics named in `reads`, since
+        their last read, after iteration `step` when it is a multiple of their interval (ADA's
+        augmentation strength follows E[sign(D(real))] this way)."""
+
+    # ---- sampling from one generator (`bigtrain sample --standing-stats / --interp`) -------
+    def standing_statistics(self, nets: dict[str, nn.Module], batches: int, batch_size: int, *, seed: int,
+                            truncation: Optional[float] = None, device: torch.device | str = "cpu") -> int:
+        """Re-estimate the batch-norm statistics of the sampled generator from its own samples;
+        returns the BN layers updated. ValueError where the family has no such generator."""
+        raise ValueError(f"this family ({type(self).__name__}) samples from {', '.join(nets)}; standing statistics are for one G(z, y)")
+
+    def interpolation(self, nets: dict[str, nn.Module], rows: int, steps: int, *, kind: str, seed: int,
+                      truncation: Optional[float] = None, device: torch.device | str = "cpu") -> Tensor:
+        """An interpolation grid's images (rows x steps); ValueError where the family has none."""
+        raise ValueError(f"this family ({type(self).__name__}) samples from {', '.join(nets)}; interpolation is for one G(z, y)")
 
     # ---- sampling ----------------------------------------------------------------------
     def generate(self, nets: dict[str, nn.Module], indices: Sequence[int], *, seed: int, truncation: Optional[float] = None,

@@ -62,6 +62,7 @@ class Registry:
         return self.recipes[cfg.recipe]
 
     def words(self) -> set[str]:
-        """Every name that identifies a family, recipe, architecture or recipe section (the
-        engine must name none of them: tests/unit/test_boundaries.py)."""
-        return {*self.families, *self.recipes, *self.archs, *(s for r in self.recipes for s in self.sections(r))}
+        """Every name that identifies a family, recipe, architecture or a recipe's own section
+        (the engine must name none of them: tests/unit/test_boundaries.py). Shared sections
+        (loss, augment) are ordinary words and left out."""
+        return {*self.families, *self.recipes, *self.archs, *(cls.section for cls in self.recipes.values() if cls.section)}

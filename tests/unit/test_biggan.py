@@ -229,9 +229,20 @@ def test_recipe_adds_ortho_to_the_phases_that_ask():
 
 
 def test_recipe_refuses_ortho_at_zero3():
+    from bigtrain.config import BackendConfig, OptimConfig, TrainConfig
+    from bigtrain.engine.backends.deepspeed import DeepSpeedBackend
+
     info = DataInfo("image", (1, 32, 32), 10)
+    recipe = build_recipe(_cfg("backend.kind=deepspeed", "backend.zero_stage=3"), info)
+    # the engine's capabilities as DeepSpeedBackend derives them from each player's config, before any engine starts
+    backend = object.__new__(DeepSpeedBackend)
+    backend.backend_cfg, backend.train_cfg, backend.world_size, backend.env = BackendConfig(kind="deepspeed", zero_stage=3), TrainConfig(batch_size=16), 1, {}
+    caps = {name: backend.capabilities(name, OptimConfig()) for name in ("G", "D")}
+    assert not caps["G"].whole_weights and not caps["G"].second_order and caps["G"].engine == "DeepSpeed ZeRO-3"
     with pytest.raises(ConfigError, match="biggan.ortho_g.*ZeRO-3"):
-        build_recipe(_cfg("backend.kind=deepspeed", "backend.zero_stage=3"), info)
+        recipe.check_engine(caps)
+    backend.backend_cfg = BackendConfig(kind="deepspeed", zero_stage=2)
+    recipe.check_engine({name: backend.capabilities(name, OptimConfig()) for name in ("G", "D")})  # ZeRO-2 holds whole weights
 
 
 def test_biggan_trains_a_few_steps_in_bf16_without_nonfinite(tmp_path):

@@ -1,4 +1,5 @@
-"""Model, loss, data and Inception code stay free of distributed engines and device calls.
+"""Families, layers, losses, data, eval and the engine outside its backends stay free of distributed
+engines and device calls, and the engine names no family (words taken from the registry).
 
 Parallelism is applied from outside (engine/backends/); see docs/design.md, "Layout and boundaries".
 """
@@ -17,12 +18,14 @@ import bigtrain
 PACKAGE = Path(bigtrain.__file__).parent
 FORBIDDEN_MODULES = ("accelerate", "deepspeed", "torch.distributed")
 CUDA_CALL = re.compile(r"\.cuda\s*\(")
+# the only package that may import a distributed engine (docs/design.md, "Layout and boundaries")
+ENGINE_IMPORTERS = ("engine/backends/",)
 
 
 def checked_files() -> list[Path]:
-    files = [p for folder in ("models", "losses", "data", "recipes") for p in sorted((PACKAGE / folder).rglob("*.py"))]
-    singles = [PACKAGE / "eval" / "inception.py", PACKAGE / "schedule.py", PACKAGE / "sampling.py"]
-    return files + [p for p in singles if p.exists()]
+    """Every module of bigtrain/ but the backends and the CLI's launcher glue: families, layers,
+    losses, data, eval, the run-level config and schedule, the engine outside its backends."""
+    return [p for p in sorted(PACKAGE.rglob("*.py")) if not p.relative_to(PACKAGE).as_posix().startswith(ENGINE_IMPORTERS)]
 
 
 def _is_forbidden(module: str) -> bool:
@@ -67,7 +70,9 @@ def _blank_comments_and_strings(source: str) -> list[str]:
 
 def test_checked_files_exist() -> None:
     names = {p.relative_to(PACKAGE).as_posix() for p in checked_files()}
-    assert {"models/__init__.py", "losses/__init__.py", "data/__init__.py", "recipes/gan.py", "schedule.py"} <= names
+    assert {"families/__init__.py", "families/gan/recipe.py", "layers/__init__.py", "losses/__init__.py", "data/__init__.py",
+            "eval/commands.py", "engine/loop.py", "engine/build.py", "config.py", "schedule.py", "cli.py"} <= names
+    assert not any(n.startswith("engine/backends/") for n in names)
 
 
 def imported_modules(source: str) -> list[str]:
@@ -86,30 +91,48 @@ def test_eval_imports_nothing_from_the_engine(path: Path) -> None:
     assert not engine, f"{path} imports {engine}"
 
 
-FAMILY_WORDS = {"G", "D", "G_ema", "began", "gman", "madgan", "pacgan", "dcgan", "sngan", "mlp"}
+def family_words() -> set[str]:
+    """Names of families, recipes, architectures and recipe sections, from the registry itself
+    (so a new family is checked as soon as it is registered), and the classic player names."""
+    from bigtrain.families import registry
+
+    return registry().words() | {"G", "D", "G_ema", "pacgan"}
 
 
-def family_names(source: str) -> list[str]:
+def family_names(source: str, words: set[str] | None = None) -> list[str]:
     """Names and short strings in code (not comments or docstrings) that name a model family or
     its players: the engine must run any recipe without knowing which."""
+    words = family_words() if words is None else words
     found = []
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.NAME and tok.string in FAMILY_WORDS:
+        if tok.type == tokenize.NAME and tok.string in words:
             found.append(f"{tok.start[0]}:{tok.string}")
-        elif tok.type == tokenize.STRING and tok.string.strip("\'\"") in FAMILY_WORDS:
+        elif tok.type == tokenize.STRING and tok.string.strip("\'\"") in words:
             found.append(f"{tok.start[0]}:{tok.string}")
     return found
 
 
-@pytest.mark.parametrize("name", ["loop.py", "backend.py", "checkpoint.py", "players.py"])
-def test_the_engine_knows_no_model_family(name: str) -> None:
-    found = family_names((PACKAGE / "engine" / name).read_text())
-    assert not found, f"engine/{name} names model families or players: {found}"
+ENGINE_FILES = sorted((PACKAGE / "engine").rglob("*.py"))
+
+
+def test_the_family_words_come_from_the_registry() -> None:
+    words = family_words()
+    assert {"gan", "began", "gman", "madgan", "progan", "biggan", "biggan_deep", "cyclegan", "pix2pix", "img2img", "dcgan", "mlp"} <= words
+    assert len(ENGINE_FILES) >= 15  # every module under engine/, backends included
+
+
+@pytest.mark.parametrize("path", ENGINE_FILES, ids=lambda p: p.relative_to(PACKAGE).as_posix())
+def test_the_engine_knows_no_model_family(path: Path) -> None:
+    words = family_words()
+    found = family_names(path.read_text(), words)
+    assert not found, f"{path.relative_to(PACKAGE)} names model families or players: {found}"
 
 
 def test_family_checker_catches_names() -> None:
     assert family_names('x = players["G"]\n') == ['1:"G"']
     assert family_names("trainer.D.net\n") == ["1:D"]
+    assert family_names('if cfg.recipe == "progan":\n') == ['1:"progan"']
+    assert family_names('raise ConfigError("biggan.ortho_g")\n') == []  # a key, not a family word on its own
     assert not family_names('"""G and D are players"""\nx = 1  # the G step\n')
 
 

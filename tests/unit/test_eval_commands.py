@@ -21,6 +21,7 @@ from bigtrain.config import to_dict, to_yaml
 from bigtrain.families import config_from_dict
 from bigtrain.data import DataInfo
 from bigtrain.engine import checkpoint
+from bigtrain.engine.backends import process_group
 from bigtrain.engine.generation import load_generation
 from bigtrain.errors import BigtrainError
 from bigtrain.eval import commands
@@ -33,7 +34,7 @@ def run(name: str, argv: list[str], capsys) -> tuple[dict, str]:
     """Parse argv as the CLI would, run the command; (its JSON output, its stderr)."""
     parser = argparse.ArgumentParser(prog=f"bigtrain {name}")
     getattr(commands, f"add_{name.replace('-', '_')}_arguments")(parser)
-    extra = (load_generation,) if name == "eval" else ()  # the CLI passes the engine's loader to eval
+    extra = (load_generation, process_group) if name == "eval" else ()  # the CLI passes the engine's loader and process group to eval
     assert getattr(commands, f"run_{name.replace('-', '_')}")(parser.parse_args(argv), *extra) == 0
     out, err = capsys.readouterr()
     assert len(out.strip().splitlines()) == 1  # exactly one JSON object on stdout
@@ -156,7 +157,7 @@ def test_eval_needs_reference_statistics_for_fid(trained_run, weights, tmp_path)
     commands.add_eval_arguments(parser)
     args = parser.parse_args(["--run", str(run_dir), "--ref-stats", str(tmp_path / "missing.npz"), *inception_args(weights)])
     with pytest.raises(BigtrainError, match="missing.npz"):
-        commands.run_eval(args, load_generation)
+        commands.run_eval(args, load_generation, process_group)
 
 
 @pytest.mark.slow

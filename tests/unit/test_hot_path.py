@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bigtrain.families import load_config
-from bigtrain.engine.loop import Prefetcher, Trainer
+from bigtrain.engine.build import Prefetcher
+from bigtrain.engine.loop import Trainer
 from bigtrain.errors import ConfigError
 from tests.conftest import write_images_npz
 from tests.faults import harness
@@ -69,7 +70,7 @@ def test_channels_last_nets_and_batches(tmp_path):
     cl = trainer(tmp_path, data, "cl", "data.channels=3", "train.channels_last=true")
     conv = cl.players["D"].net.blocks[1].conv1.parametrizations.weight.original
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    batch = cl._to_device(next(cl.source.batches(0)))["x"]  # what a stream yields (the streams stay untouched)
+    batch = cl.to_device(next(cl.source.batches(0)))["x"]  # what a stream yields (the streams stay untouched)
     assert batch.is_contiguous(memory_format=torch.channels_last) and not batch.is_contiguous()
     cl.train()
     assert (weights(plain) - weights(trainer(tmp_path, data, "init", "data.channels=3"))).abs().max() > 1e-3  # it trained

@@ -70,7 +70,7 @@ def test_penalties_enter_the_d_loss(tmp_path, override, stat):
     plain = _trainer(tmp_path / "plain", "loss.type=wgan")
     from bigtrain.families.base import Round
 
-    batch = trainer._draw("real")
+    batch = trainer._draw("real", trainer.backend.micro_batch)
     inputs = Round({"real": batch}, trainer.recipe.latents(len(batch["x"]), trainer.latent_gen, trainer.backend.device))
     losses, stats = trainer.recipe.d_main(inputs)
     plain_losses, _ = plain.recipe.d_main(inputs)

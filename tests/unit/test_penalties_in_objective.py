@@ -2,11 +2,13 @@
 weights of the step's main forward, with one spectral-norm power iteration per step, and
 reaching D's parameters. Checked against autograd on a copy of D made before the step."""
 import copy
+import dataclasses
 
 import torch
 
 from bigtrain.families import load_config
 from bigtrain.data import DataInfo
+from bigtrain.engine.backends import Backend
 from bigtrain.engine.players import Player
 from bigtrain.families.base import Round
 from bigtrain.families import build_recipe
@@ -31,8 +33,9 @@ def _objective(*overrides):
     info = DataInfo("image", (1, 16, 16), 0)
     torch.manual_seed(0)
     G, D = build_generator(cfg.model, info), build_discriminator(cfg.model, info)
-    G_player = Player(name="G", net=G, engine=G, optimizer=torch.optim.SGD(G.parameters(), lr=0.1))
-    D_player = Player(name="D", net=D, engine=CountingEngine(D), optimizer=torch.optim.SGD(D.parameters(), lr=0.1))
+    backend = Backend()  # the interface's own differentiable_forward, as both engines use it up to ZeRO-2
+    G_player = Player(name="G", net=G, engine=G, optimizer=torch.optim.SGD(G.parameters(), lr=0.1), backend=backend)
+    D_player = Player(name="D", net=D, engine=CountingEngine(D), optimizer=torch.optim.SGD(D.parameters(), lr=0.1), backend=backend)
     recipe = build_recipe(cfg, info)
     recipe.bind({"G": G_player, "D": D_player}, lambda t: t, 4)
     return recipe, G, D, D_player.engine
@@ -77,8 +80,8 @@ def test_gradient_penalty_sees_the_step_weights_and_one_power_iteration():
 
 def test_lazy_r1_phase_goes_through_the_engine_and_adds_only_r1():
     obj, G, D, engine = _objective("loss.r1_gamma=2", "loss.r1_interval=4")
-    assert [p.name for p in obj.phases] == ["D_main", "D_reg", "G_main"]
-    b = _batch()
+    assert [p.name for p in obj.phases] == ["D_main", "D_reg", "G_main"] and obj.phases[1].interval == 4
+    b = dataclasses.replace(_batch(), gain=obj.phases[1].interval)  # the loop hands the phase its interval as its gain
     D_copy = copy.deepcopy(D)
     losses, stats = obj.d_reg(b)
     loss = losses["D"]

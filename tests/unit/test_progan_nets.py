@@ -261,19 +261,25 @@ def test_config_keys_and_checks():
 def test_ddp_leaves_the_lod_buffer_alone():
     """DDP broadcasts buffers before every forward; a broadcast lod would bump the buffer's
     version and make current_lod() read it from the GPU at each forward. Every rank sets the
-    same lod, so DDP is told to ignore it (checked in a 1-process gloo group: the broadcast at
+    same lod, so the recipe marks it local and the backend tells DDP to ignore it (checked in a 1-process gloo group: the broadcast at
     wrapping is the one a single process does)."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from bigtrain.families.progan.nets import ProganGenerator
+    from bigtrain.engine.backends.accelerate import keep_buffers_local
+    from bigtrain.families import build_recipe
 
     started = not dist.is_initialized()
     if started:
         dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
     try:
-        G = ProganGenerator(ProganGConfig(fmap_base=64, fmap_max=16), 8, 0, DataInfo("image", (1, 16, 16), 0))
+        cfg = load_config(None, ["recipe=progan", "model.z_dim=8", "model.g.arch=progan", "model.d.arch=progan", "model.g.fmap_base=64", "model.g.fmap_max=16",
+                                 "model.d.fmap_base=64", "model.d.fmap_max=16", "data.resolution=16"])
+        spec = build_recipe(cfg, DataInfo("image", (1, 16, 16), 0)).players()[0]
+        assert spec.local_buffers == ("lod",) and spec.unused_parameters  # what the recipe asks of the engine
+        G = spec.build()
         G.set_lod(1.5)
+        assert keep_buffers_local(G, spec.local_buffers) == ["lod"]  # what the Accelerate backend does with it
         version = G.lod._version
         ddp = DistributedDataParallel(G, find_unused_parameters=True)
         assert all(b is not G.lod for b in ddp.modules_buffers) and G.lod._version == version

@@ -159,7 +159,6 @@ def test_sampling_a_checkpoint_of_any_stage_gives_its_resolution(tmp_path):
 
 @pytest.mark.parametrize("edit, key", [
     (lambda c: c["model"].update(g={"arch": "dcgan", "width": 8}), "model.g.arch"),
-    (lambda c: c["backend"].update(find_unused_parameters=False), "backend.find_unused_parameters"),
     (lambda c: c["train"].update(micro_batch=3, batch_size=24), "train.micro_batch"),
     (lambda c: c["progan"].update(micro_batch={8: 5}), "progan.micro_batch.8"),
     (lambda c: c["model"]["d"].update(mbstd_group=3), "model.d.mbstd_group"),

@@ -46,15 +46,26 @@ class AccelerateBackend(Backend):
         self.micro_batch, self.rounds = split_batch(train_cfg, self.world_size)
         self.accelerator.gradient_accumulation_steps = self.rounds
 
-    def make_player(self, name: str, net: nn.Module, opt_cfg: OptimConfig) -> Player:
-        """Move `net` to the device, wrap it for DDP and give it its own optimizer and scaler."""
+    def make_player(self, name: str, net: nn.Module, opt_cfg: OptimConfig, *, local_buffers: Sequence[str] = (),
+                    unused_parameters: bool = False) -> Player:
+        """Move `net` to the device, wrap it for DDP and give it its own optimizer and scaler.
+        `local_buffers`: buffers DDP must not broadcast before each forward (each rank sets them);
+        `unused_parameters`: DDP looks for parameters a forward left unused (for this player, on
+        top of backend.find_unused_parameters)."""
         net = net.to(self.device)
-        engine = self.accelerator.prepare_model(net)
+        keep_buffers_local(net, local_buffers)
+        handler = self.accelerator.ddp_handler
+        find_unused = handler.find_unused_parameters
+        handler.find_unused_parameters = find_unused or unused_parameters
+        try:
+            engine = self.accelerator.prepare_model(net)
+        finally:
+            handler.find_unused_parameters = find_unused
         fused = uses_fused(opt_cfg, self.device)
         optimizer = build_optimizer(net.parameters(), opt_cfg, fused=fused)
         scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         return Player(name=name, net=net, engine=engine, optimizer=optimizer, scaler=scaler, grad_clip=opt_cfg.grad_clip, base_lr=opt_cfg.lr,
-                      deferred_guard=fused)
+                      deferred_guard=fused, backend=self)
 
     def set_batch(self, micro_batch: int, rounds: int) -> None:
         """Micro-batch and accumulation rounds from the next phase on (called between
@@ -164,3 +175,14 @@ class AccelerateBackend(Backend):
         if wait and self.world_size > 1:
             self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
+
+
+def keep_buffers_local(net: nn.Module, local_buffers: Sequence[str]) -> list[str]:
+    """Tell DDP not to broadcast these buffers of `net` (by name, or by the last part of their
+    name) before each forward; returns the names it found."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    names = [n for n, _ in net.named_buffers() if n in local_buffers or n.rsplit(".", 1)[-1] in local_buffers]
+    if names:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(net, names)
+    return names

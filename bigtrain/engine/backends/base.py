@@ -4,15 +4,15 @@ module of this package: Accelerate (DDP) and DeepSpeed (ZeRO 0-3, one engine per
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Optional
+from typing import Any, Callable, ContextManager, Optional
 
 import torch
 from torch import nn
 
-from bigtrain.config import TrainConfig
+from bigtrain.config import OptimConfig, TrainConfig
 from bigtrain.engine.players import Player
 from bigtrain.errors import ConfigError
-from bigtrain.families.base import GradAccess
+from bigtrain.families.base import EngineCaps, GradAccess
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 BeforeStep = Optional[Callable[[str, nn.Module, GradAccess], None]]
@@ -67,9 +67,36 @@ class Backend:
             m.all_reduce = _differentiable_sum if self.world_size > 1 else None
         return len(modules)
 
+    def capabilities(self, name: str, opt_cfg: OptimConfig) -> EngineCaps:
+        """What the engine of player `name` will be able to do (Recipe.check_engine), before it
+        starts."""
+        return EngineCaps(engine="DDP" if self.world_size > 1 else "one process")
+
+    def differentiable_forward(self, player: Player, *inputs: Any, anchor: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(outputs, anchor) of the player for a loss that differentiates through its input
+        gradients (autograd.grad with create_graph, then the phase's backward).
+
+        The outputs come from the player's plain module in eval mode: an engine treats any
+        backward through its outputs as the training backward (DeepSpeed divides by the rounds,
+        starts its reduction, and fails inside autograd.grad), and eval mode lets spectral norm
+        reuse the power iteration of the phase's own forward. With `anchor`, the engine first
+        runs a forward of its own whose zero share the phase adds to its loss, so that DDP's
+        reducer and DeepSpeed's bookkeeping see a phase that has no other forward of it.
+        Refused where the engine cannot (ZeRO-3)."""
+        if not self.supports_second_order(player):
+            raise ConfigError("backend", f"{player.name}: a loss through its input gradients needs a second backward, which its engine cannot do (ZeRO-3)")
+        zero = player.engine(*inputs).float().sum() * 0.0 if anchor else None
+        net = player.net
+        was_training = net.training
+        net.eval()
+        try:
+            out = net(*inputs)
+        finally:
+            net.train(was_training)
+        return out, zero
+
     def supports_second_order(self, player: Player) -> bool:
-        """Whether a loss may backpropagate through the player's input gradients (gradient
-        penalties: autograd.grad with create_graph, then the training backward)."""
+        """Whether a loss may backpropagate through the player's input gradients."""
         return True
 
     @torch.no_grad()

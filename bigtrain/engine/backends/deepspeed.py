@@ -20,6 +20,7 @@ from bigtrain.engine.backends.deepspeed_config import deepspeed_config
 from bigtrain.engine.backends.deepspeed_files import ENGINE_TAG, verify_deepspeed_files
 from bigtrain.engine.players import Player, build_optimizer
 from bigtrain.errors import CheckpointError, ConfigError
+from bigtrain.families.base import EngineCaps
 
 
 class DeepSpeedBackend(Backend):
@@ -70,12 +71,24 @@ class DeepSpeedBackend(Backend):
         self.zero_stages: dict[str, int] = {}
         self.engines: list = []
 
-    def reset_optimizer(self, player: Player) -> None:
-        raise ConfigError("progan.reset_optimizer", f"resetting {player.name}'s optimizer state is not supported under DeepSpeed (its ZeRO partitions hold it); set it to false")
+    def capabilities(self, name: str, opt_cfg: OptimConfig) -> EngineCaps:
+        """From the ZeRO stage the player's DeepSpeed config will have: at ZeRO-3 no rank holds a
+        whole weight, and no second backward (see supports_second_order); no engine can clear its
+        partitioned optimizer state."""
+        ds_config, _ = deepspeed_config(name, opt_cfg, self.backend_cfg, self.train_cfg, self.world_size, self.env)
+        stage = int(ds_config["zero_optimization"].get("stage", 0))
+        return EngineCaps(engine=f"DeepSpeed ZeRO-{stage}", second_order=stage != 3, whole_weights=stage != 3, resets_optimizer=False)
 
-    def make_player(self, name: str, net: nn.Module, opt_cfg: OptimConfig) -> Player:
+    def reset_optimizer(self, player: Player) -> None:
+        raise RuntimeError(f"resetting {player.name}'s optimizer state is not possible under DeepSpeed (its ZeRO partitions hold it); "
+                           "Recipe.check_engine should have refused this run")
+
+    def make_player(self, name: str, net: nn.Module, opt_cfg: OptimConfig, *, local_buffers: Sequence[str] = (),
+                    unused_parameters: bool = False) -> Player:
         """Wrap `net` in its own DeepSpeed engine; the optimizer is built from `optim.<name>`
-        (exactly as under Accelerate) unless the player's DeepSpeed JSON names one."""
+        (exactly as under Accelerate) unless the player's DeepSpeed JSON names one. DeepSpeed
+        broadcasts no buffer before a forward and tolerates unused parameters, so the two
+        keywords need nothing here."""
         ds_config, _ = deepspeed_config(name, opt_cfg, self.backend_cfg, self.train_cfg, self.world_size, self.env)
         if "optimizer" in ds_config:
             kwargs = {"model_parameters": [p for p in net.parameters() if p.requires_grad]}
@@ -96,7 +109,8 @@ class DeepSpeedBackend(Backend):
         self.zero_stages[name] = engine.zero_optimization_stage()
         self.engines.append(engine)
         lr = float(ds_config.get("optimizer", {}).get("params", {}).get("lr", opt_cfg.lr))
-        return Player(name=name, net=engine.module, engine=engine, optimizer=optimizer, scaler=None, grad_clip=float(ds_config.get("gradient_clipping", 0.0)), base_lr=lr)
+        return Player(name=name, net=engine.module, engine=engine, optimizer=optimizer, scaler=None, grad_clip=float(ds_config.get("gradient_clipping", 0.0)), base_lr=lr,
+                      backend=self)
 
     def set_batch(self, micro_batch: int, rounds: int) -> None:
         """Micro-batch and accumulation rounds from the next phase on, through each engine's

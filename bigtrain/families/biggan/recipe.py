@@ -1,4 +1,4 @@
-"""BigGAN (Brock et al. 2019): the classic recipe on the biggan nets (bigtrain/models/biggan.py)
+"""BigGAN (Brock et al. 2019): the classic recipe on the biggan nets (nets.py, deep.py)
 with BigGAN's orthogonal regularisation (docs/design.md, "BigGAN").
 
 The loss, D steps per G step, Adam settings, EMA and accumulation are the ordinary keys
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from bigtrain.config import Config
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
-from bigtrain.families.base import GradAccess, Net, ReduceMean
+from bigtrain.families.base import EngineCaps, GradAccess, Net, ReduceMean
 from bigtrain.families.gan.recipe import GanRecipe
 
 
@@ -81,10 +81,12 @@ class BigganRecipe(GanRecipe):
     def _check(self, cfg: Config, info: DataInfo, policy: str) -> None:
         super()._check(cfg, info, policy)
         self.opts: BigganOptions = cfg.biggan
-        if cfg.backend.kind == "deepspeed" and (self.opts.ortho_g or self.opts.ortho_d):
-            stage3 = cfg.backend.zero_stage == 3 and not (cfg.backend.configs or cfg.backend.g_config or cfg.backend.d_config)
-            if stage3:
-                raise ConfigError("biggan.ortho_g", "orthogonal regularisation needs each whole weight on every rank, which ZeRO-3 partitions; use backend.zero_stage 1 or 2 (BigGAN's 158 M parameters and Adam states fit there)")
+
+    def check_engine(self, caps: dict[str, EngineCaps]) -> None:
+        super().check_engine(caps)
+        for key, player in (("ortho_g", "G"), ("ortho_d", "D")):
+            if getattr(self.opts, key) and not caps[player].whole_weights:
+                raise ConfigError(f"biggan.{key}", f"orthogonal regularisation needs each whole weight on every rank, which {caps[player].engine} partitions; use ZeRO 1 or 2 for {player} (BigGAN's 158 M parameters and Adam states fit there)")
 
     def bind(self, players: dict[str, Net], reduce_mean: ReduceMean, micro_batch: int) -> None:
         super().bind(players, reduce_mean, micro_batch)

@@ -21,7 +21,7 @@ from bigtrain import sampling
 from bigtrain.config import Config
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
-from bigtrain.families.base import Net, Phase, PlayerSpec, Recipe, ReduceMean, Round, Stats, has_batch_statistics, optim_for
+from bigtrain.families.base import EngineCaps, Net, Phase, PlayerSpec, Recipe, ReduceMean, Round, Stats, has_batch_statistics, optim_for
 from bigtrain.families.gan.augment import diff_augment
 from bigtrain.families.gan.options import CLASSIC_SECTIONS
 from bigtrain.losses import build_loss, regularizers
@@ -110,9 +110,9 @@ class GanRecipe(Recipe):
             self.phases.append(Phase("D_reg", ("D",), ("G",), self.d_reg, streams=("real",), interval=lcfg.r1_interval))
         self.phases.append(Phase("G_main", ("G",), ("D",), self.g_main))
 
-    def check_players(self, players: dict[str, Net], second_order: Callable[[str], bool]) -> None:
-        if self.penalizes_d_gradient and not second_order("D"):
-            raise ConfigError("loss", "gradient penalties (gp_weight, dragan_weight, r1_gamma) need a second backward through D, which this engine cannot do at its setting (DeepSpeed ZeRO-3 releases D's weights before it); train D at ZeRO 0-2 (backend.zero_stage or backend.configs.d)")
+    def check_engine(self, caps: dict[str, EngineCaps]) -> None:
+        if self.penalizes_d_gradient and not caps["D"].second_order:
+            raise ConfigError("loss", f"gradient penalties (gp_weight, dragan_weight, r1_gamma) need a second backward through D, which {caps['D'].engine} cannot do (it releases D's weights before it); train D at ZeRO 0-2 (backend.zero_stage or backend.configs.d)")
 
     def latents(self, n: int, gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
         # on the generator's device (the loop's is the backend's: no copy); .to is then a no-op
@@ -168,7 +168,8 @@ class GanRecipe(Recipe):
         if lcfg.r1_gamma > 0 and lcfg.r1_interval == 1:
             penalties.append(("loss/D_r1", 0.5 * lcfg.r1_gamma, regularizers.r1_penalty, real))
         for name, weight, penalty, x in penalties:
-            value = penalty(*self._penalty_scores(x, y_real))
+            scores, x, _ = self._penalty_scores(x, y_real)
+            value = penalty(scores, x)
             loss = loss + weight * value
             stats[name] = value.detach()
         if self.drift > 0:  # ProGAN's epsilon drift: keeps D's scores of reals near 0
@@ -181,34 +182,23 @@ class GanRecipe(Recipe):
             stats["loss/D_cls"] = cls.detach()
         return {"D": loss}, stats
 
-    def _penalty_scores(self, x: Tensor, y: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        """D's scores of `x` for a gradient penalty, with `x` as a leaf that requires grad.
-
-        The penalty differentiates the scores w.r.t. `x` inside the forward (autograd.grad with
-        create_graph), so they come from D's plain module, not its engine: a DeepSpeed engine
-        treats any backward through its outputs as the training backward (it divides by the
-        accumulation rounds, starts its gradient reduction, and fails inside autograd.grad). The
-        module runs in eval mode, so spectral norm reuses the power iteration this step's engine
-        forward just did instead of taking a second one.
-        """
+    def _penalty_scores(self, x: Tensor, y: Optional[Tensor], anchor: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """(D's scores of `x` for a gradient penalty, `x` as a leaf that requires grad, the
+        anchor): the penalty differentiates the scores w.r.t. `x` inside the forward, so they
+        come through D's differentiable_forward (D in eval mode: spectral norm reuses the power
+        iteration this step's forward did)."""
         x = x.detach().requires_grad_(True)
-        was_training = self.D.net.training
-        self.D.net.eval()
-        try:
-            scores, _ = self._split(self.D.net(pack_samples(x, self.pack), y))
-        finally:
-            self.D.net.train(was_training)
-        return scores, x
+        out, zero = self.D.differentiable_forward(pack_samples(x, self.pack), y, anchor=anchor)
+        scores, _ = self._split(out)
+        return scores, x, zero
 
     def d_reg(self, b: Round) -> tuple[dict[str, Tensor], Stats]:
-        # (1b) lazy R1 every k iterations, weighted by k so its strength matches R1 every step
+        # (1b) lazy R1 every k iterations, weighted by k (the phase's gain) so its strength
+        # matches R1 every step; the anchor lets D's engine see a phase that has no other forward
         real, y_real = self._real(b)
-        real = self.augment(real)
-        # the engine must see this phase's forward: DDP's gradient all-reduce and DeepSpeed's
-        # backward bookkeeping start from it; it adds nothing to the loss
-        anchor = self.D.engine(pack_samples(real, self.pack), y_real).float().sum() * 0.0
-        r1 = regularizers.r1_penalty(*self._penalty_scores(real, y_real))
-        return {"D": anchor + 0.5 * self.lcfg.r1_gamma * self.lcfg.r1_interval * r1}, {"loss/D_r1": r1.detach()}
+        scores, x, anchor = self._penalty_scores(self.augment(real), y_real, anchor=True)
+        r1 = regularizers.r1_penalty(scores, x)
+        return {"D": anchor + 0.5 * self.lcfg.r1_gamma * b.gain * r1}, {"loss/D_r1": r1.detach()}
 
     def g_main(self, b: Round) -> tuple[dict[str, Tensor], Stats]:
         # (2) update G: make the frozen D score G(z) as real; D is called as its plain module so
@@ -232,4 +222,12 @@ class GanRecipe(Recipe):
 
     def grid_classes(self, rows: int) -> list[Optional[int]]:
         return [r % self.num_classes if self.conditional else None for r in range(rows)]
+
+    def standing_statistics(self, nets, batches, batch_size, *, seed, truncation=None, device="cpu"):
+        return sampling.standing_statistics(nets["G"], z_dim=self.z_dim, num_classes=self.num_classes, batches=batches,
+                                            batch_size=batch_size, seed=seed, truncation=truncation, device=device)
+
+    def interpolation(self, nets, rows, steps, *, kind, seed, truncation=None, device="cpu"):
+        return sampling.interpolation(nets["G"], z_dim=self.z_dim, num_classes=self.num_classes, rows=rows, steps=steps,
+                                      seed=seed, kind=kind, truncation=truncation, device=device)
 

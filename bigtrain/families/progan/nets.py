@@ -243,9 +243,6 @@ class _Progressive(nn.Module):
         self.resolution_log2 = resolution.bit_length() - 1
         self.max_lod = self.resolution_log2 - 2  # lod at 4x4
         self.register_buffer("lod", torch.zeros(()))  # 0: full resolution, like the official variable's start
-        # DDP leaves lod alone: every rank sets the same value, and its buffer broadcast before
-        # each forward would bump the version, so current_lod() would read the GPU every forward
-        self._ddp_params_and_buffers_to_ignore = ["lod"]
         self._lod_key: Optional[tuple] = None
         self._lod_value = 0.0
         channels = [num_features(s, net.fmap_base, net.fmap_decay, net.fmap_max) for s in range(self.resolution_log2)]

@@ -1,5 +1,5 @@
 """Progressive growing (Karras et al. 2018, "Progressive Growing of GANs"): the classic recipe
-with the progan nets (bigtrain/models/progan.py), grown by the schedule of bigtrain/recipes/
+with the progan nets (nets.py), grown by the schedule of
 growth.py (docs/design.md, "Progressive growing").
 
 Each iteration the recipe sets the schedule's level of detail on G and D (G_ema follows, as the
@@ -22,7 +22,7 @@ from torch import Tensor
 from bigtrain.config import Config
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
-from bigtrain.families.base import PlayerSpec, Round, Stats, optim_for
+from bigtrain.families.base import EngineCaps, PlayerSpec, Round, Stats, optim_for
 from bigtrain.families.gan.recipe import GanRecipe
 from bigtrain.families.progan.growth import Growth, GrowthOptions, growth, micro_batch_at, resets_optimizer
 from bigtrain.families.progan.nets import blend_reals
@@ -64,10 +64,6 @@ class ProganRecipe(GanRecipe):
             raise ConfigError("progan.initial_resolution", f"{self.opts.initial_resolution} is above the data's resolution {self.resolution}")
         if cfg.schedule.batch or cfg.schedule.lr:
             raise ConfigError("schedule", "progan takes its batch and learning rates from the progan section (minibatch, g_lr, d_lr); leave schedule empty")
-        if self.opts.reset_optimizer and cfg.backend.kind == "deepspeed":
-            raise ConfigError("progan.reset_optimizer", "is not supported under DeepSpeed (its ZeRO partitions hold the optimizer state); set it to false")
-        if cfg.backend.kind == "accelerate" and not cfg.backend.find_unused_parameters:
-            raise ConfigError("backend.find_unused_parameters", "progan's nets hold every level, and a forward uses only some of them: set it to true")
         self.prev_lod: Optional[float] = None  # the lod of the last iteration (saved: resets stay exact on resume)
         self.now: Optional[Growth] = None
 
@@ -78,7 +74,16 @@ class ProganRecipe(GanRecipe):
         specs = super().players()
         for spec in specs:
             spec.build = (lambda build=spec.build: _at_lod(build(), lod))
+            # every level is built up front and a forward uses only some: DDP must look for the
+            # unused ones; `lod` is set alike on every rank each iteration, and broadcasting it
+            # before each forward would bump its version (a host read in current_lod())
+            spec.unused_parameters, spec.local_buffers = True, ("lod",)
         return specs
+
+    def check_engine(self, caps: dict[str, EngineCaps]) -> None:
+        super().check_engine(caps)
+        if self.opts.reset_optimizer and not (caps["G"].resets_optimizer and caps["D"].resets_optimizer):
+            raise ConfigError("progan.reset_optimizer", f"is not supported by {caps['G'].engine} (its ZeRO partitions hold the optimizer state); set it to false")
 
     # ---- the schedule ----------------------------------------------------------------------
     def _growth(self, nimg: int) -> Growth:
