@@ -1,4 +1,5 @@
 """What the benchmarks read back from a run: its log intervals' throughput and peak memory."""
+
 from __future__ import annotations
 
 import json

@@ -15,6 +15,7 @@ Loaders alternate over `--repeats` rounds; medians are reported. Prints one JSON
 
     python bench/data.py [--resolutions 32 128] [--workers 1 2] [--cache warm cold] [--images 2048]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,7 +84,9 @@ def folder_batches(root: Path, batch: int, workers: int) -> Iterator[torch.Tenso
         yield x
 
 
-def shard_batches(dataset_json: Path, res: int, batch: int, workers: int, shuffle_buffer: int) -> Iterator[torch.Tensor]:
+def shard_batches(
+    dataset_json: Path, res: int, batch: int, workers: int, shuffle_buffer: int
+) -> Iterator[torch.Tensor]:
     cfg = DataConfig(source="shards", path=str(dataset_json), resolution=res, num_workers=workers)
     cfg.shuffle_buffer = shuffle_buffer  # set directly: config.py may not declare the field yet
     source = ShardSource(cfg, micro_batch=batch, rank=0, world_size=1, seed=0)
@@ -133,7 +136,10 @@ def main() -> None:
         for res in args.resolutions:
             root = write_folder(Path(tmp) / f"png{res}", smooth_images(args.images, res))
             shards = {fmt: Path(tmp) / f"{fmt}_shards{res}" for fmt in SHARD_FORMATS}
-            metas = {fmt: make_shards(root, folder, shard_size=256, image_format=fmt, progress=False) for fmt, folder in shards.items()}
+            metas = {
+                fmt: make_shards(root, folder, shard_size=256, image_format=fmt, progress=False)
+                for fmt, folder in shards.items()
+            }
             png_bytes = sum(p.stat().st_size for p in root.rglob("*.png"))
             for cache in args.cache:
                 for workers in args.workers:
@@ -146,36 +152,48 @@ def main() -> None:
                             if name == "folder":
                                 batches = folder_batches(root, args.batch, workers)
                             else:
-                                batches = shard_batches(shards[name] / "dataset.json", res, args.batch, workers, args.shuffle_buffer)
+                                batches = shard_batches(
+                                    shards[name] / "dataset.json", res, args.batch, workers, args.shuffle_buffer
+                                )
                             rates[name].append(images_per_second(batches, timed))
                     rate = {name: statistics.median(values) for name, values in rates.items()}
-                    results.append({
-                        "resolution": res,
-                        "cache": cache,
-                        "workers": workers,
-                        "shards_img_per_s": round(rate["png"], 1),  # PNG shards
-                        "raw_shards_img_per_s": round(rate["raw"], 1),
-                        "folder_img_per_s": round(rate["folder"], 1),
-                        "ratio": round(rate["png"] / rate["folder"], 3),
-                        "raw_ratio": round(rate["raw"] / rate["folder"], 3),
-                        "mean_png_bytes": round(png_bytes / args.images),
-                        "png_shard_bytes_per_image": round(sum(s["bytes"] for s in metas["png"]["shards"]) / args.images),
-                        "raw_shard_bytes_per_image": round(sum(s["bytes"] for s in metas["raw"]["shards"]) / args.images),
-                        "num_shards": len(metas["png"]["shards"]),
-                    })
-    print(json.dumps({
-        "benchmark": "data_loader",
-        "images": args.images,
-        "timed_images": timed,
-        "batch": args.batch,
-        "shuffle_buffer": args.shuffle_buffer,
-        "repeats": args.repeats,
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
-        "seconds": round(time.perf_counter() - started, 1),
-        "results": results,
-    }))
+                    results.append(
+                        {
+                            "resolution": res,
+                            "cache": cache,
+                            "workers": workers,
+                            "shards_img_per_s": round(rate["png"], 1),  # PNG shards
+                            "raw_shards_img_per_s": round(rate["raw"], 1),
+                            "folder_img_per_s": round(rate["folder"], 1),
+                            "ratio": round(rate["png"] / rate["folder"], 3),
+                            "raw_ratio": round(rate["raw"] / rate["folder"], 3),
+                            "mean_png_bytes": round(png_bytes / args.images),
+                            "png_shard_bytes_per_image": round(
+                                sum(s["bytes"] for s in metas["png"]["shards"]) / args.images
+                            ),
+                            "raw_shard_bytes_per_image": round(
+                                sum(s["bytes"] for s in metas["raw"]["shards"]) / args.images
+                            ),
+                            "num_shards": len(metas["png"]["shards"]),
+                        }
+                    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "data_loader",
+                "images": args.images,
+                "timed_images": timed,
+                "batch": args.batch,
+                "shuffle_buffer": args.shuffle_buffer,
+                "repeats": args.repeats,
+                "cpu_count": os.cpu_count(),
+                "load_average_1min": round(os.getloadavg()[0], 2),
+                "python": platform.python_version(),
+                "seconds": round(time.perf_counter() - started, 1),
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ weights: the speed is the same as with the real file, the FID value is meaningle
   generation + features (`features_s`). With N other than 10000, `estimated_10k_wall_s`
   scales the measured feature time to 10000 samples.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,9 +66,15 @@ def time_fid(net: nn.Module, device: torch.device, num: int, batch_size: int = 5
     reference = RefStats("synthetic", rng.normal(size=2048) * 0.1, a @ a.T, None, {"num_images": 50_000})
     torch.manual_seed(0)
     G = SmallG().to(device)
-    evaluator = Evaluator(["fid"], num_samples=num, reference=reference, inception=net, device=device, batch_size=batch_size)
+    evaluator = Evaluator(
+        ["fid"], num_samples=num, reference=reference, inception=net, device=device, batch_size=batch_size
+    )
     start = time.perf_counter()
-    result = evaluator(lambda indices: generate(G, z_dim=64, num_classes=0, indices=indices, seed=0, device=device, batch_size=batch_size)[0])
+    result = evaluator(
+        lambda indices: generate(
+            G, z_dim=64, num_classes=0, indices=indices, seed=0, device=device, batch_size=batch_size
+        )[0]
+    )
     wall = time.perf_counter() - start
     compute = time_fid_compute(reference, device)
     features_s = wall - compute

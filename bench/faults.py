@@ -13,6 +13,7 @@ Three more cases, with `identical` null where there is nothing to compare with:
 
     python bench/faults.py [--trials N] [--cases accelerate-1,accelerate-2,deepspeed-1,deepspeed-2,shards,nan,nan-fused]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,17 @@ BACKENDS = {"accelerate": [], "deepspeed": ["backend.kind=deepspeed", "backend.z
 
 def trial(tmp: Path, backend: str, procs: int, seed: int, kills: int) -> dict:
     data = write_images_npz(tmp / "d.npz", n=64, res=8, classes=4)
-    cfg = write_config(tmp / "c.yaml", tiny_config(tmp, data, model={"num_classes": 4}, train={"total_kimg": STEPS * 0.016, "batch_size": 16},
-                                                   checkpoint={"every_kimg": 0.032, "keep_last": 2}, augment={"policy": "translation,cutout"}))
+    cfg = write_config(
+        tmp / "c.yaml",
+        tiny_config(
+            tmp,
+            data,
+            model={"num_classes": 4},
+            train={"total_kimg": STEPS * 0.016, "batch_size": 16},
+            checkpoint={"every_kimg": 0.032, "keep_last": 2},
+            augment={"policy": "translation,cutout"},
+        ),
+    )
     launcher = torchrun() if procs == 2 else None
     whole = harness.finish(harness.command(cfg, ["run.name=whole", *BACKENDS[backend]], launcher))
     if whole.returncode:
@@ -45,14 +55,21 @@ def trial(tmp: Path, backend: str, procs: int, seed: int, kills: int) -> dict:
     points = sorted(random.Random(seed).sample(range(1, STEPS - 1), kills))
     for step in points:
         harness.run_and_kill_at_step(harness.command(cfg, args, launcher), tmp / "runs" / "killed", step)
-    harness.kill_inside_checkpoint_write(harness.command(cfg, args, launcher, prelude=(harness.SLOW_SAVE, str(random.Random(seed).randint(1, 3)))))
+    harness.kill_inside_checkpoint_write(
+        harness.command(cfg, args, launcher, prelude=(harness.SLOW_SAVE, str(random.Random(seed).randint(1, 3))))
+    )
     done = harness.finish(harness.command(cfg, args, launcher))
     survived = done.returncode == 0
-    return {"kills_at_steps": points, "survived": survived, "identical": survived and harness.identical(tmp / "runs" / "whole", tmp / "runs" / "killed")}
+    return {
+        "kills_at_steps": points,
+        "survived": survived,
+        "identical": survived and harness.identical(tmp / "runs" / "whole", tmp / "runs" / "killed"),
+    }
 
 
 def shard_trial(tmp: Path, seed: int, kills: int) -> dict:
     import torch
+
     from tests.faults import test_shards
 
     cfg = test_shards._config(tmp, max_skipped_fraction=0.5)
@@ -66,13 +83,18 @@ def shard_trial(tmp: Path, seed: int, kills: int) -> dict:
     done = harness.finish(harness.command(cfg, ["run.name=killed"]))
     steps = harness.losses(run) if done.returncode == 0 else []
     skipped = [r["data/skipped"] for r in harness.rows(run)]
-    ok = ([r[0] for r in steps] == list(range(1, test_shards.STEPS + 1)) and all(torch.isfinite(torch.tensor([v for _, v in r[1:]])).all() for r in steps)
-          and skipped == sorted(skipped) and skipped[-1] > 0)
+    ok = (
+        [r[0] for r in steps] == list(range(1, test_shards.STEPS + 1))
+        and all(torch.isfinite(torch.tensor([v for _, v in r[1:]])).all() for r in steps)
+        and skipped == sorted(skipped)
+        and skipped[-1] > 0
+    )
     return {"kills_at_steps": points, "survived": bool(ok), "identical": None}
 
 
 def nan_trial(tmp: Path, seed: int, fused: bool) -> dict:
     import torch
+
     from tests.faults import test_nonfinite as nf
 
     k = random.Random(seed).randint(3, 6)
@@ -89,7 +111,12 @@ def nan_trial(tmp: Path, seed: int, fused: bool) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=3)
-    p.add_argument("--kills", type=int, default=3, help="SIGKILLs at random iterations per trial (plus one inside a checkpoint write)")
+    p.add_argument(
+        "--kills",
+        type=int,
+        default=3,
+        help="SIGKILLs at random iterations per trial (plus one inside a checkpoint write)",
+    )
     p.add_argument("--cases", default="accelerate-1,accelerate-2,deepspeed-1,deepspeed-2,shards,nan,nan-fused")
     args = p.parse_args()
     out = {"benchmark": "faults", "steps": STEPS, "kills_per_trial": args.kills + 1, "cases": {}}
@@ -105,7 +132,12 @@ def main() -> None:
                     backend, procs = case.rsplit("-", 1)
                     results.append(trial(Path(tmp), backend, int(procs), t, args.kills))
         identical = None if results and results[0]["identical"] is None else sum(r["identical"] for r in results)
-        out["cases"][case] = {"trials": len(results), "survived": sum(r["survived"] for r in results), "identical": identical, "runs": results}
+        out["cases"][case] = {
+            "trials": len(results),
+            "survived": sum(r["survived"] for r in results),
+            "identical": identical,
+            "runs": results,
+        }
     print(json.dumps(out, indent=1))
 
 

@@ -21,6 +21,7 @@ GPU); `--batch` and processes here change the recipe (instance norm is per image
 per-image result is unchanged by batching, but Adam's step sees a mean over the batch).
 Where a GPU is present, `--width 64` is the reference's size.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,10 +39,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bigtrain from this checkout
 
 from bench.common import log_intervals, peak_mem_mb  # noqa: E402
-from bigtrain.families import load_config  # noqa: E402
 from bigtrain.engine.loop import Trainer  # noqa: E402
+from bigtrain.families import load_config  # noqa: E402
 
-CONFIGS = {"cyclegan": REPO / "configs" / "cyclegan_horse2zebra.yaml", "pix2pix": REPO / "configs" / "pix2pix_facades.yaml"}
+CONFIGS = {
+    "cyclegan": REPO / "configs" / "cyclegan_horse2zebra.yaml",
+    "pix2pix": REPO / "configs" / "pix2pix_facades.yaml",
+}
 LOAD = 286  # the reference's load size (then a random 256 crop); scaled with --resolution
 
 
@@ -59,19 +63,34 @@ def overrides(args, recipe: str, data: dict[str, Path], out: Path, world: int) -
     load = round(args.resolution * LOAD / 256)
     every_kimg = args.batch * args.iters / args.intervals / 1000
     over = [
-        f"run.name={recipe}", f"run.out_dir={out}", "data.source=npz", f"data.resolution={args.resolution}", f"data.load_size={load}", "data.num_workers=0",
-        f"model.g.width={args.width}", f"model.d.width={args.width}",
-        f"train.batch_size={args.batch}", f"train.micro_batch={args.batch // world}", f"train.total_kimg={every_kimg * args.intervals}",
-        f"train.precision={args.precision}", "train.resume=none", f"backend.kind={args.backend}",
-        "log.progress_bar=false", f"log.every_kimg={every_kimg}", f"log.samples_every_kimg={every_kimg * args.intervals * 10}",
-        f"checkpoint.every_kimg={every_kimg * args.intervals * 10}", "eval.every_kimg=0",
+        f"run.name={recipe}",
+        f"run.out_dir={out}",
+        "data.source=npz",
+        f"data.resolution={args.resolution}",
+        f"data.load_size={load}",
+        "data.num_workers=0",
+        f"model.g.width={args.width}",
+        f"model.d.width={args.width}",
+        f"train.batch_size={args.batch}",
+        f"train.micro_batch={args.batch // world}",
+        f"train.total_kimg={every_kimg * args.intervals}",
+        f"train.precision={args.precision}",
+        "train.resume=none",
+        f"backend.kind={args.backend}",
+        "log.progress_bar=false",
+        f"log.every_kimg={every_kimg}",
+        f"log.samples_every_kimg={every_kimg * args.intervals * 10}",
+        f"checkpoint.every_kimg={every_kimg * args.intervals * 10}",
+        "eval.every_kimg=0",
     ]
     if recipe == "cyclegan":
         over += [f"data.streams.A.path={data['A']}", f"data.streams.B.path={data['B']}"]
     else:
         over += [f"data.path={data['pairs']}"]
     if args.resolution != 256 and recipe == "pix2pix":
-        over.append(f"model.g.downs={int(np.log2(args.resolution))}")  # U-Net-256 has 8 downsamplings: one per halving to 1 x 1
+        over.append(
+            f"model.g.downs={int(np.log2(args.resolution))}"
+        )  # U-Net-256 has 8 downsamplings: one per halving to 1 x 1
     return over
 
 
@@ -81,15 +100,20 @@ def bench(args, recipe: str, tmp: Path, world: int) -> dict | None:
     params = {}
     for name, player in trainer.players.items():
         parts = dict(player.net.named_children()) if name == "G" and recipe == "cyclegan" else {name: player.net}
-        params.update({part: sum(getattr(q, "ds_numel", q.numel()) for q in net.parameters()) for part, net in parts.items()})
+        params.update(
+            {part: sum(getattr(q, "ds_numel", q.numel()) for q in net.parameters()) for part, net in parts.items()}
+        )
     trainer.train()
     backend = trainer.backend
     result = None
     if backend.is_main:
         rows, rates, img_s = log_intervals(trainer.run_dir, f"{recipe}: raise --iters or --intervals")
         result = {
-            "recipe": recipe, "config": str(CONFIGS[recipe].relative_to(REPO)), "params": params,
-            "img_per_s": round(img_s, 3), "iteration_s": round(args.batch / img_s, 4),
+            "recipe": recipe,
+            "config": str(CONFIGS[recipe].relative_to(REPO)),
+            "params": params,
+            "img_per_s": round(img_s, 3),
+            "iteration_s": round(args.batch / img_s, 4),
             "peak_mem_mb": peak_mem_mb(rows),
             "intervals_img_per_s": [round(r, 3) for r in rates],
         }
@@ -102,7 +126,9 @@ def main() -> None:
     parser.add_argument("--recipes", default="cyclegan,pix2pix")
     parser.add_argument("--width", type=int, default=8, help="ngf = ndf (the reference: 64)")
     parser.add_argument("--batch", type=int, default=1, help="global batch (the reference: 1)")
-    parser.add_argument("--resolution", type=int, default=256, help="crop size (loaded at 286/256 of it, as the reference)")
+    parser.add_argument(
+        "--resolution", type=int, default=256, help="crop size (loaded at 286/256 of it, as the reference)"
+    )
     parser.add_argument("--iters", type=int, default=12, help="iterations in all, split into --intervals log intervals")
     parser.add_argument("--intervals", type=int, default=4, help="log intervals (the first is dropped as warm-up)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
@@ -121,7 +147,9 @@ def main() -> None:
         if world > 1:
             parser.error("under torchrun give one recipe (--recipes cyclegan or --recipes pix2pix)")
         results = []
-        argv = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items() if key != "recipes"]  # this run's options
+        argv = [
+            f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items() if key != "recipes"
+        ]  # this run's options
         for r in recipes:
             out = subprocess.run([sys.executable, __file__, *argv, "--recipes", r], capture_output=True, text=True)
             if out.returncode != 0:
@@ -131,15 +159,33 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             results = [bench(args, recipes[0], Path(tmp), world)]
     if int(os.environ.get("RANK", 0)) == 0:
-        print(json.dumps({
-            "bench": "img2img", "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(), "processes": world,
-            "resolution": args.resolution, "width": args.width, "batch": args.batch, "precision": args.precision, "backend": args.backend,
-            "runs": results,
-            "measured": (f"bigtrain's Trainer.train() on random {args.resolution}px crops (loaded at {round(args.resolution * LOAD / 256)} px), "
-                         f"{args.iters} iterations (G phase + D phase) in {args.intervals} log intervals, the first dropped; "
-                         "img/s = images / training seconds per interval (perf/img_per_s); memory: peak RSS of rank 0's process (one per recipe) on a CPU, CUDA allocator peak on a GPU"),
-            "reference": "junyanz/pytorch-CycleGAN-and-pix2pix trains both with --batch_size 1 on one GPU (ngf = ndf = 64)",
-        }, indent=1))
+        print(
+            json.dumps(
+                {
+                    "bench": "img2img",
+                    "device": "cuda" if torch.cuda.is_available() else "cpu",
+                    "threads": torch.get_num_threads(),
+                    "processes": world,
+                    "resolution": args.resolution,
+                    "width": args.width,
+                    "batch": args.batch,
+                    "precision": args.precision,
+                    "backend": args.backend,
+                    "runs": results,
+                    "measured": (
+                        f"bigtrain's Trainer.train() on random {args.resolution}px crops (loaded at "
+                        f"{round(args.resolution * LOAD / 256)} px), "
+                        f"{args.iters} iterations (G phase + D phase) in {args.intervals} log intervals, the first "
+                        "dropped; "
+                        "img/s = images / training seconds per interval (perf/img_per_s); memory: peak RSS of rank 0's "
+                        "process (one per recipe) on a CPU, CUDA allocator peak on a GPU"
+                    ),
+                    "reference": "junyanz/pytorch-CycleGAN-and-pix2pix trains both with --batch_size 1 on one GPU (ngf "
+                    "= ndf = 64)",
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ median over the logged intervals after the first. Prints one JSON object.
 On a CPU-only machine (as where this was written) the numbers are host RSS, not GPU memory,
 and the step times are CPU times; the JSON says which device ran.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,13 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = {"ddp": ("accelerate", 0), "zero0": ("deepspeed", 0), "zero1": ("deepspeed", 1), "zero2": ("deepspeed", 2), "zero3": ("deepspeed", 3)}
+MODES = {
+    "ddp": ("accelerate", 0),
+    "zero0": ("deepspeed", 0),
+    "zero1": ("deepspeed", 1),
+    "zero2": ("deepspeed", 2),
+    "zero3": ("deepspeed", 3),
+}
 
 
 def rss_mib() -> float:
@@ -55,12 +62,26 @@ def overrides(args, mode: str, data: Path, out_dir: Path) -> list[str]:
     batch = args.batch
     every = batch / 1000  # log every iteration
     return [
-        f"run.name={mode}", f"run.out_dir={out_dir}", f"data.path={data}", "data.resolution=32",
-        "model.g.arch=mlp", "model.d.arch=mlp", f"model.g.width={args.width}", f"model.d.width={args.width}",
-        f"model.g.depth={args.depth}", f"model.d.depth={args.depth}", "model.z_dim=128",
-        f"train.batch_size={batch}", f"train.total_kimg={args.iters * batch / 1000}", f"train.precision={args.precision}",
-        f"backend.kind={kind}", f"backend.zero_stage={stage}", "log.progress_bar=false",
-        f"log.every_kimg={every}", f"log.samples_every_kimg={args.iters * every * 10}", f"checkpoint.every_kimg={args.iters * every * 10}",
+        f"run.name={mode}",
+        f"run.out_dir={out_dir}",
+        f"data.path={data}",
+        "data.resolution=32",
+        "model.g.arch=mlp",
+        "model.d.arch=mlp",
+        f"model.g.width={args.width}",
+        f"model.d.width={args.width}",
+        f"model.g.depth={args.depth}",
+        f"model.d.depth={args.depth}",
+        "model.z_dim=128",
+        f"train.batch_size={batch}",
+        f"train.total_kimg={args.iters * batch / 1000}",
+        f"train.precision={args.precision}",
+        f"backend.kind={kind}",
+        f"backend.zero_stage={stage}",
+        "log.progress_bar=false",
+        f"log.every_kimg={every}",
+        f"log.samples_every_kimg={args.iters * every * 10}",
+        f"checkpoint.every_kimg={args.iters * every * 10}",
     ]
 
 
@@ -69,17 +90,24 @@ def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
-    from bigtrain.families import load_config
     from bigtrain.engine.loop import Trainer
+    from bigtrain.families import load_config
 
     after_import = rss_mib()
     cfg = load_config(None, overrides(args, args.worker, Path(args.data), Path(args.out_dir)))
     trainer = Trainer(cfg)
     after_setup = rss_mib()
     # ZeRO-3 leaves empty placeholders in the module; ds_numel is the full size
-    params = {p.name: sum(getattr(q, "ds_numel", q.numel()) for q in p.net.parameters()) for p in trainer.players.values()}
+    params = {
+        p.name: sum(getattr(q, "ds_numel", q.numel()) for q in p.net.parameters()) for p in trainer.players.values()
+    }
     trainer.train()
-    mine = {"rss_after_import_mib": after_import, "rss_after_setup_mib": after_setup, "rss_after_train_mib": trimmed_rss_mib(), "peak_rss_mib": peak_rss_mib()}
+    mine = {
+        "rss_after_import_mib": after_import,
+        "rss_after_setup_mib": after_setup,
+        "rss_after_train_mib": trimmed_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
+    }
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
     if trainer.backend.is_main:
@@ -103,11 +131,41 @@ def free_port() -> int:
 def launch(args, mode: str, data: Path, tmp: Path) -> dict:
     result = tmp / f"{mode}.json"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        __file__, "--worker", mode, "--data", str(data), "--out-dir", str(tmp / "runs"), "--result", str(result),
-        "--width", str(args.width), "--depth", str(args.depth), "--iters", str(args.iters), "--batch", str(args.batch), "--precision", args.precision,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        __file__,
+        "--worker",
+        mode,
+        "--data",
+        str(data),
+        "--out-dir",
+        str(tmp / "runs"),
+        "--result",
+        str(result),
+        "--width",
+        str(args.width),
+        "--depth",
+        str(args.depth),
+        "--iters",
+        str(args.iters),
+        "--batch",
+        str(args.batch),
+        "--precision",
+        args.precision,
     ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": os.environ.get("ACCELERATE_USE_CPU", "1"), "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": os.environ.get("ACCELERATE_USE_CPU", "1"),
+        "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
         # the cause, not torchrun's closing banner: the last line that names an error
@@ -144,24 +202,40 @@ def main() -> None:
         results = {mode: launch(args, mode, data, tmp) for mode in modes}
     first = next((r for r in results.values() if "params" in r), {})
     on_cpu = str(first.get("device", "cpu")).startswith("cpu")
-    gpu = "no GPU in this environment: memory is host RSS per process (glibc heap), not GPU memory; step times are CPU times" if on_cpu else "GPU run"
+    gpu = (
+        "no GPU in this environment: memory is host RSS per process (glibc heap), not GPU memory; step times are CPU "
+        "times"
+        if on_cpu
+        else "GPU run"
+    )
     if first.get("params"):
         # textbook bytes per rank of weights + gradients + Adam state (+ DDP's bucket copy of the
         # gradients, + ZeRO's fp32 partition): what ZeRO should save, buckets and buffers aside
         total, n, mib = sum(first["params"].values()), 2, 2**20
-        estimate = {"ddp": 20 * total, "zero0": 16 * total, "zero1": (8 + 12 / n) * total, "zero2": (4 + 16 / n) * total, "zero3": 20 / n * total}
+        estimate = {
+            "ddp": 20 * total,
+            "zero0": 16 * total,
+            "zero1": (8 + 12 / n) * total,
+            "zero2": (4 + 16 / n) * total,
+            "zero3": 20 / n * total,
+        }
         for mode, r in results.items():
             if mode in estimate and args.precision == "fp32":
                 r["model_states_estimate_mib"] = round(estimate[mode] / mib, 1)
-    print(json.dumps({
-        "benchmark": "memory",
-        "device": first.get("device"),
-        "note": gpu,
-        "processes": 2,
-        "model": f"MLP G and D, width {args.width}, depth {args.depth}, 32x32x1, {args.precision}, Adam; batch {args.batch} ({args.batch // 2} per rank), {args.iters} iterations",
-        "params": first.get("params"),
-        "results": results,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "memory",
+                "device": first.get("device"),
+                "note": gpu,
+                "processes": 2,
+                "model": f"MLP G and D, width {args.width}, depth {args.depth}, 32x32x1, {args.precision}, Adam; batch "
+                "{args.batch} ({args.batch // 2} per rank), {args.iters} iterations",
+                "params": first.get("params"),
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ optimizer and schedule under the gman recipe (3 discriminators, soft mean; the r
 R1 penalty, so GMAN trains without it); configs/madgan_grid25_cpu.yaml (3,000 steps). About
 20 minutes for all five on one core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,16 @@ VARIANTS = {
 _CPU_PACGAN = "configs/pacgan_grid25_cpu.yaml"
 # GMAN on the CPU config's nets, optimizer and schedule: its recipe takes neither a pack nor R1,
 # and its discriminators are the players D1..D3, each with its own lr curve
-_GMAN_CPU = ["recipe=gman", "gman.discriminators=3", "gman.combiner=soft_mean", "gman.softmax_lambda=1.0", "model.d.pack=1", "train.batch_size=200",
-             "loss.r1_gamma=0", *(f"schedule.lr.d{k}.shape=linear" for k in (1, 2, 3))]
+_GMAN_CPU = [
+    "recipe=gman",
+    "gman.discriminators=3",
+    "gman.combiner=soft_mean",
+    "gman.softmax_lambda=1.0",
+    "model.d.pack=1",
+    "train.batch_size=200",
+    "loss.r1_gamma=0",
+    *(f"schedule.lr.d{k}.shape=linear" for k in (1, 2, 3)),
+]
 CPU_VARIANTS = {
     # as PacGAN's experiment, D sees as many inputs a step whatever the pack: 200 in the CPU config
     "gan": (_CPU_PACGAN, ["model.d.pack=1", "train.batch_size=200"]),
@@ -71,11 +80,13 @@ def head_tv(recipe, nets, seed: int) -> float:
     return float(np.mean([0.5 * np.abs(p - q).sum() for p, q in itertools.combinations(hists, 2)]))
 
 
-def run_variant(name: str, kimg: float | None, seed: int, data: Path, out_dir: Path, extra: list[str], variants: dict = VARIANTS) -> dict:
-    from bigtrain.families import load_config
+def run_variant(
+    name: str, kimg: float | None, seed: int, data: Path, out_dir: Path, extra: list[str], variants: dict = VARIANTS
+) -> dict:
     from bigtrain.data.toy import GRID25_MODES, GRID25_STD
     from bigtrain.engine.loop import Trainer
     from bigtrain.eval.modes import mode_coverage
+    from bigtrain.families import load_config
 
     config, overrides = variants[name]
     # kimg counts D inputs, 100 per step whatever the pack m (the batch is 100 m samples), so
@@ -83,8 +94,20 @@ def run_variant(name: str, kimg: float | None, seed: int, data: Path, out_dir: P
     base = load_config(REPO / config).train
     batch = load_config(REPO / config, [*overrides, *extra]).train.batch_size
     total_kimg = kimg * batch / 100 if kimg is not None else base.total_kimg * batch / base.batch_size
-    cfg = load_config(REPO / config, [*overrides, f"train.total_kimg={total_kimg}", f"data.path={data}", f"run.out_dir={out_dir}",
-                                      f"run.name={name}-{seed}", f"run.seed={seed}", "log.progress_bar=false", "checkpoint.every_kimg=1e9", *extra])
+    cfg = load_config(
+        REPO / config,
+        [
+            *overrides,
+            f"train.total_kimg={total_kimg}",
+            f"data.path={data}",
+            f"run.out_dir={out_dir}",
+            f"run.name={name}-{seed}",
+            f"run.seed={seed}",
+            "log.progress_bar=false",
+            "checkpoint.every_kimg=1e9",
+            *extra,
+        ],
+    )
     trainer = Trainer(cfg)
     start = time.perf_counter()
     trainer.train()
@@ -94,14 +117,30 @@ def run_variant(name: str, kimg: float | None, seed: int, data: Path, out_dir: P
     tv = head_tv(trainer.recipe, nets, seed + 2000) if name == "madgan" else None
     trainer.backend.close()
     result = mode_coverage(x.numpy(), GRID25_MODES, GRID25_STD)
-    out = {"modes": result["modes"], "high_quality": result["high_quality"], "kl": result["kl"], "train_s": round(seconds, 1), "steps": trainer.counters.step, "total_kimg": total_kimg}
+    out = {
+        "modes": result["modes"],
+        "high_quality": result["high_quality"],
+        "kl": result["kl"],
+        "train_s": round(seconds, 1),
+        "steps": trainer.counters.step,
+        "total_kimg": total_kimg,
+    }
     return out if tv is None else {**out, "head_tv": tv}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cpu", action="store_true", help="the CPU-sized configs (configs/*_grid25_cpu.yaml), each for its own length by default")
-    p.add_argument("--kimg", type=float, default=None, help="thousands of D inputs per variant (default 200; --cpu: the configs' own; PacGAN: 40000)")
+    p.add_argument(
+        "--cpu",
+        action="store_true",
+        help="the CPU-sized configs (configs/*_grid25_cpu.yaml), each for its own length by default",
+    )
+    p.add_argument(
+        "--kimg",
+        type=float,
+        default=None,
+        help="thousands of D inputs per variant (default 200; --cpu: the configs' own; PacGAN: 40000)",
+    )
     p.add_argument("--seeds", type=int, default=1, help="runs per variant (PacGAN: 10)")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("overrides", nargs="*", help="key=value applied to every variant (e.g. optim.g.lr=0.001)")
@@ -114,11 +153,20 @@ def main() -> None:
     unknown = [n for n in args.variants.split(",") if n not in variants]
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {', '.join(variants)}")
-    out = {"preset": "cpu" if args.cpu else "reference", "kimg": kimg, "seeds": args.seeds, "overrides": args.overrides, "variants": {}}
+    out = {
+        "preset": "cpu" if args.cpu else "reference",
+        "kimg": kimg,
+        "seeds": args.seeds,
+        "overrides": args.overrides,
+        "variants": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         data = write_grid25_npz(Path(tmp) / "grid25.npz", 100_000, seed=0)
         for name in args.variants.split(","):
-            runs = [run_variant(name, kimg, s, data, Path(tmp) / "runs", args.overrides, variants) for s in range(args.seeds)]
+            runs = [
+                run_variant(name, kimg, s, data, Path(tmp) / "runs", args.overrides, variants)
+                for s in range(args.seeds)
+            ]
             out["variants"][name] = {
                 "modes_mean": statistics.mean(r["modes"] for r in runs),
                 "high_quality_mean": statistics.mean(r["high_quality"] for r in runs),

@@ -8,6 +8,7 @@ over the same number of images after the same warm-up. Prints one JSON object.
 
     python bench/overhead.py [--kimg 4] [--repeats 3] [--width 32] [--batch 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,25 +22,36 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bigtrain.families import load_config
 from bigtrain.data import DataInfo
 from bigtrain.engine.loop import Trainer
 from bigtrain.engine.players import EMA
-from bigtrain.families import build_discriminator, build_generator
+from bigtrain.families import build_discriminator, build_generator, load_config
 
 
 def make_data(path: Path, n: int = 2048, res: int = 32, classes: int = 10) -> Path:
     rng = np.random.default_rng(0)
-    np.savez(path, x=rng.integers(0, 256, size=(n, res, res, 1), dtype=np.uint8), y=(np.arange(n) % classes).astype(np.int64))
+    np.savez(
+        path, x=rng.integers(0, 256, size=(n, res, res, 1), dtype=np.uint8), y=(np.arange(n) % classes).astype(np.int64)
+    )
     return path
 
 
 def overrides(args, data: Path, out_dir: Path, name: str) -> list[str]:
     return [
-        f"run.name={name}", f"run.out_dir={out_dir}", f"data.path={data}", "data.resolution=32",
-        "model.num_classes=10", "model.z_dim=64", f"model.g.width={args.width}", f"model.d.width={args.width}",
-        f"train.batch_size={args.batch}", f"train.total_kimg={args.kimg}", "log.progress_bar=false",
-        f"log.every_kimg={args.kimg / 8}", f"log.samples_every_kimg={args.kimg * 10}", f"checkpoint.every_kimg={args.kimg * 10}",
+        f"run.name={name}",
+        f"run.out_dir={out_dir}",
+        f"data.path={data}",
+        "data.resolution=32",
+        "model.num_classes=10",
+        "model.z_dim=64",
+        f"model.g.width={args.width}",
+        f"model.d.width={args.width}",
+        f"train.batch_size={args.batch}",
+        f"train.total_kimg={args.kimg}",
+        "log.progress_bar=false",
+        f"log.every_kimg={args.kimg / 8}",
+        f"log.samples_every_kimg={args.kimg * 10}",
+        f"checkpoint.every_kimg={args.kimg * 10}",
         "ema.half_life_kimg=2",
     ]
 

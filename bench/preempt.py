@@ -12,6 +12,7 @@ Checkpoint write: in this process, a Trainer of mlp G and D of each width (on th
 writes `save_checkpoint()` three times; median seconds, the checkpoint's size on disk and the
 parameter count. The run directory is a temp folder (local disk).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.conftest (the synthetic data), bigtrain from this checkout
 
-from bigtrain.families import config_from_dict  # noqa: E402
 from bigtrain.engine.loop import Trainer  # noqa: E402
+from bigtrain.families import config_from_dict  # noqa: E402
 from tests.conftest import tiny_config, write_config, write_images_npz  # noqa: E402
 from tests.faults import harness  # noqa: E402
 
@@ -40,17 +41,40 @@ ENV = {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu
 
 def signal_to_exit(tmp: Path, repeats: int, procs: int) -> dict:
     data = write_images_npz(tmp / "d.npz", n=64, res=8, classes=4)
-    cfg = write_config(tmp / "c.yaml", tiny_config(tmp, data, train={"total_kimg": 10000, "batch_size": 16},
-                                                    log={"every_kimg": 0.016, "samples_every_kimg": 1e6, "progress_bar": False},
-                                                    checkpoint={"every_kimg": 1e6}))
+    cfg = write_config(
+        tmp / "c.yaml",
+        tiny_config(
+            tmp,
+            data,
+            train={"total_kimg": 10000, "batch_size": 16},
+            log={"every_kimg": 0.016, "samples_every_kimg": 1e6, "progress_bar": False},
+            checkpoint={"every_kimg": 1e6},
+        ),
+    )
     launcher = None
     if procs > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_addr", "127.0.0.1", "--master_port", "29533"]
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(procs),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            "29533",
+        ]
     times, writes, codes = [], [], []
     for i in range(repeats):
         run = tmp / "runs" / f"r{i}"
-        proc = subprocess.Popen(harness.command(cfg, [f"run.name=r{i}"], launcher), cwd=REPO, env={**os.environ, **ENV},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            harness.command(cfg, [f"run.name=r{i}"], launcher),
+            cwd=REPO,
+            env={**os.environ, **ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         while not (harness.rows(run) and harness.rows(run)[-1].get("step", 0) >= 5):
             if proc.poll() is not None:
                 raise SystemExit(f"run {i} ended (exit {proc.returncode}) before step 5")
@@ -62,19 +86,38 @@ def signal_to_exit(tmp: Path, repeats: int, procs: int) -> dict:
         codes.append(proc.returncode)
         record = json.loads((run / "stopped.json").read_text())
         writes.append(record["longest_checkpoint_s"])
-    return {"repeats": repeats, "processes": procs, "exit_codes": sorted(set(codes)),
-            "signal_to_exit_s": {"median": round(statistics.median(times), 3), "min": round(min(times), 3), "max": round(max(times), 3)},
-            "checkpoint_write_s_median": round(statistics.median(writes), 4),
-            "what": "SIGTERM after step 5 -> the iteration ends, the ranks agree, one checkpoint, stopped.json, process exit (interpreter teardown included)"}
+    return {
+        "repeats": repeats,
+        "processes": procs,
+        "exit_codes": sorted(set(codes)),
+        "signal_to_exit_s": {
+            "median": round(statistics.median(times), 3),
+            "min": round(min(times), 3),
+            "max": round(max(times), 3),
+        },
+        "checkpoint_write_s_median": round(statistics.median(writes), 4),
+        "what": "SIGTERM after step 5 -> the iteration ends, the ranks agree, one checkpoint, stopped.json, process "
+        "exit (interpreter teardown included)",
+    }
 
 
 def checkpoint_sizes(tmp: Path, widths: list[int]) -> list[dict]:
     data = write_images_npz(tmp / "d32.npz", n=64, res=32, channels=3, classes=4)
     out = []
     for width in widths:
-        cfg = tiny_config(tmp, data, run={"name": f"w{width}", "out_dir": str(tmp / "ck"), "seed": 1},
-                          model={"z_dim": 64, "num_classes": 0, "g": {"arch": "mlp", "width": width}, "d": {"arch": "mlp", "width": width}},
-                          data={"source": "npz", "path": str(data), "resolution": 32}, checkpoint={"keep_last": 1})
+        cfg = tiny_config(
+            tmp,
+            data,
+            run={"name": f"w{width}", "out_dir": str(tmp / "ck"), "seed": 1},
+            model={
+                "z_dim": 64,
+                "num_classes": 0,
+                "g": {"arch": "mlp", "width": width},
+                "d": {"arch": "mlp", "width": width},
+            },
+            data={"source": "npz", "path": str(data), "resolution": 32},
+            checkpoint={"keep_last": 1},
+        )
         trainer = Trainer(config_from_dict(cfg))
         params = sum(p.numel() for player in trainer.players.values() for p in player.net.parameters())
         seconds = []
@@ -86,8 +129,15 @@ def checkpoint_sizes(tmp: Path, widths: list[int]) -> list[dict]:
         size = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
         trainer.release()
         trainer.backend.close()
-        out.append({"width": width, "params": params, "checkpoint_mb": round(size / 2**20, 2), "write_s_median": round(statistics.median(seconds), 4),
-                    "mb_per_s": round(size / 2**20 / statistics.median(seconds), 1)})
+        out.append(
+            {
+                "width": width,
+                "params": params,
+                "checkpoint_mb": round(size / 2**20, 2),
+                "write_s_median": round(statistics.median(seconds), 4),
+                "mb_per_s": round(size / 2**20 / statistics.median(seconds), 1),
+            }
+        )
     return out
 
 
@@ -101,7 +151,18 @@ def main() -> None:
         tmp = Path(tmp)
         stop = signal_to_exit(tmp, args.repeats, args.procs)
         sizes = checkpoint_sizes(tmp, [int(w) for w in args.widths.split(",")])
-    print(json.dumps({"bench": "preempt", "device": "cpu", "threads": torch.get_num_threads(), "stop": stop, "checkpoint_write": sizes}, indent=1))
+    print(
+        json.dumps(
+            {
+                "bench": "preempt",
+                "device": "cpu",
+                "threads": torch.get_num_threads(),
+                "stop": stop,
+                "checkpoint_write": sizes,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

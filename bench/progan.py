@@ -6,11 +6,13 @@ as warm-up), peak memory (`perf/peak_mem_mb`: resident set on a CPU, the allocat
 GPU) and what one level of the paper's CelebA-HQ schedule (800 kimg of fade + 800 of
 stabilisation) would take at that rate, then the implied total. Prints one JSON object.
 
-    python bench/progan.py [--resolutions 4,8,16,32,64,128,256] [--kimg 0.5] [--fmap-base 1024] [--fmap-max 64] [--batch 16]
+    python bench/progan.py [--resolutions 4,8,16,32,64,128,256] [--kimg 0.5] [--fmap-base 1024] [--fmap-max 64] \
+        [--batch 16]
 
 The defaults are a CPU-sized net (fmap_base 1024, fmap_max 64); the paper's is fmap_base 8192,
 fmap_max 512 (pass them on a GPU machine: --fmap-base 8192 --fmap-max 512 --resolutions ...,1024).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,21 +24,42 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bigtrain.families import load_config
 from bigtrain.engine.loop import Trainer
+from bigtrain.families import load_config
 
 PAPER_KIMG_PER_LEVEL = 800 + 800  # CelebA-HQ: fade + stabilise (the 4x4 level: 800 only)
 
 
 def level(args, res: int, data: Path, out: Path) -> dict:
     over = [
-        "recipe=progan", f"run.name=r{res}", f"run.out_dir={out}", f"data.path={data}", f"data.resolution={args.max_res}",
-        "model.z_dim=128", "model.g.arch=progan", "model.d.arch=progan", f"model.g.fmap_base={args.fmap_base}", f"model.d.fmap_base={args.fmap_base}",
-        f"model.g.fmap_max={args.fmap_max}", f"model.d.fmap_max={args.fmap_max}", "loss.type=wgan", "loss.gp_weight=10",
-        f"progan.initial_resolution={res}", "progan.training_kimg=0", "progan.transition_kimg=0", f"progan.minibatch_base={args.batch}",
-        "progan.reset_optimizer=false", f"train.batch_size={args.batch}", f"train.micro_batch={args.batch}", f"train.total_kimg={args.kimg}",
-        "backend.find_unused_parameters=true", "log.progress_bar=false", f"log.every_kimg={args.kimg / 5}", f"log.samples_every_kimg={args.kimg * 10}",
-        f"checkpoint.every_kimg={args.kimg * 10}", "ema.half_life_kimg=10",
+        "recipe=progan",
+        f"run.name=r{res}",
+        f"run.out_dir={out}",
+        f"data.path={data}",
+        f"data.resolution={args.max_res}",
+        "model.z_dim=128",
+        "model.g.arch=progan",
+        "model.d.arch=progan",
+        f"model.g.fmap_base={args.fmap_base}",
+        f"model.d.fmap_base={args.fmap_base}",
+        f"model.g.fmap_max={args.fmap_max}",
+        f"model.d.fmap_max={args.fmap_max}",
+        "loss.type=wgan",
+        "loss.gp_weight=10",
+        f"progan.initial_resolution={res}",
+        "progan.training_kimg=0",
+        "progan.transition_kimg=0",
+        f"progan.minibatch_base={args.batch}",
+        "progan.reset_optimizer=false",
+        f"train.batch_size={args.batch}",
+        f"train.micro_batch={args.batch}",
+        f"train.total_kimg={args.kimg}",
+        "backend.find_unused_parameters=true",
+        "log.progress_bar=false",
+        f"log.every_kimg={args.kimg / 5}",
+        f"log.samples_every_kimg={args.kimg * 10}",
+        f"checkpoint.every_kimg={args.kimg * 10}",
+        "ema.half_life_kimg=10",
     ]
     trainer = Trainer(load_config(None, over))
     trainer.train()
@@ -46,8 +69,13 @@ def level(args, res: int, data: Path, out: Path) -> dict:
     rates = [r["perf/img_per_s"] for r in rows[1:] if "perf/img_per_s" in r]
     img_s = statistics.median(rates)
     kimg = PAPER_KIMG_PER_LEVEL if res > 4 else PAPER_KIMG_PER_LEVEL // 2
-    return {"resolution": res, "img_per_s": round(img_s, 1), "peak_mem_mb": round(max(r.get("perf/peak_mem_mb/rank0", 0) for r in rows), 1),
-            "paper_level_kimg": kimg, "paper_level_hours_at_this_rate": round(kimg * 1000 / img_s / 3600, 1)}
+    return {
+        "resolution": res,
+        "img_per_s": round(img_s, 1),
+        "peak_mem_mb": round(max(r.get("perf/peak_mem_mb/rank0", 0) for r in rows), 1),
+        "paper_level_kimg": kimg,
+        "paper_level_hours_at_this_rate": round(kimg * 1000 / img_s / 3600, 1),
+    }
 
 
 def main() -> None:
@@ -66,13 +94,24 @@ def main() -> None:
         data = tmp / "d.npz"
         np.savez(data, x=rng.integers(0, 256, size=(256, args.max_res, args.max_res, 3), dtype=np.uint8))
         levels = [level(args, res, data, tmp / "runs") for res in resolutions]
-    print(json.dumps({
-        "bench": "progan", "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
-        "nets": f"progan fmap_base {args.fmap_base}, fmap_max {args.fmap_max}, z 128, data {args.max_res}x{args.max_res}x3; WGAN-GP; batch {args.batch}; 1 process",
-        "levels": levels,
-        "paper_schedule_hours_at_these_rates": round(sum(lv["paper_level_hours_at_this_rate"] for lv in levels), 1),
-        "note": "the paper trained CelebA-HQ 1024 (fmap_base 8192) in about 2 days on 8 V100s; these rates are of the net and device above",
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "bench": "progan",
+                "device": "cuda" if torch.cuda.is_available() else "cpu",
+                "threads": torch.get_num_threads(),
+                "nets": f"progan fmap_base {args.fmap_base}, fmap_max {args.fmap_max}, z 128, data "
+                "{args.max_res}x{args.max_res}x3; WGAN-GP; batch {args.batch}; 1 process",
+                "levels": levels,
+                "paper_schedule_hours_at_these_rates": round(
+                    sum(lv["paper_level_hours_at_this_rate"] for lv in levels), 1
+                ),
+                "note": "the paper trained CelebA-HQ 1024 (fmap_base 8192) in about 2 days on 8 V100s; these rates are "
+                "of the net and device above",
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,2 +1,3 @@
 """bigtrain: distributed, large-batch GAN training."""
+
 __version__ = "0.1.0"

@@ -7,6 +7,7 @@ diverged (TrainingDiverged: non-finite values it could not skip past) -> one lin
 a run stopped on request (a signal, RUN_DIR/STOP, the time budget) after writing its checkpoint
 -> one line, exit code 75 (run the same command again to continue).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,14 +59,18 @@ def _parameter_counts(cfg) -> str:
     streams = recipe_class(cfg).streams
     assumed = ""
     try:
-        sources = build_sources(cfg.data, streams, micro_batch=1, rank=0, world_size=1, seed=cfg.run.seed, num_classes=cfg.model.num_classes)
+        sources = build_sources(
+            cfg.data, streams, micro_batch=1, rank=0, world_size=1, seed=cfg.run.seed, num_classes=cfg.model.num_classes
+        )
         infos = {s: src.info for s, src in sources.items()}
     except BigtrainError as exc:
         info = assumed_info(cfg.data, cfg.model.num_classes)
         infos = {s: info for s in streams}
         c, h, w = info.shape
-        assumed = (f"  (the data cannot be read ({exc}); assumed {c}x{h}x{w} images"
-                   f"{f' with {info.num_classes} classes' if info.num_classes else ''}: data.channels, data.resolution)")
+        assumed = (
+            f"  (the data cannot be read ({exc}); assumed {c}x{h}x{w} images"
+            f"{f' with {info.num_classes} classes' if info.num_classes else ''}: data.channels, data.resolution)"
+        )
     try:
         recipe = build_recipe(cfg, next(iter(infos.values())))
         recipe.check_streams(infos)
@@ -80,7 +85,10 @@ def _parameter_counts(cfg) -> str:
         if not assumed:
             raise
         return f"# parameters: not counted {assumed[2:]}, and the nets cannot be built on that ({exc})"
-    text = "  ".join(f"{name} {n:,}" + (f" ({', '.join(f'{k} {v:,}' for k, v in parts)})" if parts else "") for name, n, parts in counts)
+    text = "  ".join(
+        f"{name} {n:,}" + (f" ({', '.join(f'{k} {v:,}' for k, v in parts)})" if parts else "")
+        for name, n, parts in counts
+    )
     return "# parameters: " + text + assumed
 
 
@@ -127,20 +135,33 @@ def cmd_sample(args: argparse.Namespace) -> int:
     options = {}
     if args.head is not None:
         if "head" not in inspect.signature(loaded.recipe.generate).parameters:
-            raise BigtrainError(f"--head: {loaded.path} holds a {loaded.recipe.__class__.__name__} model, which has one generator")
+            raise BigtrainError(
+                f"--head: {loaded.path} holds a {loaded.recipe.__class__.__name__} model, which has one generator"
+            )
         options["head"] = args.head
     loaded.to(device)
     if args.standing_stats:
-        loaded.standing_statistics(args.standing_stats, args.standing_batch_size, seed=args.seed, truncation=args.truncation, device=device)
+        loaded.standing_statistics(
+            args.standing_stats, args.standing_batch_size, seed=args.seed, truncation=args.truncation, device=device
+        )
     if args.interp:
         if kind != "grid" or args.class_idx is not None:
-            raise BigtrainError(f"--interp writes a PNG grid of --num rows x --steps columns (and takes no --class); got --out {out}")
-        x = loaded.interpolation(args.num, args.steps, kind=args.interp, seed=args.seed, truncation=args.truncation, device=device)
+            raise BigtrainError(
+                f"--interp writes a PNG grid of --num rows x --steps columns (and takes no --class); got --out {out}"
+            )
+        x = loaded.interpolation(
+            args.num, args.steps, kind=args.interp, seed=args.seed, truncation=args.truncation, device=device
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         save_png(sampling.image_grid(sampling.to_uint8(x), args.num, args.steps), out)
-        print(f"wrote a {args.interp} interpolation of {args.num} rows x {args.steps} steps from {loaded.path} ({'EMA' if loaded.ema else 'raw'} weights, {loaded.kimg:g} kimg) to {out}")
+        print(
+            f"wrote a {args.interp} interpolation of {args.num} rows x {args.steps} steps from {loaded.path} "
+            f"({'EMA' if loaded.ema else 'raw'} weights, {loaded.kimg:g} kimg) to {out}"
+        )
         return 0
-    x, y = loaded.generate(range(args.num), seed=args.seed, truncation=args.truncation, class_idx=args.class_idx, device=device, **options)
+    x, y = loaded.generate(
+        range(args.num), seed=args.seed, truncation=args.truncation, class_idx=args.class_idx, device=device, **options
+    )
     is_image = loaded.info.kind == "image"
     if kind != "npz" and not is_image:
         raise BigtrainError(f"{out}: the model generates vectors; write them to a .npz file")
@@ -160,7 +181,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         for i, image in enumerate(images):
             name = f"{i:06d}" + (f"_class{int(y[i])}" if y is not None else "")
             save_png(image, out / f"{name}.png")
-    print(f"wrote {args.num} samples from {loaded.path} ({'EMA' if loaded.ema else 'raw'} weights, {loaded.kimg:g} kimg) to {out}")
+    print(
+        f"wrote {args.num} samples from {loaded.path} ({'EMA' if loaded.ema else 'raw'} weights, {loaded.kimg:g} kimg) "
+        f"to {out}"
+    )
     return 0
 
 
@@ -177,18 +201,27 @@ def cmd_translate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     to_npz = out.suffix == ".npz"
     if (to_npz and out.exists()) or (not to_npz and out.exists() and (not out.is_dir() or any(out.iterdir()))):
-        raise BigtrainError(f"{out} already exists{' and is not an empty folder' if not to_npz else ''}; refusing to overwrite it")
+        raise BigtrainError(
+            f"{out} already exists{' and is not an empty folder' if not to_npz else ''}; refusing to overwrite it"
+        )
     loaded = load_generation(args.run, args.checkpoint, use_ema=not args.no_ema)
     recipe = loaded.recipe
     if not hasattr(recipe, "translate"):
-        raise BigtrainError(f"{loaded.path} holds a {recipe.cfg.recipe} model, which generates from z; translate is for the cyclegan and pix2pix recipes (use `bigtrain sample`)")
+        raise BigtrainError(
+            f"{loaded.path} holds a {recipe.cfg.recipe} model, which generates from z; translate is for the cyclegan "
+            "and pix2pix recipes (use `bigtrain sample`)"
+        )
     recipe.generator(loaded.nets, args.direction)  # ConfigError for a direction the run has no generator for
-    x, names = read_images(args.inputs, loaded.info.shape[-1], channels=recipe.image_info().shape[0], paired=args.paired)
+    x, names = read_images(
+        args.inputs, loaded.info.shape[-1], channels=recipe.image_info().shape[0], paired=args.paired
+    )
     if args.paired:
         x = recipe.input_half(x, args.direction)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded.to(device)
-    y = recipe.translate(loaded.nets, x.float().div(127.5).sub(1.0), args.direction, device=device, batch_size=args.batch_size)
+    y = recipe.translate(
+        loaded.nets, x.float().div(127.5).sub(1.0), args.direction, device=device, batch_size=args.batch_size
+    )
     if not torch.isfinite(y).all():
         raise BigtrainError(f"{loaded.path}: the generator produces non-finite output; nothing written")
     images = sampling.to_uint8(y).permute(0, 2, 3, 1).numpy()  # [N, H, W, C]
@@ -200,8 +233,11 @@ def cmd_translate(args: argparse.Namespace) -> int:
         for name, image in zip(names, images):
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             save_png(image, out / f"{name}.png")
-    print(f"translated {len(images)} images {args.direction[0]} -> {args.direction[1]} from {args.inputs} with {loaded.path} "
-          f"({'EMA' if loaded.ema else 'raw'} weights, {loaded.kimg:g} kimg) to {out}")
+    print(
+        f"translated {len(images)} images {args.direction[0]} -> {args.direction[1]} from {args.inputs} with "
+        f"{loaded.path} "
+        f"({'EMA' if loaded.ema else 'raw'} weights, {loaded.kimg:g} kimg) to {out}"
+    )
     return 0
 
 
@@ -224,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML experiment config (see configs/)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.total_kimg=100")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--print-run-dir", action="store_true", help="print the run directory (run.out_dir/run.name) and exit")
+    p.add_argument(
+        "--print-run-dir", action="store_true", help="print the run directory (run.out_dir/run.name) and exit"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate samples from a run's checkpoint")
@@ -237,7 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="use G's raw weights instead of G_ema")
     p.add_argument("--seed", type=int, default=0, help="sample i depends only on (seed, i)")
     p.add_argument("--head", type=int, default=None, help="madgan: sample only generator K (default: all, in turn)")
-    p.add_argument("--interp", choices=("z", "class"), default=None, help="a GRID.png of --num rows, each interpolating z (fixed class) or the class embedding (fixed z; biggan)")
+    p.add_argument(
+        "--interp",
+        choices=("z", "class"),
+        default=None,
+        help="a GRID.png of --num rows, each interpolating z (fixed class) or the class embedding (fixed z; biggan)",
+    )
     p.add_argument("--steps", type=int, default=8, help="--interp: images per row")
     ev.add_standing_arguments(p)
     p.set_defaults(func=cmd_sample)
@@ -245,10 +288,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("translate", help="apply a cyclegan / pix2pix run's generator to a folder or npz of images")
     p.add_argument("--run", help="run directory (its latest checkpoint is used)")
     p.add_argument("--checkpoint", help="a checkpoint folder (instead of the run's latest)")
-    p.add_argument("--direction", choices=("AB", "BA"), default="AB", help="AB: G_AB (domain A in, B out); BA: G_BA (cyclegan; pix2pix has the direction it was trained in)")
-    p.add_argument("--in", dest="inputs", required=True, help="images to translate: a folder, an .npz (x uint8 N,H,W,C) or make-shards output")
+    p.add_argument(
+        "--direction",
+        choices=("AB", "BA"),
+        default="AB",
+        help="AB: G_AB (domain A in, B out); BA: G_BA (cyclegan; pix2pix has the direction it was trained in)",
+    )
+    p.add_argument(
+        "--in",
+        dest="inputs",
+        required=True,
+        help="images to translate: a folder, an .npz (x uint8 N,H,W,C) or make-shards output",
+    )
     p.add_argument("--out", required=True, help="FILE.npz (x uint8 N,H,W,C) or a folder of PNGs named as the inputs")
-    p.add_argument("--paired", action="store_true", help="the inputs are side-by-side A|B pairs: translate the input half")
+    p.add_argument(
+        "--paired", action="store_true", help="the inputs are side-by-side A|B pairs: translate the input half"
+    )
     p.add_argument("--no-ema", action="store_true", help="use G's raw weights instead of G_ema")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward")
     p.set_defaults(func=cmd_translate)
@@ -274,12 +329,42 @@ def _tool_commands() -> list[tuple[str, str, Callable, Callable]]:
     from bigtrain.eval import commands as ev
 
     return [
-        ("make-shards", "write WebDataset tar shards + dataset.json from an image folder, npz or CIFAR batches", shard_writer.add_make_shards_arguments, shard_writer.run_make_shards),
-        ("eval", "FID / IS / KID of a run's checkpoint; prints one JSON object", ev.add_eval_arguments, lambda args: ev.run_eval(args, load_generation, process_group)),
-        ("fid", "FID between two of: data set, samples npz, statistics npz; prints one JSON object", ev.add_fid_arguments, ev.run_fid),
-        ("ref-stats", "reference statistics (mu, sigma) of a data set for FID", ev.add_ref_stats_arguments, ev.run_ref_stats),
-        ("make-toy", "write a 2-D toy data set (grid25: 25 Gaussians, VEEGAN / PacGAN) as an npz of float vectors", toy.add_make_toy_arguments, toy.run_make_toy),
-        ("export", "plain weights of a checkpoint (DeepSpeed partitions joined) for sample/eval", ex.add_export_arguments, ex.run_export),
+        (
+            "make-shards",
+            "write WebDataset tar shards + dataset.json from an image folder, npz or CIFAR batches",
+            shard_writer.add_make_shards_arguments,
+            shard_writer.run_make_shards,
+        ),
+        (
+            "eval",
+            "FID / IS / KID of a run's checkpoint; prints one JSON object",
+            ev.add_eval_arguments,
+            lambda args: ev.run_eval(args, load_generation, process_group),
+        ),
+        (
+            "fid",
+            "FID between two of: data set, samples npz, statistics npz; prints one JSON object",
+            ev.add_fid_arguments,
+            ev.run_fid,
+        ),
+        (
+            "ref-stats",
+            "reference statistics (mu, sigma) of a data set for FID",
+            ev.add_ref_stats_arguments,
+            ev.run_ref_stats,
+        ),
+        (
+            "make-toy",
+            "write a 2-D toy data set (grid25: 25 Gaussians, VEEGAN / PacGAN) as an npz of float vectors",
+            toy.add_make_toy_arguments,
+            toy.run_make_toy,
+        ),
+        (
+            "export",
+            "plain weights of a checkpoint (DeepSpeed partitions joined) for sample/eval",
+            ex.add_export_arguments,
+            ex.run_export,
+        ),
     ]
 
 

@@ -1,23 +1,20 @@
-"""Experiment configuration: nested dataclasses, YAML files and dotted command-line overrides.
-
-OmegaConf merges the layers (defaults <- YAML <- `key.sub=value` overrides) against the
-dataclass schema, so an unknown key or a value of the wrong type is an error. Value checks
-(choices, ranges) live in each section's `__post_init__`, which OmegaConf runs when the merged
-config is turned back into dataclasses. Every failure becomes one `ConfigError` naming the key.
+"""The run-level config: one dataclass per section (run, data, model, optim, train, ema, backend,
+schedule, log, checkpoint, eval), each field with its one-line comment and its checks in the
+section's `__post_init__` / `validate`, raising one `ConfigError` naming the key. The sections of
+a family (its options, the classic recipes' loss and augment) and the net section classes live
+in the families' folders; bigtrain/config_merge.py joins them with these into a recipe's schema
+and merges defaults <- YAML <- overrides into it (docs/design.md, "Layout and boundaries").
 """
+
 from __future__ import annotations
 
 import dataclasses
-import functools
 import signal
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Protocol
+from typing import Any, Dict, Optional
 
 import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from bigtrain.errors import ConfigError
 
@@ -48,16 +45,16 @@ class DataConfig:
     source: str = "npz"  # npz | shards
     path: str = ""  # npz file, or shards: dataset.json, brace pattern or list (see README)
     resolution: int = 32  # images are resized to this on load; ignored for vector data
-    channels: int = 0  # image channels as stored (checked against the data); 0 = as the data has (--dry-run without data: 3)
+    channels: int = 0  # image channels as stored (checked against the data); 0 = the data's (--dry-run: 3)
     xflip: bool = False  # random horizontal flips of real images
     num_workers: int = 0  # loader worker processes per rank (streaming sources)
     shuffle_buffer: int = 1000  # shards: samples each loader worker shuffles among; 0 = off
-    max_skipped_fraction: float = 0.01  # shards: stop when more than this share of samples read is broken (over >= 1000 read)
-    dataset_json: str = ""  # shards: dataset.json describing a pattern or URL list; default: data.path itself or the one beside local shards
-    prefetch: Optional[bool] = None  # copy the next micro-batch to the device (pinned, non-blocking) while this one trains; null = on CUDA
-    load_size: int = 0  # > resolution: load images at this size, then crop a random resolution x resolution window (the reference CycleGAN/Pix2Pix's 286 -> 256); 0 = load at resolution
-    paired: bool = False  # samples are side-by-side A|B images (pix2pix's layout): split into halves, stacked along channels (A first), cropped and flipped together
-    streams: Dict[str, Any] = field(default_factory=dict)  # recipes reading several streams (cyclegan: A, B): stream name -> data keys over these (path, ...)
+    max_skipped_fraction: float = 0.01  # shards: stop when more than this share of the samples read is broken
+    dataset_json: str = ""  # shards: the dataset.json of a pattern or URL list; default: data.path or beside the shards
+    prefetch: Optional[bool] = None  # copy the next micro-batch to the device while this one trains; null = on CUDA
+    load_size: int = 0  # > resolution: load at this size, crop a random window (CycleGAN's 286 -> 256); 0 = off
+    paired: bool = False  # side-by-side A|B images (pix2pix): halves stacked on channels (A first), cropped alike
+    streams: Dict[str, Any] = field(default_factory=dict)  # stream name -> data keys over data.* (cyclegan: A, B)
 
     def __post_init__(self) -> None:
         _check_choice("data.source", self.source, ("npz", "shards"))
@@ -65,7 +62,11 @@ class DataConfig:
         _check_positive("data.channels", self.channels, allow_zero=True)
         _check_positive("data.load_size", self.load_size, allow_zero=True)
         if 0 < self.load_size < self.resolution:
-            raise ConfigError("data.load_size", f"must be 0 or >= data.resolution ({self.resolution}): images are cropped from it, got {self.load_size}")
+            raise ConfigError(
+                "data.load_size",
+                f"must be 0 or >= data.resolution ({self.resolution}): images are cropped from it, got "
+                f"{self.load_size}",
+            )
         for name, over in self.streams.items():
             if not isinstance(over, dict) and not OmegaConf.is_dict(over):
                 raise ConfigError(f"data.streams.{name}", "must be a mapping of data keys (path, ...) over data.*")
@@ -81,7 +82,7 @@ class ModelConfig:
     d: Any = None  # discriminator: likewise
     z_dim: int = 100  # latent size
     num_classes: int = 0  # 0 = unconditional; >0 = class-conditional G and D
-    nets: Dict[str, Any] = field(default_factory=dict)  # one player's own network (lowercased name: d2, g_ab, ...): keys over its side's model.g / model.d
+    nets: Dict[str, Any] = field(default_factory=dict)  # a player's own net (d2, g_ab): keys over model.g / model.d
 
     def __post_init__(self) -> None:
         for side in ("g", "d"):
@@ -89,13 +90,17 @@ class ModelConfig:
             if net is None:
                 continue
             if net.arch != type(net).arch:  # each section class is one arch's (its default)
-                raise ConfigError(f"model.{side}", f"a {type(net).__name__} is the {type(net).arch} section, not arch {net.arch}'s")
+                raise ConfigError(
+                    f"model.{side}", f"a {type(net).__name__} is the {type(net).arch} section, not arch {net.arch}'s"
+                )
             net.validate(f"model.{side}")
         _check_positive("model.z_dim", self.z_dim)
         _check_positive("model.num_classes", self.num_classes, allow_zero=True)
         for name, over in self.nets.items():
             if not isinstance(over, dict):
-                raise ConfigError(f"model.nets.{name}", "must be a mapping of network keys (arch, width, ...) over model.g or model.d")
+                raise ConfigError(
+                    f"model.nets.{name}", "must be a mapping of network keys (arch, width, ...) over model.g or model.d"
+                )
 
 
 @dataclass
@@ -107,16 +112,21 @@ class OptimConfig:
     eps: float = 1e-8  # optimizer epsilon
     weight_decay: float = 0.0  # L2 weight decay
     grad_clip: float = 0.0  # clip the global gradient norm to this; 0 = off
-    fused: Optional[bool] = None  # torch's fused kernel (adam, sgd; accelerate backend), which skips non-finite steps without a host read; null = on CUDA
+    fused: Optional[bool] = None  # fused adam/sgd (accelerate): skips non-finite steps on the device; null = on CUDA
 
     def validate(self, prefix: str) -> None:
         _check_choice(f"{prefix}.type", self.type, OPTIMIZERS)
         if self.fused and self.type not in ("adam", "sgd"):
-            raise ConfigError(f"{prefix}.fused", f"torch has no fused {self.type}; fused kernels exist for adam and sgd")
+            raise ConfigError(
+                f"{prefix}.fused", f"torch has no fused {self.type}; fused kernels exist for adam and sgd"
+            )
         _check_positive(f"{prefix}.lr", self.lr)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"{prefix}.betas", f"needs two values in [0, 1), got {list(self.betas)}")
         _check_positive(f"{prefix}.grad_clip", self.grad_clip, allow_zero=True)
+
+
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")  # train.stop_signals by default
 
 
 @dataclass
@@ -127,14 +137,14 @@ class TrainConfig:
     d_steps: int = 1  # D updates per G update, each on a fresh real batch
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: independent loss scale per player)
     resume: str = "auto"  # auto (latest in run dir, if any) | none | path of a checkpoint folder
-    max_nonfinite: int = 10  # a player's steps in a row skipped for a non-finite loss or gradient before the run stops (exit 3)
-    channels_last: bool = False  # nets and image batches in channels-last memory format (faster convolutions on tensor-core GPUs)
-    compile: list[str] = field(default_factory=list)  # players (lowercased names: g, d, ...) whose nets run through torch.compile
+    max_nonfinite: int = 10  # a player's non-finite steps in a row (skipped) before the run stops (exit 3)
+    channels_last: bool = False  # nets and image batches channels-last (faster convolutions on tensor-core GPUs)
+    compile: list[str] = field(default_factory=list)  # players (g, d, ...) whose nets run through torch.compile
     compile_backend: str = "inductor"  # torch.compile backend for them (inductor; eager only traces, for tests)
     # stopping early with a checkpoint, exit code 75 (docs/design.md, "Preemption and requeue")
-    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGINT"])  # on any rank: checkpoint at the next iteration, exit 75
+    stop_signals: list[str] = field(default_factory=lambda: list(STOP_SIGNALS))  # on any rank: checkpoint, exit 75
     max_minutes: float = 0.0  # time budget of this process: checkpoint and exit 75 before it ends; 0 = none
-    exit_margin_minutes: float = 1.0  # least margin before the budget's end (more when checkpoints or iterations were seen to take longer)
+    exit_margin_minutes: float = 1.0  # least margin before the budget's end (more where checkpoints took longer)
     slurm_deadline: bool = True  # also end before SLURM's job end time (SLURM_JOB_END_TIME)
     lock_stale_minutes: float = 10.0  # where the filesystem has no flock: a run lock untouched this long is taken over
 
@@ -150,7 +160,9 @@ class TrainConfig:
         _check_positive("train.lock_stale_minutes", self.lock_stale_minutes)
         for name in self.stop_signals:
             if catchable_signal(name) is None:
-                raise ConfigError("train.stop_signals", f"{name!r} is not a signal that can be caught (e.g. SIGTERM, SIGUSR1, SIGINT)")
+                raise ConfigError(
+                    "train.stop_signals", f"{name!r} is not a signal that can be caught (e.g. SIGTERM, SIGUSR1, SIGINT)"
+                )
 
 
 def catchable_signal(name: str) -> Optional[signal.Signals]:
@@ -165,8 +177,8 @@ class EmaConfig:
     enabled: bool = True  # keep an exponential moving average of G's weights (G_ema)
     half_life_kimg: float = 10.0  # images over which the old weights' share halves
     rampup: Optional[float] = 0.05  # half-life <= rampup x images seen; null = no ramp-up
-    decay: Optional[float] = None  # a fixed decay per update instead of the half-life (BigGAN: 0.9999); null = from half_life_kimg
-    start_kimg: float = 0.0  # until G has seen this many kimg, G_ema is a plain copy of G (BigGAN-PyTorch's --ema_start, in images)
+    decay: Optional[float] = None  # a fixed decay per update (BigGAN: 0.9999); null = from half_life_kimg
+    start_kimg: float = 0.0  # until this many kimg, G_ema is a plain copy of G (BigGAN-PyTorch's --ema_start)
 
     def __post_init__(self) -> None:
         _check_positive("ema.half_life_kimg", self.half_life_kimg)
@@ -182,7 +194,7 @@ class BackendConfig:
     kind: str = "accelerate"  # accelerate (DDP) | deepspeed (ZeRO)
     find_unused_parameters: bool = False  # DDP option; progressive growing needs it
     zero_stage: int = 1  # deepspeed: ZeRO stage 0-3 for every player without its own JSON
-    configs: Dict[str, str] = field(default_factory=dict)  # deepspeed: player (lowercased name) -> its DeepSpeed JSON (overrides the generated one)
+    configs: Dict[str, str] = field(default_factory=dict)  # deepspeed: player -> its DeepSpeed JSON (else generated)
     g_config: str = ""  # deepspeed: the same as configs.g (kept for older configs)
     d_config: str = ""  # deepspeed: the same as configs.d
 
@@ -211,13 +223,15 @@ class CurveConfig:
         if list(self.milestones_kimg) != sorted(self.milestones_kimg):
             raise ConfigError(f"{prefix}.milestones_kimg", f"must be increasing, got {list(self.milestones_kimg)}")
         if self.shape == "linear" and self.end_kimg and self.end_kimg <= self.start_kimg:
-            raise ConfigError(f"{prefix}.end_kimg", f"must be after start_kimg ({self.start_kimg}), got {self.end_kimg}")
+            raise ConfigError(
+                f"{prefix}.end_kimg", f"must be after start_kimg ({self.start_kimg}), got {self.end_kimg}"
+            )
 
 
 @dataclass
 class ScheduleConfig:
-    lr: Dict[str, CurveConfig] = field(default_factory=dict)  # player (lowercased name) -> factor on optim.<player>.lr over kimg
-    batch: list[list[float]] = field(default_factory=list)  # [[kimg, global batch], ...]: from kimg on, train.batch_size becomes this
+    lr: Dict[str, CurveConfig] = field(default_factory=dict)  # player -> factor on optim.<player>.lr over kimg
+    batch: list[list[float]] = field(default_factory=list)  # [[kimg, global batch], ...]: the global batch from kimg on
 
     def __post_init__(self) -> None:
         for name, curve in self.lr.items():
@@ -225,7 +239,9 @@ class ScheduleConfig:
         last = -1.0
         for i, entry in enumerate(self.batch):
             if len(entry) != 2 or entry[0] < 0 or entry[1] < 1 or entry[1] != int(entry[1]):
-                raise ConfigError(f"schedule.batch[{i}]", f"needs [kimg >= 0, batch size >= 1 (whole)], got {list(entry)}")
+                raise ConfigError(
+                    f"schedule.batch[{i}]", f"needs [kimg >= 0, batch size >= 1 (whole)], got {list(entry)}"
+                )
             if entry[0] <= last:
                 raise ConfigError(f"schedule.batch[{i}]", f"kimg values must increase, got {entry[0]} after {last}")
             last = entry[0]
@@ -276,16 +292,18 @@ class EvalConfig:
         if self.every_kimg > 0 and not self.metrics:
             raise ConfigError("eval.metrics", "is empty but eval.every_kimg > 0")
         if self.every_kimg > 0 and not self.ref_stats and {"fid", "kid"} & set(self.metrics):
-            raise ConfigError("eval.ref_stats", "fid and kid need reference statistics (make them with `bigtrain ref-stats`)")
+            raise ConfigError(
+                "eval.ref_stats", "fid and kid need reference statistics (make them with `bigtrain ref-stats`)"
+            )
 
 
 @dataclass
 class Config:
-    recipe: str = "gan"  # model family's recipe (bigtrain.families): gan, began, gman, madgan, progan, biggan, cyclegan, ...; its options sit under its name
+    recipe: str = "gan"  # the family's recipe (bigtrain.families): gan, progan, biggan, ...; its options under its name
     run: RunConfig = field(default_factory=RunConfig)  # naming, output folder, seed
     data: DataConfig = field(default_factory=DataConfig)  # training data source
     model: ModelConfig = field(default_factory=ModelConfig)  # G and D architectures
-    optim: Dict[str, OptimConfig] = field(default_factory=dict)  # one optimizer per player, by lowercased name (g, d, d2, ...); a missing one has the defaults
+    optim: Dict[str, OptimConfig] = field(default_factory=dict)  # per player, lowercased (g, d, d2, ...); else defaults
     train: TrainConfig = field(default_factory=TrainConfig)  # length, batch, precision, resume
     ema: EmaConfig = field(default_factory=EmaConfig)  # moving average of G
     backend: BackendConfig = field(default_factory=BackendConfig)  # distributed engine
@@ -298,223 +316,17 @@ class Config:
         for name, optim in self.optim.items():
             optim.validate(f"optim.{name}")
             if optim.fused and self.backend.kind == "deepspeed":
-                raise ConfigError(f"optim.{name}.fused", "is for the accelerate backend; DeepSpeed steps its own optimizer (its JSON may name FusedAdam)")
+                raise ConfigError(
+                    f"optim.{name}.fused",
+                    "is for the accelerate backend; DeepSpeed steps its own optimizer (its JSON may name FusedAdam)",
+                )
         if self.train.channels_last and self.backend.kind == "deepspeed":
             # deepspeed.initialize broadcasts each parameter viewed as bytes, which needs a unit last stride
-            raise ConfigError("train.channels_last", "is for the accelerate backend: DeepSpeed cannot set up channels-last weights (and its flat ZeRO buffers would make them contiguous again)")
-
-
-def _to_object(merged: Any) -> Config:
-    """Turn a merged OmegaConf tree into dataclasses, naming the key of a failed value check."""
-    try:
-        return OmegaConf.to_object(merged)
-    except ConfigError:
-        raise
-    except OmegaConfBaseException as exc:
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        raise ConfigError(getattr(exc, "full_key", "") or "config", _first_line(exc)) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _last(layers: list[Any], path: tuple[str, ...], default: Any) -> Any:
-    """The value at `path` in the last layer that sets it (not null), before validation."""
-    value = default
-    for layer in layers:
-        node = OmegaConf.to_container(layer) if OmegaConf.is_config(layer) else layer
-        for key in path:
-            node = node.get(key) if isinstance(node, dict) else None
-        if node is not None:
-            value = node
-    return value
-
-
-class Catalog(Protocol):
-    """What the loader needs of the family registry (bigtrain.families.registry()), handed to it:
-    this module imports no family, so every family can import it."""
-
-    def recipe_name(self, lookup: Callable[[tuple[str, ...]], Any]) -> Any:
-        """The recipe the layers select (`lookup(path)`: the last value set at path, or None)."""
-
-    def recipe_names(self) -> list[str]: ...
-
-    def sections(self, recipe: str) -> dict[str, type]:
-        """The recipe's own top-level sections, name -> dataclass (its options, loss, ...)."""
-
-    def all_sections(self) -> dict[str, type]:
-        """Every section some recipe declares (to recognise an old save's untouched ones)."""
-
-    def net_config(self, side: str, arch: Any, key: str) -> type:
-        """The `side` ("g"/"d") section class of `arch`; ConfigError naming `key` if unknown."""
-
-    def renamed(self) -> dict[str, tuple[str, Any]]:
-        """Old dotted key -> (its new dotted key, its default), accepted for one release."""
-
-
-# The shared NetConfig that every `model.g` / `model.d` section had before per-architecture
-# classes; configs and checkpoints of that time hold every one of these keys (docs/design.md).
-OLD_NET_DEFAULTS = {"arch": "dcgan", "width": 64, "depth": 2, "norm": "batch", "cond": "auto", "spectral_norm": False,
-                    "h_dim": 64, "mbstd_group": 0, "mbstd_channels": 1, "pack": 1}  # G's; D's norm was none
-DEFAULT_ARCH = "dcgan"  # model.g.arch / model.d.arch when no layer sets them
-SIDE_NAMES = {"g": "generator", "d": "discriminator"}
-
-
-def _fields(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-def _drop_old_defaults(layer: dict, nets: dict[str, type]) -> dict:
-    """`layer` without the untouched fields of an old shared-NetConfig section.
-
-    A net section holding every OLD_NET_DEFAULTS key was written before per-architecture
-    classes (a checkpoint's config or a run's config.yaml). A key its class does not have is
-    dropped when it holds the old default, i.e. nobody set it; any other value stays and is
-    refused like a key set by hand. New sections never hold all those keys, so this exception
-    does not reach them (docs/design.md, "Network config per architecture").
-    """
-    model = layer.get("model")
-    if not isinstance(model, dict):
-        return layer
-    model = dict(model)
-    for side, cls in nets.items():
-        net = model.get(side)
-        if isinstance(net, dict) and net.keys() >= OLD_NET_DEFAULTS.keys():
-            old = {**OLD_NET_DEFAULTS, "norm": "none"} if side == "d" else OLD_NET_DEFAULTS
-            keep = set(_fields(cls))
-            model[side] = {k: v for k, v in net.items() if k in keep or k not in old or v != old[k]}
-    return {**layer, "model": model}
-
-
-def _move_renamed(layer: dict, recipe: str, sections: dict[str, type], catalog: Catalog, saved: bool) -> dict:
-    """`layer` with each old spelling of a key (catalog.renamed()) moved to its new place, with a
-    warning naming the new key (none for a saved config, which the user did not write). An old
-    key whose new section this recipe lacks is dropped when it holds its default, else refused."""
-    for old, (new, default) in catalog.renamed().items():
-        section, _, key = old.partition(".")
-        values = layer.get(section)
-        if not isinstance(values, dict) or key not in values:
-            continue
-        values = dict(values)
-        value = values.pop(key)
-        layer = {**layer, section: values}
-        new_section, _, new_key = new.partition(".")
-        if new_section not in sections:
-            if value != default:
-                raise ConfigError(old, f"is now {new}, which recipe {recipe} does not read")
-            continue
-        if not saved:
-            warnings.warn(f"{old} is now {new}; the old spelling is read for one more release", FutureWarning, stacklevel=4)
-        target = dict(layer.get(new_section) or {})
-        target.setdefault(new_key, value)
-        layer = {**layer, new_section: target}
-    return layer
-
-
-def _drop_untouched_sections(layer: dict, sections: dict[str, type], catalog: Catalog) -> dict:
-    """A saved config without the sections its recipe no longer declares, where they hold their
-    defaults (older saves held every section; e.g. an image-to-image run's unused `loss`)."""
-    known = catalog.all_sections()
-    unused = [name for name in layer if name in known and name not in sections
-              and isinstance(layer[name], dict) and layer[name] == dataclasses.asdict(known[name]())]
-    return {k: v for k, v in layer.items() if k not in unused}
-
-
-def _reason(exc: OmegaConfBaseException, key: str, nets: dict[str, type]) -> str:
-    """OmegaConf's message, or for a key a net section's class lacks, which keys it has."""
-    parts = key.split(".")
-    if isinstance(exc, ConfigKeyError) and len(parts) == 3 and parts[0] == "model" and parts[1] in nets:
-        cls = nets[parts[1]]
-        return f"the {cls.arch} {SIDE_NAMES[parts[1]]} has no key {parts[2]!r}; its keys: {', '.join(_fields(cls))}"
-    return _first_line(exc)
-
-
-def schema(recipe: str, catalog: Catalog) -> type:
-    """The Config dataclass for `recipe`: Config plus the recipe's sections (its options, and the
-    shared ones it reads, such as loss)."""
-    return _schema(recipe, tuple(catalog.sections(recipe).items()))
-
-
-@functools.lru_cache(maxsize=None)
-def _schema(recipe: str, sections: tuple[tuple[str, type], ...]) -> type:
-    # one class per recipe and sections, so that two configs of one recipe compare equal
-    if not sections:
-        return Config
-    return dataclasses.make_dataclass(f"Config_{recipe}", [(name, cls, field(default_factory=cls)) for name, cls in sections], bases=(Config,))
-
-
-def _merge(layers: list[Any], origin: str, catalog: Catalog, saved: bool = False) -> Any:
-    layers = [OmegaConf.to_container(layer) if OmegaConf.is_config(layer) else layer for layer in layers]
-    recipe = catalog.recipe_name(lambda path: _last(layers, path, None))
-    if recipe is None:
-        recipe = Config.recipe
-    if not isinstance(recipe, str):
-        raise ConfigError("recipe", f"must be a name (in {origin})")
-    if recipe not in catalog.recipe_names():
-        raise ConfigError("recipe", f"unknown recipe {recipe!r}; choose one of {', '.join(sorted(catalog.recipe_names()))}")
-    sections = catalog.sections(recipe)
-    # each net section's class follows its arch, the last one the layers set
-    nets = {side: catalog.net_config(side, _last(layers, ("model", side, "arch"), DEFAULT_ARCH), f"model.{side}.arch") for side in SIDE_NAMES}
-    merged = OmegaConf.structured(schema(recipe, catalog)(model=ModelConfig(g=nets["g"](), d=nets["d"]())))
-    for layer in layers:
-        layer = _move_renamed(_drop_old_defaults(layer, nets), recipe, sections, catalog, saved)
-        if saved:
-            layer = _drop_untouched_sections(layer, sections, catalog)
-        try:
-            merged = OmegaConf.merge(merged, layer)
-        except OmegaConfBaseException as exc:
-            key = getattr(exc, "full_key", "") or origin
-            raise ConfigError(key, f"{_reason(exc, key, nets)} (in {origin})") from None
-    merged.recipe = recipe  # the name it resolved to (an alias, such as loss.type began, becomes its recipe)
-    return merged
-
-
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML config file into a plain dict, with one clear error for a bad file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(str(path), "config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), f"not valid YAML: {_first_line(exc)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(str(path), "top level must be a mapping of sections")
-    return data
-
-
-def parse_overrides(overrides: list[str]) -> list[Any]:
-    """`key.sub=value` strings -> OmegaConf layers (values parsed as YAML)."""
-    layers = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(item, "override must look like key.sub=value")
-        try:
-            layers.append(OmegaConf.from_dotlist([f"{key.strip()}={value}"]))
-        except OmegaConfBaseException as exc:
-            raise ConfigError(key, _first_line(exc)) from None
-    return layers
-
-
-def load_config(path: str | Path | None, overrides: list[str] | None, catalog: Catalog) -> Config:
-    """Defaults <- YAML file <- overrides, validated against the recipe's schema from `catalog`
-    (bigtrain.families.load_config passes the registry). Raises ConfigError naming the key."""
-    layers: list[Any] = []
-    if path is not None:
-        layers.append(load_yaml(path))
-    extra = parse_overrides(overrides or [])
-    _merge(layers, str(path) if path else "defaults", catalog)  # names the file for errors in the file
-    return _to_object(_merge([*layers, *extra], "command line" if extra else str(path) if path else "defaults", catalog))
-
-
-def config_from_dict(data: dict, catalog: Catalog) -> Config:
-    """Validate a saved config given as a nested dict (e.g. read back from a checkpoint)."""
-    return _to_object(_merge([data], "dict", catalog, saved=True))
+            raise ConfigError(
+                "train.channels_last",
+                "is for the accelerate backend: DeepSpeed cannot set up channels-last weights (and its flat ZeRO "
+                "buffers would make them contiguous again)",
+            )
 
 
 def to_dict(cfg: Config) -> dict:

@@ -1,4 +1,5 @@
 """`bigtrain demo`: a class-conditional DCGAN on the digits data set that ships with scikit-learn."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,5 +35,7 @@ def run_demo(out_dir: str, overrides: list[str]) -> int:
     if not data.is_file():
         write_digits_npz(data)
     parser = build_parser()
-    args = parse_arguments(parser, ["train", str(DEMO_CONFIG), f"run.out_dir={out_dir}", f"data.path={data}", *overrides])
+    args = parse_arguments(
+        parser, ["train", str(DEMO_CONFIG), f"run.out_dir={out_dir}", f"data.path={data}", *overrides]
+    )
     return args.func(args)

@@ -1,11 +1,14 @@
 """Errors that the command line reports as one line: bad input (exit code 2), a diverged run (3),
 a run stopped on request with a checkpoint (75)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
-EXIT_STOPPED = 75  # sysexits' EX_TEMPFAIL: checkpointed on request (signal, stop file, time budget); run it again to continue
+EXIT_STOPPED = (
+    75  # sysexits' EX_TEMPFAIL: checkpointed on request (signal, stop file, time budget); run it again to continue
+)
 
 
 class BigtrainError(Exception):
@@ -39,5 +42,7 @@ class Stopped(Exception):
     the same command continues it (docs/design.md, "Preemption and requeue")."""
 
     def __init__(self, reason: str, step: int, checkpoint: Optional[Path]):
-        super().__init__(f"stopped at step {step} ({reason}) after writing {checkpoint}; run the same command again to continue")
+        super().__init__(
+            f"stopped at step {step} ({reason}) after writing {checkpoint}; run the same command again to continue"
+        )
         self.reason, self.step, self.checkpoint = reason, step, checkpoint

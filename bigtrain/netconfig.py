@@ -5,6 +5,7 @@ holding exactly the keys its net reads (docs/design.md, "Network config per arch
 they build on `NetConfig` and the mixins here, one per key that several nets read. The registry
 (bigtrain.families) hands the arch -> class map to the config loader.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,8 @@ class NetConfig:
     declares exactly the keys that net reads (docs/design.md, "Network config per architecture")."""
 
     norms: ClassVar[tuple[str, ...]] = NORMS  # the values `norm` may take, in the classes that have it
-    arch: str = "dcgan"  # an architecture of the registry (bigtrain.families); picks this section's class, and so its other keys
-    width: int = 64  # dcgan: channels at res/2 (doubled at each halving); sngan: channel multiple; began: filters; mlp, grid: hidden units
+    arch: str = "dcgan"  # an architecture of the registry (bigtrain.families): picks this section's class and keys
+    width: int = 64  # dcgan: channels at res/2, doubled per halving; sngan: channel multiple; began: filters
 
     def validate(self, prefix: str) -> None:
         """Value checks of this class's keys, each error naming `prefix.key`."""

@@ -3,6 +3,7 @@
 That makes distributed generation exact: rank r can produce indices r, r+W, r+2W, ... of N,
 and the union over ranks equals what one process produces.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -93,8 +94,17 @@ def batch_norms(G: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @torch.no_grad()
-def standing_statistics(G: nn.Module, *, z_dim: int, num_classes: int, batches: int, batch_size: int, seed: int,
-                        truncation: float | None = None, device: torch.device | str = "cpu") -> int:
+def standing_statistics(
+    G: nn.Module,
+    *,
+    z_dim: int,
+    num_classes: int,
+    batches: int,
+    batch_size: int,
+    seed: int,
+    truncation: float | None = None,
+    device: torch.device | str = "cpu",
+) -> int:
     """Re-estimate G's batch-norm running statistics from G's own samples, as BigGAN-PyTorch's
     `accumulate_standing_stats` does before sampling: every BN's statistics are reset and become
     the plain mean over `batches` training-mode batches of `batch_size` (momentum None), drawn
@@ -129,8 +139,18 @@ def standing_statistics(G: nn.Module, *, z_dim: int, num_classes: int, batches: 
 
 
 @torch.no_grad()
-def interpolation(G: nn.Module, *, z_dim: int, num_classes: int, rows: int, steps: int, seed: int, kind: str,
-                  truncation: float | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+def interpolation(
+    G: nn.Module,
+    *,
+    z_dim: int,
+    num_classes: int,
+    rows: int,
+    steps: int,
+    seed: int,
+    kind: str,
+    truncation: float | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """An interpolation grid, `rows` x `steps` images [rows * steps, C, H, W] in [-1, 1] on CPU.
 
     kind "z": row r goes linearly from the latent of sample 2r to that of 2r + 1, at the class of
@@ -140,7 +160,10 @@ def interpolation(G: nn.Module, *, z_dim: int, num_classes: int, rows: int, step
     if steps < 2:
         raise ValueError(f"an interpolation needs at least 2 steps, got {steps}")
     if kind == "class" and (num_classes == 0 or not hasattr(G, "embed")):
-        raise ValueError(f"class interpolation needs a class-conditional G with a class embedding (biggan's); {type(G).__name__} has none")
+        raise ValueError(
+            f"class interpolation needs a class-conditional G with a class embedding (biggan's); {type(G).__name__} "
+            "has none"
+        )
     if kind not in ("z", "class"):
         raise ValueError(f"interpolate z or class, not {kind!r}")
     t = torch.linspace(0, 1, steps)[None, :, None]  # [1, S, 1]

@@ -5,6 +5,7 @@ and the recipe's own values (a resolution, a fade alpha, ...). Because nothing i
 anything but `nimg` and the config, a resumed run derives the same plan as an uninterrupted
 one (docs/design.md, "Schedule").
 """
+
 from __future__ import annotations
 
 import bisect
@@ -48,7 +49,15 @@ def batch_size(cfg: ScheduleConfig, nimg: int, default: int) -> int:
     return size
 
 
-def make_plan(cfg: ScheduleConfig, nimg: int, *, base_lr: dict[str, float], default_batch: int, total_kimg: float, values: dict[str, float] | None = None) -> Plan:
+def make_plan(
+    cfg: ScheduleConfig,
+    nimg: int,
+    *,
+    base_lr: dict[str, float],
+    default_batch: int,
+    total_kimg: float,
+    values: dict[str, float] | None = None,
+) -> Plan:
     """The plan at `nimg` for players with `base_lr` (name -> optim.<name>.lr)."""
     batch = batch_size(cfg, nimg, default_batch)
     lr = {}

@@ -1,4 +1,5 @@
 """Seeds derived from several integers, so every stream has its own reproducible generator."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -6,6 +6,7 @@ Throughput counts training only: time spent in `maintenance()` (grids, checkpoin
 is reported apart, as `perf/maintenance_s`, with each rank's peak memory. Only the main process
 writes files.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,7 +64,9 @@ class Tracker:
             if progress_bar:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=total_img, initial=start_img, unit="img", unit_scale=True, dynamic_ncols=True, smoothing=0.1)
+                self.bar = tqdm(
+                    total=total_img, initial=start_img, unit="img", unit_scale=True, dynamic_ncols=True, smoothing=0.1
+                )
 
     def report(self, name: str, value: torch.Tensor | float) -> None:
         """Add one observation of a statistic (averaged over observations and ranks at flush)."""
@@ -106,13 +109,15 @@ class Tracker:
         # each rank's peak memory in its own slot: the mean over ranks times their number gives every slot back
         peaks = torch.zeros(self.world_size, device=self.device)
         peaks[self.rank] = _peak_memory_mb(self.device)
-        values = self.reduce_mean(torch.cat([*(m.reshape(1) for m in means), peaks])).tolist()  # the one host sync per flush
+        values = self.reduce_mean(
+            torch.cat([*(m.reshape(1) for m in means), peaks])
+        ).tolist()  # the one host sync per flush
         record.update({n: v for n, v in zip(names, values)})
         train_s = now - self._last_time - self._maintenance
         if train_s > 0 and nimg > self._last_img:
             record["perf/img_per_s"] = (nimg - self._last_img) / train_s
         record["perf/maintenance_s"] = self._maintenance
-        record.update({f"perf/peak_mem_mb/rank{r}": v * self.world_size for r, v in enumerate(values[len(names):])})
+        record.update({f"perf/peak_mem_mb/rank{r}": v * self.world_size for r, v in enumerate(values[len(names) :])})
         record.update(extra or {})
         self.sums.clear()
         self.counts.clear()

@@ -8,6 +8,7 @@ rank, position): `batches(start)` resumes right after the first `start` samples,
 the loop needs to save for an exact resume (positions are counted in samples, so they stay
 meaningful when the number of accumulation rounds changes).
 """
+
 from __future__ import annotations
 
 import zlib
@@ -56,7 +57,9 @@ class Source(Protocol):
         ...
 
 
-def build_source(cfg: DataConfig, *, micro_batch: int, rank: int, world_size: int, seed: int, num_classes: int = 0) -> Source:
+def build_source(
+    cfg: DataConfig, *, micro_batch: int, rank: int, world_size: int, seed: int, num_classes: int = 0
+) -> Source:
     """The data source named by `data.source`. `num_classes` (model.num_classes) lets shards
     that no dataset.json describes serve the labels of their `.cls` / `.label` members."""
     if not cfg.path:
@@ -68,7 +71,9 @@ def build_source(cfg: DataConfig, *, micro_batch: int, rank: int, world_size: in
     elif cfg.source == "shards":
         from bigtrain.data.shards import ShardSource
 
-        source = ShardSource(cfg, micro_batch=micro_batch, rank=rank, world_size=world_size, seed=seed, num_classes=num_classes)
+        source = ShardSource(
+            cfg, micro_batch=micro_batch, rank=rank, world_size=world_size, seed=seed, num_classes=num_classes
+        )
     else:
         raise ConfigError("data.source", f"unknown source {cfg.source!r}")
     channels = source.info.shape[0] // (2 if cfg.paired else 1)
@@ -113,26 +118,54 @@ def stream_config(cfg: DataConfig, stream: str) -> DataConfig:
     return out
 
 
-def build_sources(cfg: DataConfig, streams: tuple[str, ...], *, micro_batch: int, rank: int, world_size: int, seed: int, num_classes: int = 0) -> dict[str, Source]:
+def build_sources(
+    cfg: DataConfig,
+    streams: tuple[str, ...],
+    *,
+    micro_batch: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    num_classes: int = 0,
+) -> dict[str, Source]:
     """One source per stream a recipe reads. The single stream `real` is data.* itself, seeded as
     ever; several streams each come from data.streams.<name> over data.*, each with its own seed
     (so two streams of one file still draw independent orders)."""
     if tuple(streams) == SINGLE_STREAM:
         if cfg.streams:
-            raise ConfigError("data.streams", f"this recipe reads one stream (data.* itself), not {', '.join(sorted(cfg.streams))}; remove data.streams")
-        return {"real": build_source(cfg, micro_batch=micro_batch, rank=rank, world_size=world_size, seed=seed, num_classes=num_classes)}
+            raise ConfigError(
+                "data.streams",
+                f"this recipe reads one stream (data.* itself), not {', '.join(sorted(cfg.streams))}; remove "
+                "data.streams",
+            )
+        return {
+            "real": build_source(
+                cfg, micro_batch=micro_batch, rank=rank, world_size=world_size, seed=seed, num_classes=num_classes
+            )
+        }
     for name in cfg.streams:
         if name not in streams:
-            raise ConfigError(f"data.streams.{name}", f"this recipe reads no stream {name!r}; its streams are {', '.join(streams)}")
+            raise ConfigError(
+                f"data.streams.{name}", f"this recipe reads no stream {name!r}; its streams are {', '.join(streams)}"
+            )
     from bigtrain.seeding import derive_seed
 
     sources = {}
     for name in streams:
         if name not in cfg.streams:
-            raise ConfigError(f"data.streams.{name}", f"is missing: this recipe reads the streams {', '.join(streams)}; give each its data keys (path, ...)")
+            raise ConfigError(
+                f"data.streams.{name}",
+                f"is missing: this recipe reads the streams {', '.join(streams)}; give each its data keys (path, ...)",
+            )
         try:
-            sources[name] = build_source(stream_config(cfg, name), micro_batch=micro_batch, rank=rank, world_size=world_size,
-                                         seed=derive_seed(seed, zlib.crc32(name.encode())), num_classes=num_classes)
+            sources[name] = build_source(
+                stream_config(cfg, name),
+                micro_batch=micro_batch,
+                rank=rank,
+                world_size=world_size,
+                seed=derive_seed(seed, zlib.crc32(name.encode())),
+                num_classes=num_classes,
+            )
         except ConfigError as exc:
             if not exc.key.startswith("data."):
                 raise

@@ -1,5 +1,6 @@
 """Images in and out: the sources make-shards reads (image folders, npz files, CIFAR batches),
 and encoding/decoding between image bytes and uint8 arrays (shared with the shard reader)."""
+
 from __future__ import annotations
 
 import io
@@ -81,7 +82,8 @@ def encode_image(array: np.ndarray, image_format: str, quality: int) -> bytes:
 # with spaces. Matching it directly costs ~2 us; numpy's header parser (ast) costs ~50 us, about
 # what decoding a 32x32 PNG costs.
 _RAW_HEADER = re.compile(
-    rb"\x93NUMPY\x01\x00(..)\{'descr': '\|u1', 'fortran_order': False, 'shape': \((\d+), (\d+), (\d+)\), \} *\n", re.DOTALL
+    rb"\x93NUMPY\x01\x00(..)\{'descr': '\|u1', 'fortran_order': False, 'shape': \((\d+), (\d+), (\d+)\), \} *\n",
+    re.DOTALL,
 )
 
 
@@ -137,7 +139,9 @@ class FolderReader:
         top_files = _image_files(root, recursive=False)
         if class_dirs:
             if top_files:
-                raise DataError(f"{root}: holds both images ({top_files[0].name}, ...) and class folders; use one layout")
+                raise DataError(
+                    f"{root}: holds both images ({top_files[0].name}, ...) and class folders; use one layout"
+                )
             self.kind = "class_folder"
             self.class_names = [d.name for d in class_dirs]
             self.files, self.labels = [], []
@@ -258,7 +262,7 @@ def _unpickle(path: Path) -> dict:
 
 
 def cifar_kind(folder: Path) -> Optional[str]:
-    """"cifar10" / "cifar100" when `folder` holds the CIFAR "python version" batch files."""
+    """ "cifar10" / "cifar100" when `folder` holds the CIFAR "python version" batch files."""
     for kind, files in CIFAR_SPLITS.items():
         if any((folder / name).is_file() for name in files["train"] + files["test"]) and (
             kind == "cifar10" or (folder / files["meta"]).is_file()

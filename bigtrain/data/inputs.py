@@ -4,6 +4,7 @@
 An `.npz` (x uint8 N,H,W,C or N,C,H,W), an image folder (flat, sorted by name), or make-shards
 output (a dataset.json or brace pattern; one pass over every shard in order).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,7 +17,9 @@ from bigtrain.data.transforms import resize_images, split_pair
 from bigtrain.errors import DataError
 
 
-def read_images(path: str | Path, resolution: int, *, channels: int, paired: bool = False) -> tuple[torch.Tensor, list[str]]:
+def read_images(
+    path: str | Path, resolution: int, *, channels: int, paired: bool = False
+) -> tuple[torch.Tensor, list[str]]:
     """Every image of `path` as uint8 [N, C, resolution, resolution] (C = channels, 2 x channels
     when `paired`: side-by-side A|B images split as in training), with a name per image."""
     text = str(path)
@@ -50,7 +53,9 @@ def read_images(path: str | Path, resolution: int, *, channels: int, paired: boo
         raise DataError(f"{p}: no such file or folder")
     want = channels * (2 if paired else 1)
     if x.shape[1] != want:
-        raise DataError(f"{path}: images have {x.shape[1] // (2 if paired else 1)} channels, the model reads {channels}")
+        raise DataError(
+            f"{path}: images have {x.shape[1] // (2 if paired else 1)} channels, the model reads {channels}"
+        )
     if len(x) == 0:
         raise DataError(f"{path}: holds no images")
     return x, names
@@ -60,7 +65,13 @@ def _read_shards(path: str, resolution: int, channels: int, paired: bool) -> tup
     from bigtrain.config import DataConfig
     from bigtrain.data.shards import ShardSource
 
-    source = ShardSource(DataConfig(source="shards", path=path, resolution=resolution, paired=paired, shuffle_buffer=0), micro_batch=1, rank=0, world_size=1, seed=0)
+    source = ShardSource(
+        DataConfig(source="shards", path=path, resolution=resolution, paired=paired, shuffle_buffer=0),
+        micro_batch=1,
+        rank=0,
+        world_size=1,
+        seed=0,
+    )
     samples = list(source.samples(resampled=False))
     if not samples:
         raise DataError(f"{path}: holds no images")

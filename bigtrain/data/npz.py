@@ -1,4 +1,5 @@
 """In-memory data from one `.npz` file: images (uint8) or float vectors, optional labels."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +15,9 @@ from bigtrain.errors import ConfigError, DataError
 from bigtrain.seeding import generator
 
 
-def load_npz(path: str | Path, resolution: int | None = None, paired: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def load_npz(
+    path: str | Path, resolution: int | None = None, paired: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Read `x` (and `y`) from an npz file; images come back as uint8 [N, C, H, W].
 
     `x` may be uint8 images N,H,W,C or N,C,H,W with 1 or 3 channels, or float vectors N,D.
@@ -37,7 +40,9 @@ def load_npz(path: str | Path, resolution: int | None = None, paired: bool = Fal
     x_t = _images_or_vectors(x, path)
     if paired:
         if x_t.dtype != torch.uint8:
-            raise DataError(f"{path}: data.paired needs side-by-side A|B images, got vectors of shape {tuple(x_t.shape)}")
+            raise DataError(
+                f"{path}: data.paired needs side-by-side A|B images, got vectors of shape {tuple(x_t.shape)}"
+            )
         try:
             x_t = split_pair(x_t)
         except ValueError as exc:
@@ -73,7 +78,8 @@ class NpzSource:
 
     The stream of one rank is the concatenation of per-epoch permutations, each drawn from a
     generator seeded by (seed, rank, epoch); with `xflip`, each epoch also draws which samples
-    are mirrored, and with `data.load_size` > `data.resolution` where each sample is cropped. So sample k of the stream is a pure function of (seed, rank, k), and resuming
+    are mirrored, and with `data.load_size` > `data.resolution` where each sample is cropped. So sample k of the
+    stream is a pure function of (seed, rank, k), and resuming
     needs only the number of samples served.
     """
 
@@ -98,7 +104,9 @@ class NpzSource:
         gen = generator(self.seed, self.rank, epoch)
         order = torch.randperm(len(self.x), generator=gen)
         flips = torch.rand(len(self.x), generator=gen) < 0.5 if self.xflip else None
-        corners = crop_offsets(len(self.x), self.x.shape[-1], self.size, gen) if self.cropped else None  # [N, 2], drawn last: older streams unchanged
+        corners = (
+            crop_offsets(len(self.x), self.x.shape[-1], self.size, gen) if self.cropped else None
+        )  # [N, 2], drawn last: older streams unchanged
         return order, flips, corners
 
     def batches(self, start: int = 0, size: Optional[int] = None) -> Iterator[Batch]:

@@ -11,6 +11,7 @@ Output is a pure function of (input, options, seed): workers encode in parallel 
 written in the seeded order (`Pool.imap` keeps it), tar headers carry no times or owners, and
 dataset.json records neither timings nor the worker count.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,15 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from bigtrain.data.images import RESIZE_FILTERS, ArrayReader, FolderReader, encode_image, open_source, to_hwc, with_channels
+from bigtrain.data.images import (
+    RESIZE_FILTERS,
+    ArrayReader,
+    FolderReader,
+    encode_image,
+    open_source,
+    to_hwc,
+    with_channels,
+)
 from bigtrain.errors import ConfigError, DataError
 
 DATASET_JSON = "dataset.json"
@@ -67,7 +76,9 @@ def prepare_image(image: Image.Image, opts: ImageOptions) -> Image.Image:
     return image
 
 
-def encode_sample(reader: FolderReader | ArrayReader, opts: ImageOptions, index: int) -> tuple[int, bytes, Optional[int], tuple[int, int]]:
+def encode_sample(
+    reader: FolderReader | ArrayReader, opts: ImageOptions, index: int
+) -> tuple[int, bytes, Optional[int], tuple[int, int]]:
     """(index, encoded image, label, (H, W)) of one source sample."""
     image, label = reader.load(index)
     image = prepare_image(image, opts)
@@ -167,7 +178,9 @@ class ShardSink:
     def _close_shard(self) -> None:
         self._tar.close()
         self._file.close()
-        self.shards[-1].update(num_samples=self._count, bytes=self._hashing.size, sha256=self._hashing.sha256.hexdigest())
+        self.shards[-1].update(
+            num_samples=self._count, bytes=self._hashing.size, sha256=self._hashing.sha256.hexdigest()
+        )
         self._tar = self._file = self._hashing = None
 
 
@@ -222,7 +235,12 @@ def make_shards(
     encoded = _encoded(reader, opts, order, workers)
     try:
         size = None
-        bar = tqdm(total=len(reader), unit="file" if isinstance(reader, FolderReader) else "img", desc="make-shards", disable=not progress)
+        bar = tqdm(
+            total=len(reader),
+            unit="file" if isinstance(reader, FolderReader) else "img",
+            desc="make-shards",
+            disable=not progress,
+        )
         for index, data, label, hw in encoded:
             if size is None:
                 size = hw
@@ -250,7 +268,11 @@ def make_shards(
             "crop": crop,
             "resize_filter": resize_filter,
             "seed": seed,
-            "source": {"kind": reader.kind, "path": str(Path(src).resolve()), **({"split": split} if reader.kind.startswith("cifar") else {})},
+            "source": {
+                "kind": reader.kind,
+                "path": str(Path(src).resolve()),
+                **({"split": split} if reader.kind.startswith("cifar") else {}),
+            },
             "shards": shards,
         }
         (staging / DATASET_JSON).write_text(json.dumps(meta, indent=1) + "\n")
@@ -301,15 +323,46 @@ def parse_bytes(text: str) -> int:
 
 def add_make_shards_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `bigtrain make-shards`."""
-    parser.add_argument("src", help="image folder (flat, or one sub-folder per class), .npz file, or CIFAR-10/100 python batch folder")
+    parser.add_argument(
+        "src", help="image folder (flat, or one sub-folder per class), .npz file, or CIFAR-10/100 python batch folder"
+    )
     parser.add_argument("out_dir", help="output folder for the shards and dataset.json (missing or empty)")
-    parser.add_argument("--resolution", type=int, default=None, help="resize to RES x RES (default: keep the source size, which must then be uniform)")
-    parser.add_argument("--crop", choices=("center", "none"), default="center", help="centre-crop to a square before resizing (none: squash)")
-    parser.add_argument("--resize-filter", choices=tuple(RESIZE_FILTERS), default="box", help="resampling filter (default box, as stylegan2-ada recommends)")
-    parser.add_argument("--format", dest="image_format", choices=tuple(MEMBER_EXT), default="png", help="image storage in the shards: png (lossless), jpg (lossy, smallest), raw (.npy pixels: no decoding, largest)")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="resize to RES x RES (default: keep the source size, which must then be uniform)",
+    )
+    parser.add_argument(
+        "--crop",
+        choices=("center", "none"),
+        default="center",
+        help="centre-crop to a square before resizing (none: squash)",
+    )
+    parser.add_argument(
+        "--resize-filter",
+        choices=tuple(RESIZE_FILTERS),
+        default="box",
+        help="resampling filter (default box, as stylegan2-ada recommends)",
+    )
+    parser.add_argument(
+        "--format",
+        dest="image_format",
+        choices=tuple(MEMBER_EXT),
+        default="png",
+        help="image storage in the shards: png (lossless), jpg (lossy, smallest), "
+        "raw (.npy pixels: no decoding, largest)",
+    )
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality, 1-100 (--format jpg)")
-    parser.add_argument("--channels", choices=("auto", "1", "3"), default="auto", help="1 = grey, 3 = RGB; auto = as the first sample")
-    parser.add_argument("--shard-size", type=int, default=None, help=f"samples per shard (default {DEFAULT_SHARD_SIZE} unless --max-bytes is given)")
+    parser.add_argument(
+        "--channels", choices=("auto", "1", "3"), default="auto", help="1 = grey, 3 = RGB; auto = as the first sample"
+    )
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        help=f"samples per shard (default {DEFAULT_SHARD_SIZE} unless --max-bytes is given)",
+    )
     parser.add_argument("--max-bytes", type=parse_bytes, default=None, help="largest shard file size, e.g. 500M or 1G")
     parser.add_argument("--workers", type=int, default=1, help="processes that decode, resize and encode")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample order in the shards")
@@ -320,7 +373,12 @@ def add_make_shards_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_make_shards(args: argparse.Namespace) -> int:
     """`bigtrain make-shards`: validate the options, write the shards, print a summary. Exit code."""
-    positive = {"--resolution": args.resolution, "--shard-size": args.shard_size, "--max-bytes": args.max_bytes, "--workers": args.workers}
+    positive = {
+        "--resolution": args.resolution,
+        "--shard-size": args.shard_size,
+        "--max-bytes": args.max_bytes,
+        "--workers": args.workers,
+    }
     for flag, value in positive.items():
         if value is not None and value <= 0:
             raise ConfigError(flag, f"must be > 0, got {value}")

@@ -10,6 +10,7 @@ equally likely but their counts vary binomially. PacGAN trains on 100,000 such s
 The npz holds float32 `x` [N, 2] and no `y`, which bigtrain's npz source reads as unlabelled
 vector data (bigtrain/data/npz.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,12 @@ def write_digits_translation(out_dir: str | Path) -> dict[str, Path]:
     digits.unlink()
     train, test = x[:-DIGITS_TEST], x[-DIGITS_TEST:]
     files = {
-        "trainA": train[0::2], "trainB": 255 - train[1::2], "testA": test, "testB": 255 - test,
-        "train_pairs": np.concatenate([train, 255 - train], axis=2), "test_pairs": np.concatenate([test, 255 - test], axis=2),
+        "trainA": train[0::2],
+        "trainB": 255 - train[1::2],
+        "testA": test,
+        "testB": 255 - test,
+        "train_pairs": np.concatenate([train, 255 - train], axis=2),
+        "test_pairs": np.concatenate([test, 255 - test], axis=2),
     }
     paths = {}
     for name, array in files.items():
@@ -88,10 +93,22 @@ def write_digits_translation(out_dir: str | Path) -> dict[str, Path]:
 
 def add_make_toy_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `bigtrain make-toy`."""
-    parser.add_argument("dataset", choices=TOY_DATASETS, help="grid25: 25 Gaussians on {-4,-2,0,2,4}^2, std 0.05 (VEEGAN / PacGAN); "
-                        "digits-translation: scikit-learn's digits -> their colour inversions (unpaired trainA/trainB, paired A|B, held-out tests)")
-    parser.add_argument("out", help="output .npz file (grid25; must not exist) or folder (digits-translation; missing or empty)")
-    parser.add_argument("--num", type=int, default=PACGAN_TRAIN_SIZE, help=f"number of samples (default {PACGAN_TRAIN_SIZE}, PacGAN's training-set size)")
+    parser.add_argument(
+        "dataset",
+        choices=TOY_DATASETS,
+        help="grid25: 25 Gaussians on {-4,-2,0,2,4}^2, std 0.05 (VEEGAN / PacGAN); "
+        "digits-translation: scikit-learn's digits -> their colour inversions (unpaired trainA/trainB, paired A|B, "
+        "held-out tests)",
+    )
+    parser.add_argument(
+        "out", help="output .npz file (grid25; must not exist) or folder (digits-translation; missing or empty)"
+    )
+    parser.add_argument(
+        "--num",
+        type=int,
+        default=PACGAN_TRAIN_SIZE,
+        help=f"number of samples (default {PACGAN_TRAIN_SIZE}, PacGAN's training-set size)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
 
 

@@ -1,4 +1,5 @@
 """Image transforms shared by the data sources (uint8 in, uint8 out, CPU)."""
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ The order of construction is part of the reproducible result: every rank seeds t
 run's seed before the players are built, in the recipe's order, so initial weights agree; the
 checkpoint (if any) is restored last, RNG states included.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -75,15 +76,27 @@ class Run:
 
         resumed = checkpoint.load_for_resume(self.ckpt_root, cfg.train.resume, backend.rank, backend.all_ranks)
         if resumed is None and checkpoint.list_checkpoints(self.ckpt_root):
-            raise ConfigError("train.resume", f"{self.run_dir} already holds checkpoints; use train.resume=auto to continue, or another run.name")
+            raise ConfigError(
+                "train.resume",
+                f"{self.run_dir} already holds checkpoints; use train.resume=auto to continue, or another run.name",
+            )
 
         reg = registry()
-        self.sources: dict[str, Source] = build_sources(cfg.data, reg.recipe_class(cfg).streams, micro_batch=backend.micro_batch, rank=backend.rank,
-                                                        world_size=backend.world_size, seed=cfg.run.seed, num_classes=cfg.model.num_classes)
+        self.sources: dict[str, Source] = build_sources(
+            cfg.data,
+            reg.recipe_class(cfg).streams,
+            micro_batch=backend.micro_batch,
+            rank=backend.rank,
+            world_size=backend.world_size,
+            seed=cfg.run.seed,
+            num_classes=cfg.model.num_classes,
+        )
         self.source: Source = next(iter(self.sources.values()))  # the first stream's (the only one of most recipes)
         self.info: DataInfo = self.source.info
         _check_labels(cfg, self.info)
-        self.recipe = build_recipe(cfg, self.info, backend.world_size, reg)  # every config check before an engine starts
+        self.recipe = build_recipe(
+            cfg, self.info, backend.world_size, reg
+        )  # every config check before an engine starts
         self.recipe.check_streams({s: src.info for s, src in self.sources.items()})
         specs = self.recipe.players()
         self.recipe.check_engine({spec.name: backend.capabilities(spec.name, spec.optim) for spec in specs})
@@ -106,8 +119,9 @@ class Run:
             backend.attach_cross_replica(net)  # after the EMA copy: G_ema keeps its own statistics
             if spec.name in compiled:  # in place, after the EMA copy (it samples at any batch size, eagerly)
                 net.compile(backend=cfg.train.compile_backend)
-            self.players[spec.name] = backend.make_player(spec.name, net, spec.optim, local_buffers=spec.local_buffers,
-                                                          unused_parameters=spec.unused_parameters)
+            self.players[spec.name] = backend.make_player(
+                spec.name, net, spec.optim, local_buffers=spec.local_buffers, unused_parameters=spec.unused_parameters
+            )
         self.recipe.bind(self.players, backend.reduce_mean, self.chunk)
         self._check_phases()
         self.evaluator = outputs.build_evaluator(self)
@@ -118,7 +132,9 @@ class Run:
         self.read_sums: dict[str, torch.Tensor] = {}
         self.read_counts: dict[str, int] = {}
         # drawn where they are used: on a GPU no host-to-device copy per phase (its state is saved in rankN.pt)
-        self.latent_gen = torch.Generator(device=backend.device).manual_seed(derive_seed(cfg.run.seed, backend.rank, LATENT_STREAM))
+        self.latent_gen = torch.Generator(device=backend.device).manual_seed(
+            derive_seed(cfg.run.seed, backend.rank, LATENT_STREAM)
+        )
         if resumed is not None:
             state.restore(self, *resumed)  # every rank's torch RNG as it was when the checkpoint was saved
         else:
@@ -126,7 +142,9 @@ class Run:
         # one stream of this rank for every name the recipe reads, each from its own source
         prefetch = cfg.data.prefetch if cfg.data.prefetch is not None else backend.device.type == "cuda"
         self._batches = {s: self.sources[s].batches(self.counters.data_pos[s], self.chunk) for s in self.recipe.streams}
-        self.streams: dict[str, Iterator[dict[str, torch.Tensor]]] = {s: (Prefetcher if prefetch else map)(self.to_device, b) for s, b in self._batches.items()}
+        self.streams: dict[str, Iterator[dict[str, torch.Tensor]]] = {
+            s: (Prefetcher if prefetch else map)(self.to_device, b) for s, b in self._batches.items()
+        }
         self.plan: Optional[Plan] = None
         self.grid_cache: Optional[dict[str, torch.Tensor]] = None  # the grid's input samples, read on first use
 
@@ -161,12 +179,18 @@ class Run:
         lowered = {n.lower(): n for n in names}
         for key in self.cfg.train.compile:
             if key not in lowered:
-                raise ConfigError("train.compile", f"this recipe has no player {key!r}; its players are {', '.join(sorted(lowered))}")
+                raise ConfigError(
+                    "train.compile", f"this recipe has no player {key!r}; its players are {', '.join(sorted(lowered))}"
+                )
         if self.cfg.train.compile:
             import torch._dynamo
 
             if self.cfg.train.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
-                raise ConfigError("train.compile_backend", f"torch.compile has no backend {self.cfg.train.compile_backend!r}; it has {', '.join(torch._dynamo.list_backends(exclude_tags=()))}")
+                raise ConfigError(
+                    "train.compile_backend",
+                    f"torch.compile has no backend {self.cfg.train.compile_backend!r}; it has "
+                    f"{', '.join(torch._dynamo.list_backends(exclude_tags=()))}",
+                )
         return {lowered[k] for k in self.cfg.train.compile}
 
     def _check_phases(self) -> None:
@@ -178,9 +202,17 @@ class Run:
                 continue
             for micro in sizes:
                 share = micro * phase.batch_fraction
-                if not 0 < phase.batch_fraction <= 1 or share != int(share) or (phase.streams and int(share) % self.chunk):
-                    raise ConfigError("train.micro_batch", f"phase {phase.name} takes {phase.batch_fraction:g} of each micro-batch, "
-                                      f"which is no whole number{' of chunks' if phase.streams else ''} of samples at micro-batch {micro}")
+                if (
+                    not 0 < phase.batch_fraction <= 1
+                    or share != int(share)
+                    or (phase.streams and int(share) % self.chunk)
+                ):
+                    raise ConfigError(
+                        "train.micro_batch",
+                        f"phase {phase.name} takes {phase.batch_fraction:g} of each micro-batch, "
+                        f"which is no whole number{' of chunks' if phase.streams else ''} of samples at micro-batch "
+                        f"{micro}",
+                    )
 
     def to_device(self, batch: tuple[torch.Tensor, Optional[torch.Tensor]]) -> dict[str, torch.Tensor]:
         """A loader micro-batch on the device, images as floats in [-1, 1]. To a GPU from pinned
@@ -206,4 +238,6 @@ def _check_labels(cfg: Config, info: DataInfo) -> None:
     if info.num_classes == 0:
         raise ConfigError("model.num_classes", f"is {cfg.model.num_classes} but {cfg.data.path} has no labels")
     if info.num_classes > cfg.model.num_classes:
-        raise ConfigError("model.num_classes", f"is {cfg.model.num_classes} but the data has labels up to {info.num_classes - 1}")
+        raise ConfigError(
+            "model.num_classes", f"is {cfg.model.num_classes} but the data has labels up to {info.num_classes - 1}"
+        )

@@ -15,6 +15,7 @@ Under the DeepSpeed backend each player's engine also writes its own folder (`<n
 DeepSpeed's layout) and trainer.pt only names it; `export` turns such a checkpoint into a plain
 one (`RUN_DIR/export/step-.../trainer.pt`, weights only) that needs no DeepSpeed to read.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,7 +70,11 @@ def save(
         except (OSError, RuntimeError) as exc:  # torch.save reports write failures as RuntimeError
             error = exc
         if not all_ranks(error is None):
-            where = f"this process: {str(error).splitlines()[0] if str(error) else type(error).__name__}" if error else "another process"
+            where = (
+                f"this process: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                if error
+                else "another process"
+            )
             raise CheckpointError(f"{tmp}: {what} failed on {where}; the previous checkpoints are untouched")
 
     def prepare() -> None:
@@ -201,7 +206,9 @@ def latest(ckpt_root: Path) -> Optional[Path]:
     return found[-1] if found else None
 
 
-def load_for_resume(ckpt_root: Path, resume: str, rank: int, all_ranks: Callable[[bool], bool] = bool) -> Optional[tuple[Path, dict, dict]]:
+def load_for_resume(
+    ckpt_root: Path, resume: str, rank: int, all_ranks: Callable[[bool], bool] = bool
+) -> Optional[tuple[Path, dict, dict]]:
     """Resolve `train.resume` (auto | none | PATH) and load the checkpoint for `rank`.
 
     With `auto`, an unreadable newest checkpoint is skipped with a warning in favour of the one
@@ -220,12 +227,14 @@ def load_for_resume(ckpt_root: Path, resume: str, rank: int, all_ranks: Callable
     newest = latest(ckpt_root)
     candidates = [p for p in reversed(list_checkpoints(ckpt_root))]
     if newest is not None and newest in candidates:
-        candidates = candidates[candidates.index(newest):]
+        candidates = candidates[candidates.index(newest) :]
     for folder in candidates:
         loaded, error = _try_load(folder, rank)
         if all_ranks(loaded is not None):
             return loaded
-        warnings.warn(f"skipping checkpoint: {error or f'{folder}: another process cannot read its part of it'}", stacklevel=2)
+        warnings.warn(
+            f"skipping checkpoint: {error or f'{folder}: another process cannot read its part of it'}", stacklevel=2
+        )
     if candidates:
         raise CheckpointError(f"{ckpt_root}: no readable checkpoint to resume from")
     return None
@@ -274,7 +283,10 @@ def player_weights(folder: Path, state: dict, name: str, use_ema: bool) -> tuple
     exported = export_folder(folder) / TRAINER_FILE
     if exported.is_file():
         return _load_file(exported)["players"][name]["net"], False
-    raise CheckpointError(f"{folder}: {name}'s raw weights are in DeepSpeed's engine files; run `bigtrain export --checkpoint {folder}` first (the EMA copy, the default, needs no export)")
+    raise CheckpointError(
+        f"{folder}: {name}'s raw weights are in DeepSpeed's engine files; run `bigtrain export --checkpoint {folder}` "
+        "first (the EMA copy, the default, needs no export)"
+    )
 
 
 def export_folder(folder: Path) -> Path:

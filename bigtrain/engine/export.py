@@ -9,6 +9,7 @@ state, so it is not a resume point. `bigtrain sample --no-ema` finds the default
 itself; `--checkpoint FOLDER` reads any export. Reading DeepSpeed's files needs deepspeed
 installed; one process is enough.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 def _engine_weights(engine_dir: Path, player_state: dict) -> dict[str, torch.Tensor]:
     if player_state.get("engine") != "deepspeed":
-        raise CheckpointError(f"{engine_dir}: no weights for this player in trainer.pt and no engine folder bigtrain knows")
+        raise CheckpointError(
+            f"{engine_dir}: no weights for this player in trainer.pt and no engine folder bigtrain knows"
+        )
     if not engine_dir.is_dir():
         raise CheckpointError(f"{engine_dir}: DeepSpeed folder missing; the checkpoint is incomplete")
     from bigtrain.engine.backends.deepspeed_files import deepspeed_weights  # imports deepspeed only when called

@@ -1,5 +1,6 @@
 """Generation from a checkpoint, for `bigtrain sample` and `bigtrain eval`: the recipe stored
 in the checkpoint's config rebuilds the players it samples from and says how they generate."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,21 +34,40 @@ class LoadedGeneration:
             raise CheckpointError(f"{self.path}: {', '.join(self.nets)} produces non-finite output; refusing to use it")
         return x, y
 
-    def standing_statistics(self, batches: int, batch_size: int, *, seed: int, truncation: Optional[float] = None,
-                            device: torch.device | str = "cpu") -> int:
+    def standing_statistics(
+        self,
+        batches: int,
+        batch_size: int,
+        *,
+        seed: int,
+        truncation: Optional[float] = None,
+        device: torch.device | str = "cpu",
+    ) -> int:
         """Re-estimate the generator's batch-norm statistics from its own samples (the recipe's
         standing_statistics); returns the BN layers updated. BigtrainError where the family
         has no single G(z, y) or its G no batch norm."""
         try:
-            return self.recipe.standing_statistics(self.nets, batches, batch_size, seed=seed, truncation=truncation, device=device)
+            return self.recipe.standing_statistics(
+                self.nets, batches, batch_size, seed=seed, truncation=truncation, device=device
+            )
         except ValueError as exc:
             raise BigtrainError(f"--standing-stats: {self.path}: {exc}") from None
 
-    def interpolation(self, rows: int, steps: int, *, kind: str, seed: int, truncation: Optional[float] = None,
-                      device: torch.device | str = "cpu") -> Tensor:
+    def interpolation(
+        self,
+        rows: int,
+        steps: int,
+        *,
+        kind: str,
+        seed: int,
+        truncation: Optional[float] = None,
+        device: torch.device | str = "cpu",
+    ) -> Tensor:
         """An interpolation grid from the generator (the recipe's interpolation), checked finite."""
         try:
-            x = self.recipe.interpolation(self.nets, rows, steps, kind=kind, seed=seed, truncation=truncation, device=device)
+            x = self.recipe.interpolation(
+                self.nets, rows, steps, kind=kind, seed=seed, truncation=truncation, device=device
+            )
         except ValueError as exc:
             raise BigtrainError(f"--interp: {self.path}: {exc}") from None
         if not torch.isfinite(x).all():
@@ -81,7 +101,9 @@ def load_generation(run_dir: Optional[str], folder: Optional[str] = None, use_em
         try:
             net.load_state_dict(weights)
         except RuntimeError as exc:
-            raise CheckpointError(f"{path}: weights do not fit the stored config ({str(exc).splitlines()[0]})") from None
+            raise CheckpointError(
+                f"{path}: weights do not fit the stored config ({str(exc).splitlines()[0]})"
+            ) from None
         nets[spec.name] = net.eval()
         from_ema.append(ema)
     num_classes = cfg.model.num_classes if recipe.conditional_sampling else 0

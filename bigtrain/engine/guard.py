@@ -2,6 +2,7 @@
 loss or gradient skipped, counted without a host read where the optimizer can skip on the
 device (fused), and the run stopped when one player skips `train.max_nonfinite` steps in a row.
 The backends ask `nonfinite_gradients` for the flag; the loop keeps one `Health`."""
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -42,7 +43,9 @@ def name_nonfinite(player: Player, finite_loss: torch.Tensor) -> str:
     with a non-finite gradient."""
     if not finite_loss.item():
         return "the loss"
-    bad = next((n for n, p in player.net.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()), None)
+    bad = next(
+        (n for n, p in player.net.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()), None
+    )
     return f"the gradient of {bad}"
 
 
@@ -62,10 +65,14 @@ class Health:
         self.first: dict[str, str] = {}  # where the current streak began
         self.deferred: dict[str, dict[str, torch.Tensor]] = {}  # player -> device counters
         self.count: dict[str, int] = {}  # deferred: observations per player so far
-        self.log: dict[str, dict[int, tuple[int, str]]] = {}  # deferred: observation index -> (step, phase), since the last check
+        self.log: dict[
+            str, dict[int, tuple[int, str]]
+        ] = {}  # deferred: observation index -> (step, phase), since the last check
         self.pending = False  # deferred observations not read yet
 
-    def observe(self, player: str, phase: str, step: int, skipped: torch.Tensor, what: Any, deferred: bool = False) -> None:
+    def observe(
+        self, player: str, phase: str, step: int, skipped: torch.Tensor, what: Any, deferred: bool = False
+    ) -> None:
         if deferred:
             return self._observe_on_device(player, phase, step, skipped, what)
         if not bool(skipped):
@@ -88,14 +95,28 @@ class Health:
         c = self.deferred.get(player)
         if c is None:
             zero = torch.zeros((), dtype=torch.long, device=skipped.device)
-            c = self.deferred[player] = {"streak": zero, "total": zero, "start": zero, "start_what": zero, "tripped": zero.bool(), "trip": zero, "trip_what": zero}
+            c = self.deferred[player] = {
+                "streak": zero,
+                "total": zero,
+                "start": zero,
+                "start_what": zero,
+                "tripped": zero.bool(),
+                "trip": zero,
+                "trip_what": zero,
+            }
         hit = skipped.reshape(()) > 0
         c["streak"] = torch.where(hit, c["streak"] + 1, 0)
         c["total"] = c["total"] + hit.long()
         first = hit & (c["streak"] == 1)
-        c["start"], c["start_what"] = torch.where(first, n, c["start"]), torch.where(first, what.reshape(()).long(), c["start_what"])
+        c["start"], c["start_what"] = (
+            torch.where(first, n, c["start"]),
+            torch.where(first, what.reshape(()).long(), c["start_what"]),
+        )
         trips = (c["streak"] >= self.limit) & ~c["tripped"]
-        c["trip"], c["trip_what"] = torch.where(trips, c["start"], c["trip"]), torch.where(trips, c["start_what"], c["trip_what"])
+        c["trip"], c["trip_what"] = (
+            torch.where(trips, c["start"], c["trip"]),
+            torch.where(trips, c["start_what"], c["trip_what"]),
+        )
         c["tripped"] = c["tripped"] | trips
         self.pending = True
 
@@ -107,20 +128,31 @@ class Health:
             return
         self.pending = False
         keys = ("total", "tripped", "trip", "trip_what", "streak", "start")
-        read = dict(zip(self.deferred, torch.stack([torch.stack([c[k].long() for k in keys]) for c in self.deferred.values()]).tolist()))
+        read = dict(
+            zip(
+                self.deferred,
+                torch.stack([torch.stack([c[k].long() for k in keys]) for c in self.deferred.values()]).tolist(),
+            )
+        )
         for name, (total, *_) in read.items():  # every player's skips counted before any stop
             self.totals[name] = self.totals.get(name, 0) + total
             self.deferred[name]["total"] = torch.zeros_like(self.deferred[name]["total"])
         for name, (_, tripped, trip, trip_what, streak, start) in read.items():
             if tripped:
                 step, phase = self.log[name][trip]
-                self._raise(name, self.limit, f"step {step}, phase {phase}: {NONFINITE_WHAT.get(trip_what, 'a non-finite value')}")
+                self._raise(
+                    name,
+                    self.limit,
+                    f"step {step}, phase {phase}: {NONFINITE_WHAT.get(trip_what, 'a non-finite value')}",
+                )
             # keep only the entries a later check can still name: those of the current streak
             self.log[name] = {i: v for i, v in self.log[name].items() if streak and i >= start}
 
     def _raise(self, player: str, streak: int, first: str) -> None:
-        raise TrainingDiverged(f"{player} skipped {streak} steps in a row for non-finite values (train.max_nonfinite={self.limit}); "
-                               f"the first at {first}. No checkpoint was written after it")
+        raise TrainingDiverged(
+            f"{player} skipped {streak} steps in a row for non-finite values (train.max_nonfinite={self.limit}); "
+            f"the first at {first}. No checkpoint was written after it"
+        )
 
     def stats(self) -> dict[str, float]:
         return {f"health/nonfinite_{name}": float(n) for name, n in sorted(self.totals.items())}

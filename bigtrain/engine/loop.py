@@ -8,6 +8,7 @@ ranks agree on ends the run with a checkpoint. The loop never does GAN maths (th
 bigtrain/families/) and never names a family or player; the distributed engine is behind the
 backend (engine/backends/). See docs/design.md, "Engine".
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,10 +55,17 @@ class Trainer(Run):
         # drawn for a whole phase at once, so micro-batch 8 x 2 rounds sees the same latents as 16 x 1
         drawn = self.recipe.latents(micro * rounds, self.latent_gen, backend.device)
         updated = [self.players[name] for name in phase.updates]
-        finite = {p.name: torch.ones((), dtype=torch.bool, device=backend.device) for p in updated}  # on the device: no sync
+        finite = {
+            p.name: torch.ones((), dtype=torch.bool, device=backend.device) for p in updated
+        }  # on the device: no sync
         for r in range(rounds):
-            inputs = Round({s: self._draw(s, micro) for s in phase.streams}, {k: v[r * micro : (r + 1) * micro] for k, v in drawn.items()},
-                           step=self.counters.step, gain=phase.interval, micro_batch=micro)
+            inputs = Round(
+                {s: self._draw(s, micro) for s in phase.streams},
+                {k: v[r * micro : (r + 1) * micro] for k, v in drawn.items()},
+                step=self.counters.step,
+                gain=phase.interval,
+                micro_batch=micro,
+            )
             with backend.accumulate(list(self.players.values())):
                 with backend.autocast():
                     losses, stats = phase.compute(inputs)
@@ -74,7 +82,14 @@ class Trainer(Run):
             if skipped is not None:
                 if backend.precision == "fp16":
                     tracker.report(f"fp16/{player.name}_skipped", skipped)
-                self.health.observe(player.name, phase.name, self.counters.step, skipped, player.nonfinite, deferred=player.deferred_guard)
+                self.health.observe(
+                    player.name,
+                    phase.name,
+                    self.counters.step,
+                    skipped,
+                    player.nonfinite,
+                    deferred=player.deferred_guard,
+                )
             if phase.clamp_weights > 0:
                 backend.clamp_parameters(player, phase.clamp_weights)
         for name in phase.frozen:
@@ -86,12 +101,20 @@ class Trainer(Run):
         """The schedule's plan for this iteration, applied where it changed."""
         cfg = self.cfg
         base_lr = {n: p.base_lr for n, p in self.players.items()}
-        plan = make_plan(cfg.schedule, self.counters.nimg, base_lr=base_lr,
-                         default_batch=cfg.train.batch_size, total_kimg=cfg.train.total_kimg, values=self.recipe.plan_values(self.counters.nimg))
+        plan = make_plan(
+            cfg.schedule,
+            self.counters.nimg,
+            base_lr=base_lr,
+            default_batch=cfg.train.batch_size,
+            total_kimg=cfg.train.total_kimg,
+            values=self.recipe.plan_values(self.counters.nimg),
+        )
         own = self.recipe.schedule(self.counters.nimg, base_lr)
         if own is not None:
             plan = dataclasses.replace(plan, batch_size=own[0], lr=dict(own[1]))
-        plan = dataclasses.replace(plan, micro_batch=self.recipe.micro_batch(self.counters.nimg) or self.config_micro_batch)
+        plan = dataclasses.replace(
+            plan, micro_batch=self.recipe.micro_batch(self.counters.nimg) or self.config_micro_batch
+        )
         last = self.plan
         # the first plan of a run (fresh or restored) is checked against what the backend and
         # the optimizers hold, which a restore may have set to any earlier iteration's values
@@ -125,7 +148,9 @@ class Trainer(Run):
     def _hand_over_statistics(self) -> None:
         """Collective when due: the means over ranks of the statistics the recipe reads
         (Recipe.reads), one reduction for all that are due after this iteration."""
-        due = [n for n, every in self.recipe.reads.items() if self.counters.step % every == 0 and self.read_counts.get(n)]
+        due = [
+            n for n, every in self.recipe.reads.items() if self.counters.step % every == 0 and self.read_counts.get(n)
+        ]
         if not due:
             return
         means = self.backend.reduce_mean(torch.stack([self.read_sums[n] / self.read_counts[n] for n in due]))
@@ -142,13 +167,29 @@ class Trainer(Run):
         if backend.is_main:
             outputs.write_config(self)
             (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)  # it describes the previous run
-        tracker = Tracker(self.run_dir, is_main=backend.is_main, reduce_mean=backend.reduce_mean, total_img=total_img, start_img=counters.nimg,
-                          progress_bar=cfg.log.progress_bar, rank=backend.rank, world_size=backend.world_size, device=backend.device, start_step=counters.step)
+        tracker = Tracker(
+            self.run_dir,
+            is_main=backend.is_main,
+            reduce_mean=backend.reduce_mean,
+            total_img=total_img,
+            start_img=counters.nimg,
+            progress_bar=cfg.log.progress_bar,
+            rank=backend.rank,
+            world_size=backend.world_size,
+            device=backend.device,
+            start_step=counters.step,
+        )
         tracker.load_state_dict(self.tracker_state)
         self.tracker = tracker
         t = cfg.train
-        stopper = StopRequests(t.stop_signals, self.run_dir, is_main=backend.is_main, max_minutes=t.max_minutes,
-                               min_margin_s=60.0 * t.exit_margin_minutes, slurm_deadline=t.slurm_deadline)
+        stopper = StopRequests(
+            t.stop_signals,
+            self.run_dir,
+            is_main=backend.is_main,
+            max_minutes=t.max_minutes,
+            min_margin_s=60.0 * t.exit_margin_minutes,
+            slurm_deadline=t.slurm_deadline,
+        )
         agreement = None  # the ranks' reasons to stop, exchanged one iteration late (docs/design.md)
         grid_path = None
         try:
@@ -160,11 +201,20 @@ class Trainer(Run):
                 batch = self.plan.batch_size
                 tracker.advance(counters.nimg)
                 done = counters.nimg >= total_img
-                every = (cfg.log.every_kimg, cfg.log.samples_every_kimg, cfg.checkpoint.every_kimg, cfg.eval.every_kimg if self.evaluator else 0)
+                every = (
+                    cfg.log.every_kimg,
+                    cfg.log.samples_every_kimg,
+                    cfg.checkpoint.every_kimg,
+                    cfg.eval.every_kimg if self.evaluator else 0,
+                )
                 if done or any(e > 0 and crossed(counters.nimg, batch, e) for e in every):
                     self.health.check()  # deferred skip flags: read before logging or saving anything
                 if done or crossed(counters.nimg, batch, cfg.log.every_kimg):
-                    tracker.flush(step=counters.step, nimg=counters.nimg, extra={**self._data_stats(), **self.health.stats(), **self._learning_rates()})
+                    tracker.flush(
+                        step=counters.step,
+                        nimg=counters.nimg,
+                        extra={**self._data_stats(), **self.health.stats(), **self._learning_rates()},
+                    )
                 with tracker.maintenance():
                     if done or crossed(counters.nimg, batch, cfg.log.samples_every_kimg):
                         grid_path = self.save_grid(tracker) or grid_path
@@ -212,9 +262,19 @@ class Trainer(Run):
                 saved = self._timed_checkpoint(stopper)
         c = self.counters
         if self.backend.is_main:
-            write_stopped(self.run_dir, {"reason": reason, "step": c.step, "kimg": round(c.nimg / 1000, 3), "checkpoint": str(saved),
-                                         "exit_code": EXIT_STOPPED, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                         "longest_checkpoint_s": round(stopper.longest_checkpoint_s, 3), "longest_pass_s": round(stopper.longest_pass_s, 3)})
+            write_stopped(
+                self.run_dir,
+                {
+                    "reason": reason,
+                    "step": c.step,
+                    "kimg": round(c.nimg / 1000, 3),
+                    "checkpoint": str(saved),
+                    "exit_code": EXIT_STOPPED,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "longest_checkpoint_s": round(stopper.longest_checkpoint_s, 3),
+                    "longest_pass_s": round(stopper.longest_pass_s, 3),
+                },
+            )
         self.backend.barrier()  # stopped.json is down before any rank leaves
         raise Stopped(reason, c.step, saved)
 

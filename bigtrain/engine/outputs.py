@@ -2,6 +2,7 @@
 evaluations (FID / IS / KID of the EMA copies, the best FID's checkpoint kept as `best/`).
 Generation goes through the recipe (`grid_images`, `generate`), so nothing here knows a family.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,8 +58,10 @@ def save_grid(run: "Run", tracker: Tracker) -> Optional[Path]:
         return None
     cols = run.cfg.log.grid_cols
     inputs = grid_inputs(run, cols)
-    with generation_nets(run, use_ema) as nets, (contextlib.nullcontext() if use_ema else run.backend.autocast()):
-        images, rows = run.recipe.grid_images(nets, run.cfg.log.grid_rows, cols, seed=run.cfg.run.seed, device=run.backend.device, inputs=inputs)
+    with generation_nets(run, use_ema) as nets, contextlib.nullcontext() if use_ema else run.backend.autocast():
+        images, rows = run.recipe.grid_images(
+            nets, run.cfg.log.grid_rows, cols, seed=run.cfg.run.seed, device=run.backend.device, inputs=inputs
+        )
     if not run.backend.is_main:
         return None
     return tracker.image("fakes", sampling.image_grid(images, rows, cols), run.counters.nimg)
@@ -92,8 +95,14 @@ def build_evaluator(run: "Run"):
         resolve_weights(ecfg.inception_weights or None)  # a download, if any, happens once
     backend.barrier()
     return build(
-        ecfg.metrics, num_samples=ecfg.num_samples, ref_stats=ecfg.ref_stats or None, rank=backend.rank,
-        world_size=backend.world_size, device=backend.device, seed=ecfg.seed, batch_size=ecfg.batch_size,
+        ecfg.metrics,
+        num_samples=ecfg.num_samples,
+        ref_stats=ecfg.ref_stats or None,
+        rank=backend.rank,
+        world_size=backend.world_size,
+        device=backend.device,
+        seed=ecfg.seed,
+        batch_size=ecfg.batch_size,
         weights=ecfg.inception_weights or None,
     )
 
@@ -108,12 +117,20 @@ def evaluate(run: "Run", tracker: Tracker, saved: Optional[Path], save_checkpoin
     ecfg = run.cfg.eval
 
     with generation_nets(run, use_ema) as nets:
+
         def generate(indices):
             with precision():
-                return run.recipe.generate(nets, indices, seed=ecfg.seed, device=run.backend.device, batch_size=ecfg.batch_size)[0]
+                return run.recipe.generate(
+                    nets, indices, seed=ecfg.seed, device=run.backend.device, batch_size=ecfg.batch_size
+                )[0]
 
-        result = run.evaluator(generate, ema=use_ema, kimg=run.counters.nimg / 1000, checkpoint=str(saved) if saved else None,
-                               inputs=run.recipe.generation_inputs())
+        result = run.evaluator(
+            generate,
+            ema=use_ema,
+            kimg=run.counters.nimg / 1000,
+            checkpoint=str(saved) if saved else None,
+            inputs=run.recipe.generation_inputs(),
+        )
     record = {"step": run.counters.step, "kimg": round(run.counters.nimg / 1000, 3), **log_record(result)}
     tracker.write(record, run.counters.step)
     if run.backend.is_main:

@@ -1,4 +1,5 @@
 """Players (one network + its optimizer + its loss scaler) and the EMA of a player's weights."""
+
 from __future__ import annotations
 
 import copy
@@ -20,8 +21,8 @@ class Player:
     scaler: Optional[torch.amp.GradScaler] = None  # fp16 only; one per player
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     base_lr: float = 0.0  # optim.<name>.lr: the schedule's factors multiply it
-    nonfinite: Any = None  # what was non-finite at the last skipped step: a description, or (deferred) a NONFINITE_WHAT code on the device
-    deferred_guard: bool = False  # the optimizer skips non-finite steps on the device (fused): the loop reads the flags at the log interval
+    nonfinite: Any = None  # what was non-finite at the last skip: a text, or (deferred) a NONFINITE_WHAT code
+    deferred_guard: bool = False  # fused: the optimizer skips non-finite steps on the device, flags read at logs
     backend: Any = None  # the backend that made it (differentiable_forward goes through it)
     _trainable: Optional[list[bool]] = None  # requires_grad of each parameter while frozen
 
@@ -60,7 +61,9 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig, fused: boo
     params = list(params)
     extra = {"fused": True} if fused else {}
     if cfg.type == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, **extra)
+        return torch.optim.Adam(
+            params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, **extra
+        )
     if cfg.type == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, eps=cfg.eps, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.type == "sgd":

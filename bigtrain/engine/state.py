@@ -7,6 +7,7 @@ After a restore, the schedule's first plan is applied against what the restored 
 backend hold (Trainer.apply_plan): restoring and applying the plan are one seam, tested by
 tests/unit/test_resume_plan.py at every iteration boundary of a changing schedule.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -45,7 +46,9 @@ def save_checkpoint(run: "Run") -> Path:
     run.health.check()  # a player past train.max_nonfinite (deferred flags) saves nothing
     bad = nonfinite_weights(run)
     if bad is not None:  # never written: `latest` keeps naming the last finite checkpoint
-        raise TrainingDiverged(f"not writing the checkpoint of step {c.step}: {bad} is non-finite; the run's last checkpoint is kept")
+        raise TrainingDiverged(
+            f"not writing the checkpoint of step {c.step}: {bad} is non-finite; the run's last checkpoint is kept"
+        )
     trainer_state = None
     if backend.is_main:
         trainer_state = {
@@ -69,10 +72,18 @@ def save_checkpoint(run: "Run") -> Path:
         "tracker": run.tracker.state_dict() if run.tracker is not None else {},
     }
     if run.read_sums:  # the recipe's statistics since their last read (Recipe.reads)
-        rank_state["reads"] = {"sums": {n: v.detach().cpu() for n, v in run.read_sums.items()}, "counts": dict(run.read_counts)}
+        rank_state["reads"] = {
+            "sums": {n: v.detach().cpu() for n, v in run.read_sums.items()},
+            "counts": dict(run.read_counts),
+        }
     return checkpoint.save(
-        run.ckpt_root, checkpoint.checkpoint_name(c.step), trainer_state=trainer_state, rank_state=rank_state,
-        rank=backend.rank, all_ranks=backend.all_ranks, keep_last=run.cfg.checkpoint.keep_last,
+        run.ckpt_root,
+        checkpoint.checkpoint_name(c.step),
+        trainer_state=trainer_state,
+        rank_state=rank_state,
+        rank=backend.rank,
+        all_ranks=backend.all_ranks,
+        keep_last=run.cfg.checkpoint.keep_last,
         write_engine_files=lambda folder: backend.save_engine_files(list(run.players.values()), folder),
     )
 
@@ -106,12 +117,19 @@ def restore(run: "Run", folder: Path, trainer_state: dict, rank_state: dict) -> 
     reads = rank_state.get("reads") or {}
     run.read_sums = {n: v.to(backend.device) for n, v in (reads.get("sums") or {}).items()}
     run.read_counts = dict(reads.get("counts") or {})
-    run.counters = Counters(step=trainer_state["counters"]["step"], nimg=trainer_state["counters"]["nimg"], data_pos=dict(rank_state["data_pos"]))
+    run.counters = Counters(
+        step=trainer_state["counters"]["step"],
+        nimg=trainer_state["counters"]["nimg"],
+        data_pos=dict(rank_state["data_pos"]),
+    )
     run.health.totals.update(trainer_state.get("health") or {})
     try:
         run.latent_gen.set_state(rank_state["latent_gen"])
     except RuntimeError as exc:  # a CUDA generator's state does not fit a CPU one, and back
-        raise CheckpointError(f"rank {backend.rank}: the saved latent stream does not fit a {backend.device.type} generator (the checkpoint was made on another kind of device?): {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"rank {backend.rank}: the saved latent stream does not fit a {backend.device.type} generator (the "
+            f"checkpoint was made on another kind of device?): {str(exc).splitlines()[0]}"
+        ) from None
     torch.set_rng_state(rank_state["torch_rng"])
     if rank_state.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(rank_state["cuda_rng"])
@@ -128,17 +146,29 @@ def _other_world(run: "Run", folder: Path, written: int, trainer_state: dict, ra
 
     backend, seed = run.backend, run.cfg.run.seed
     if not backend.reshardable:
-        raise CheckpointError(f"{folder}: written by {written} processes; the {run.cfg.backend.kind} backend resumes only on the same number "
-                              f"here (fp16 engines are not converted), not on {backend.world_size}")
+        raise CheckpointError(
+            f"{folder}: written by {written} processes; the {run.cfg.backend.kind} backend resumes only on the same "
+            "number "
+            f"here (fp16 engines are not converted), not on {backend.world_size}"
+        )
     if backend.is_main:
-        warnings.warn(f"resuming {folder.name}, written by {written} process(es), on {backend.world_size}: weights, optimizers, EMA, scalers, "
-                      f"schedule and counters carry over; ranks >= {min(written, backend.world_size)} draw new data and latent streams, "
-                      "so the losses follow another, equally likely path from here", stacklevel=2)
+        warnings.warn(
+            f"resuming {folder.name}, written by {written} process(es), on {backend.world_size}: weights, optimizers, "
+            "EMA, scalers, "
+            f"schedule and counters carry over; ranks >= {min(written, backend.world_size)} draw new data and latent "
+            "streams, "
+            "so the losses follow another, equally likely path from here",
+            stacklevel=2,
+        )
     state = dict(rank_state)
     if state.pop("new_rank", False):
         step = int(trainer_state["counters"]["step"])
         state["torch_rng"] = torch.Generator().manual_seed(derive_seed(seed, backend.rank, 0, step)).get_state()
-        state["latent_gen"] = torch.Generator(device=backend.device).manual_seed(derive_seed(seed, backend.rank, LATENT_STREAM, step)).get_state()
+        state["latent_gen"] = (
+            torch.Generator(device=backend.device)
+            .manual_seed(derive_seed(seed, backend.rank, LATENT_STREAM, step))
+            .get_state()
+        )
         state.update(cuda_rng=None, recipe={}, data_stats={}, tracker={}, reads={})
     m = run.chunk
     state["data_pos"] = {s: -(-int(p) // m) * m for s, p in state["data_pos"].items()}

@@ -13,6 +13,7 @@ whole run; the kernel drops it when the process dies, so a killed run never leav
 Where the filesystem refuses flock, the file's age is the test instead: rank 0 touches it while
 it runs, and one untouched for `stale_minutes` is taken over.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -40,8 +41,9 @@ REASONS = {SIGNAL: "signal", STOP_REQUESTED: "stop file", TIME_BUDGET: "time bud
 NO_END_TIME = ("NONE", "N/A", "Unknown", "None")  # squeue's %e without a time limit (running, pending)
 
 
-def slurm_job_end_time(env: Mapping[str, str] = os.environ, run=subprocess.run,
-                       timeout_s: float = 10.0) -> Optional[float]:
+def slurm_job_end_time(
+    env: Mapping[str, str] = os.environ, run=subprocess.run, timeout_s: float = 10.0
+) -> Optional[float]:
     """This SLURM job's end time as a UNIX time; None outside SLURM or without a time limit.
 
     SLURM_JOB_END_TIME where SLURM sets it. SLURM 22.05 does not: then `squeue -h -j
@@ -57,8 +59,13 @@ def slurm_job_end_time(env: Mapping[str, str] = os.environ, run=subprocess.run,
         return None
     cmd = ["squeue", "--noheader", "--jobs", job, "--format", "%e"]
     try:
-        done = run(cmd, env={**env, "TZ": "UTC0", "SLURM_TIME_FORMAT": "standard"}, capture_output=True, text=True,
-                   timeout=timeout_s)
+        done = run(
+            cmd,
+            env={**env, "TZ": "UTC0", "SLURM_TIME_FORMAT": "standard"},
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
     except (OSError, subprocess.SubprocessError) as exc:  # not installed, not executable, timed out
         return _no_end_time(cmd, str(exc))
     answer = done.stdout.strip()
@@ -73,9 +80,12 @@ def slurm_job_end_time(env: Mapping[str, str] = os.environ, run=subprocess.run,
 
 
 def _no_end_time(cmd: list[str], why: str) -> None:
-    warnings.warn(f"train.slurm_deadline: no SLURM_JOB_END_TIME, and `{' '.join(cmd)}` did not tell the job's end "
-                  f"time ({why}); the run will not stop by itself before the time limit (the batch script's --signal "
-                  "still asks it to)", stacklevel=3)
+    warnings.warn(
+        f"train.slurm_deadline: no SLURM_JOB_END_TIME, and `{' '.join(cmd)}` did not tell the job's end "
+        f"time ({why}); the run will not stop by itself before the time limit (the batch script's --signal "
+        "still asks it to)",
+        stacklevel=3,
+    )
     return None
 
 
@@ -87,9 +97,20 @@ class StopRequests:
     an iteration with its logging, grids, checkpoint and evaluation; the ranks agree one pass
     late, so two passes and the final checkpoint must fit)."""
 
-    def __init__(self, signals: list[str], run_dir: Path, *, is_main: bool, max_minutes: float = 0.0, min_margin_s: float = 60.0,
-                 slurm_deadline: bool = True, env=os.environ, clock=time.monotonic, wall=time.time,
-                 job_end_time: Callable[[Mapping[str, str]], Optional[float]] = slurm_job_end_time):
+    def __init__(
+        self,
+        signals: list[str],
+        run_dir: Path,
+        *,
+        is_main: bool,
+        max_minutes: float = 0.0,
+        min_margin_s: float = 60.0,
+        slurm_deadline: bool = True,
+        env=os.environ,
+        clock=time.monotonic,
+        wall=time.time,
+        job_end_time: Callable[[Mapping[str, str]], Optional[float]] = slurm_job_end_time,
+    ):
         self.run_dir, self.is_main, self.clock = run_dir, is_main, clock
         self.min_margin_s = min_margin_s
         self.caught: Optional[signal.Signals] = None
@@ -154,8 +175,11 @@ def write_stopped(run_dir: Path, record: dict, env: Mapping[str, str] = os.envir
     requeues only for a stop its own start wrote."""
     if env.get("SLURM_JOB_ID"):
         restarts = env.get("SLURM_RESTART_COUNT", "")
-        record = {**record, "slurm_job_id": env["SLURM_JOB_ID"],
-                  "slurm_restart_count": int(restarts) if restarts.isdigit() else 0}
+        record = {
+            **record,
+            "slurm_job_id": env["SLURM_JOB_ID"],
+            "slurm_restart_count": int(restarts) if restarts.isdigit() else 0,
+        }
     tmp = run_dir / f".{STOPPED_FILE}.tmp"
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(run_dir / STOPPED_FILE)
@@ -182,7 +206,11 @@ class RunLock:
     def _holder(self) -> str:
         try:
             info = json.loads(self.path.read_text())
-            return f"pid {info.get('pid')} on {info.get('host')}" + (f" (SLURM job {info['slurm_job_id']})" if info.get("slurm_job_id") else "") + f", since {info.get('started')}"
+            return (
+                f"pid {info.get('pid')} on {info.get('host')}"
+                + (f" (SLURM job {info['slurm_job_id']})" if info.get("slurm_job_id") else "")
+                + f", since {info.get('started')}"
+            )
         except (OSError, ValueError, AttributeError):
             return "another process"
 
@@ -200,7 +228,10 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise BigtrainError(f"{self.path.parent} is in use by another run ({self._holder()}; {self.path}); wait for it to end or use another run.name") from None
+            raise BigtrainError(
+                f"{self.path.parent} is in use by another run ({self._holder()}; {self.path}); wait for it to end or "
+                "use another run.name"
+            ) from None
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 os.close(fd)
@@ -209,11 +240,19 @@ class RunLock:
             age = time.time() - os.fstat(fd).st_mtime
             if os.fstat(fd).st_size > 0 and age < self.stale_s:
                 os.close(fd)
-                raise BigtrainError(f"{self.path.parent} is in use by another run ({self._holder()}; {self.path} touched {age:.0f} s ago, "
-                                    f"stale after {self.stale_s:.0f} s); wait for it to end or use another run.name") from None
+                raise BigtrainError(
+                    f"{self.path.parent} is in use by another run ({self._holder()}; {self.path} touched {age:.0f} s "
+                    "ago, "
+                    f"stale after {self.stale_s:.0f} s); wait for it to end or use another run.name"
+                ) from None
         self.fd = fd
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "flock": self.flock}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "flock": self.flock,
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self._touched = time.monotonic()

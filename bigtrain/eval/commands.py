@@ -5,6 +5,7 @@ them up. Each prints one JSON object on stdout; protocol warnings also go to std
 each. Bad input raises BigtrainError (the CLI prints one line and exits 2).
 `bigtrain eval` also runs under torchrun: every rank generates its share, rank 0 prints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", default="fid", help="comma-separated: fid, is, kid")
     p.add_argument("--num", type=int, default=DEFAULT_EVAL_SAMPLES, help="generated samples (published FIDs use 50000)")
     p.add_argument("--ref-stats", default=None, help="reference statistics npz (default: the run's eval.ref_stats)")
-    p.add_argument("--truncation", default=None, metavar="PSI[,PSI...]",
-                   help="redraw |z| > PSI (truncation trick); several values: one evaluation each (a truncation curve)")
+    p.add_argument(
+        "--truncation",
+        default=None,
+        metavar="PSI[,PSI...]",
+        help="redraw |z| > PSI (truncation trick); several values: one evaluation each (a truncation curve)",
+    )
     p.add_argument("--class", dest="class_idx", type=int, default=None, help="generate only this class")
     p.add_argument("--no-ema", action="store_true", help="use G's raw weights instead of G_ema")
     p.add_argument("--seed", type=int, default=0, help="sample i depends only on (seed, i)")
@@ -71,8 +76,14 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_standing_arguments(p: argparse.ArgumentParser) -> None:
     """--standing-stats N [--standing-batch-size B], for `sample` and `eval`."""
-    p.add_argument("--standing-stats", type=int, default=0, metavar="N",
-                   help="re-estimate G's batch-norm statistics over N batches of its own samples first (BigGAN's standing statistics; with --truncation, of truncated samples); 0 = off")
+    p.add_argument(
+        "--standing-stats",
+        type=int,
+        default=0,
+        metavar="N",
+        help="re-estimate G's batch-norm statistics over N batches of its own samples first (BigGAN's standing "
+        "statistics; with --truncation, of truncated samples); 0 = off",
+    )
     p.add_argument("--standing-batch-size", type=int, default=64, help="--standing-stats: samples per batch")
 
 
@@ -134,13 +145,29 @@ def run_eval(args: argparse.Namespace, load_generation: Callable, process_group:
         results = []
         for psi in psis:
             if args.standing_stats:  # every rank alike: the same draws give the same statistics
-                loaded.standing_statistics(args.standing_stats, args.standing_batch_size, seed=args.seed, truncation=psi, device=device)
+                loaded.standing_statistics(
+                    args.standing_stats, args.standing_batch_size, seed=args.seed, truncation=psi, device=device
+                )
 
             def generate(indices: list[int], psi=psi):
-                return loaded.generate(indices, seed=args.seed, truncation=psi, class_idx=args.class_idx, device=device, batch_size=args.batch_size)[0]
+                return loaded.generate(
+                    indices,
+                    seed=args.seed,
+                    truncation=psi,
+                    class_idx=args.class_idx,
+                    device=device,
+                    batch_size=args.batch_size,
+                )[0]
 
-            result = evaluator(generate, truncation=psi, class_idx=args.class_idx, ema=loaded.ema, kimg=loaded.kimg, checkpoint=loaded.path,
-                               inputs=loaded.recipe.generation_inputs())
+            result = evaluator(
+                generate,
+                truncation=psi,
+                class_idx=args.class_idx,
+                ema=loaded.ema,
+                kimg=loaded.kimg,
+                checkpoint=loaded.path,
+                inputs=loaded.recipe.generation_inputs(),
+            )
             if args.standing_stats:
                 result["standing_stats"] = {"batches": args.standing_stats, "batch_size": args.standing_batch_size}
             results.append(result)
@@ -149,18 +176,25 @@ def run_eval(args: argparse.Namespace, load_generation: Callable, process_group:
                 _emit(results[0])
             else:  # one object: the curve, one evaluation per psi (warnings printed once each)
                 notes = sorted({w for r in results for w in r.get("warnings", [])})
-                _emit({"truncation_curve": [{k: v for k, v in r.items() if k != "warnings"} for r in results], "warnings": notes})
+                _emit(
+                    {
+                        "truncation_curve": [{k: v for k, v in r.items() if k != "warnings"} for r in results],
+                        "warnings": notes,
+                    }
+                )
     return 0
 
 
 def _run_ref_stats(checkpoint_folder: str) -> Optional[str]:
     """eval.ref_stats of the run that holds a checkpoint folder (RUN/checkpoints/step-...)."""
-    from bigtrain.config import load_yaml
+    from bigtrain.config_merge import load_yaml
 
     config = Path(checkpoint_folder).resolve().parent.parent / "config.yaml"
     if not config.is_file():
         return None
-    return (load_yaml(config).get("eval") or {}).get("ref_stats") or None  # the run's resolved config: no need to validate it again
+    return (load_yaml(config).get("eval") or {}).get(
+        "ref_stats"
+    ) or None  # the run's resolved config: no need to validate it again
 
 
 # ---- bigtrain fid -----------------------------------------------------------------------------
@@ -169,7 +203,9 @@ def _run_ref_stats(checkpoint_folder: str) -> Optional[str]:
 def add_fid_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("a", help="data set (shards, .npz, image folder), samples .npz, or statistics .npz")
     p.add_argument("b", help="the other side, of any of the same kinds")
-    p.add_argument("--resolution", type=int, default=None, help="resize data set images to this first (as training does)")
+    p.add_argument(
+        "--resolution", type=int, default=None, help="resize data set images to this first (as training does)"
+    )
     p.add_argument("--num", type=int, default=None, help="use only the first N images of each data set")
     _add_inception_arguments(p)
 
@@ -224,7 +260,9 @@ def _side_stats(path: str, args: argparse.Namespace, device: torch.device, incep
 def add_ref_stats_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="data set: shards (.tar, pattern, folder, dataset.json), .npz with x, or image folder")
     p.add_argument("out", help="statistics file to write (.npz: mu, sigma, meta[, features])")
-    p.add_argument("--resolution", type=int, default=None, help="resize images to this first (use the training resolution)")
+    p.add_argument(
+        "--resolution", type=int, default=None, help="resize images to this first (use the training resolution)"
+    )
     p.add_argument("--split", default=None, help="which split the data is (train, test, ...), recorded in the file")
     p.add_argument("--num", type=int, default=None, help="use only the first N images")
     p.add_argument("--features", action="store_true", help="also store the features (KID needs them; ~8 KB per image)")

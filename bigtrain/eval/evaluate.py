@@ -7,6 +7,7 @@ same time. The callable maps sample indices to images; sample i must depend only
 share `rank_share(N, r, W)`, so the result equals a one-process evaluation of the same N
 samples. This package knows no model family and imports nothing from the engine.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -7,6 +7,7 @@ opposite: each image once, in a fixed order. Three kinds of input are read here:
 - WebDataset shards on a local disk: a `.tar` file, a brace pattern (`data-{000..009}.tar`), a
   folder of `.tar` files, or a make-shards `dataset.json` (the shards it lists).
 """
+
 from __future__ import annotations
 
 import json
@@ -147,7 +148,10 @@ def _decode(data: bytes, name: str) -> torch.Tensor:
 
 
 def _batched(
-    chunks: Iterator[tuple[str, torch.Tensor]], batch_size: int, source: str, transform: Callable[[torch.Tensor], torch.Tensor]
+    chunks: Iterator[tuple[str, torch.Tensor]],
+    batch_size: int,
+    source: str,
+    transform: Callable[[torch.Tensor], torch.Tensor],
 ) -> Iterator[torch.Tensor]:
     """Regroup single images and whole arrays into batches of `batch_size` (the last may be
     short), applying `transform` to pieces of at most one batch (so a large array is never

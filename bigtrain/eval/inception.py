@@ -14,6 +14,7 @@ code does (`pool3 @ W`), which is torch-fidelity's and torchmetrics' "logits_unb
 Module and parameter names follow torch-fidelity's state dict, so the standard weights file
 loads with its keys as they are (see `bigtrain.eval.weights`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

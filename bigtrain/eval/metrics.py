@@ -13,6 +13,7 @@ Distributed use (every rank builds the same MetricSet and calls `compute` togeth
 - reference statistics enter FID's sums on rank 0 only (sums add up across ranks); reference
   features for KID are split contiguously over the ranks like the samples.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -131,7 +132,10 @@ class MetricSet:
                     raise BigtrainError(f"KID: {len(ref.features)} reference features for {world_size} ranks")
                 subset_size = min(KID_SUBSET_SIZE, num_samples, len(ref.features))
                 self.kid = KernelInceptionDistance(
-                    feature=Precomputed(num_features), subsets=KID_SUBSETS, subset_size=subset_size, reset_real_features=False
+                    feature=Precomputed(num_features),
+                    subsets=KID_SUBSETS,
+                    subset_size=subset_size,
+                    reset_real_features=False,
                 ).to(self.device)
                 self.kid.update(torch.as_tensor(ref.features[np.asarray(share)], device=self.device), real=True)
 
@@ -193,7 +197,9 @@ def _cat(parts: list[Tensor], rank: int) -> Tensor:
 
 def _need(reference: Optional["RefStats"], metric: str, fields: tuple[str, ...], num_features: int) -> "RefStats":
     if reference is None:
-        raise BigtrainError(f"{metric.upper()} needs reference statistics: make them with `bigtrain ref-stats DATA OUT.npz`")
+        raise BigtrainError(
+            f"{metric.upper()} needs reference statistics: make them with `bigtrain ref-stats DATA OUT.npz`"
+        )
     if any(getattr(reference, f) is None for f in fields):
         raise BigtrainError(
             f"{reference.path}: has no {'/'.join(fields)} for {metric.upper()}"

@@ -20,6 +20,7 @@ with no high-quality sample p is undefined and `kl` is NaN (as the reference's 0
 
 Pure numpy: it takes numpy arrays or torch tensors and imports nothing from bigtrain.
 """
+
 from __future__ import annotations
 
 import math

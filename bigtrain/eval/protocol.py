@@ -15,6 +15,7 @@ count and sha256 (Recipe.generation_inputs).
 A statistics file made by another tool (pytorch-fid, TTUR, StudioGAN) has only `mu` and `sigma`:
 its record has the source and kind and None elsewhere.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -51,16 +52,24 @@ def compare(a: dict, b: Optional[dict], a_name: str = "A", b_name: str = "B") ->
     for name, rec in ((a_name, a), (b_name, b)) if b is not None else ((a_name, a),):
         if rec.get("network") is None:
             found.append(
-                f"{name} ({rec.get('source') or 'unknown source'}) carries no protocol metadata (made by another tool?): "
+                f"{name} ({rec.get('source') or 'unknown source'}) carries no protocol metadata (made by another "
+                "tool?): "
                 "its Inception weights, resize and image count cannot be checked"
             )
         elif rec.get("standard_weights") is False:
             sha = rec.get("weights_sha256")
-            what = f"non-standard Inception weights (sha256 {sha[:16]}...)" if sha else "an untrained Inception (no weights file)"
+            what = (
+                f"non-standard Inception weights (sha256 {sha[:16]}...)"
+                if sha
+                else "an untrained Inception (no weights file)"
+            )
             found.append(f"{name} used {what}: not comparable with published FID/IS/KID")
     inputs = a.get("inputs")
     if inputs and a.get("num_images") and a["num_images"] > inputs["num_images"]:
-        found.append(f"{a_name}: {a['num_images']} translations of {inputs['num_images']} distinct inputs, so some images are counted more than once")
+        found.append(
+            f"{a_name}: {a['num_images']} translations of {inputs['num_images']} distinct inputs, so some images are "
+            "counted more than once"
+        )
     if b is None:
         return found
     both = [k for k in ("network", "resize", "weights_sha256") if a.get(k) is not None and b.get(k) is not None]
@@ -69,7 +78,10 @@ def compare(a: dict, b: Optional[dict], a_name: str = "A", b_name: str = "B") ->
             found.append(f"{a_name} and {b_name} differ in {key}: {a[key]} vs {b[key]}")
     inputs = a.get("inputs")
     if inputs and b.get("source") is not None and inputs.get("source") == b.get("source"):
-        found.append(f"{a_name} translates the images of {b_name}'s source ({b['source']}): score translations against the target domain's statistics")
+        found.append(
+            f"{a_name} translates the images of {b_name}'s source ({b['source']}): score translations against the "
+            "target domain's statistics"
+        )
     ra, rb = a.get("image_resolution"), b.get("image_resolution")
     if ra and rb and list(ra) != list(rb):
         found.append(

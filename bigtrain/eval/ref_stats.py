@@ -6,6 +6,7 @@ So their files work here and ours work there. bigtrain adds, as extra keys other
     meta      a JSON string: the protocol record (bigtrain.eval.protocol) of the data set
     features  float32 [N, 2048] pool features, only with `--features` (needed for KID)
 """
+
 from __future__ import annotations
 
 import json

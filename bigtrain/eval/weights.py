@@ -10,6 +10,7 @@ Where it is looked for, in order:
 4. a download from torch-fidelity's release into that cache, when the machine is online.
 A path given explicitly (1 or 2) must exist: it is never silently replaced by another file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -97,7 +98,9 @@ def _download(url: str, dest: Path) -> str:
         os.replace(tmp, dest)  # concurrent downloads (several ranks) each replace it whole
         return sha
     except OSError as exc:  # URLError, timeouts and refused connections are all OSErrors
-        raise WeightsError(f"Inception weights not found and the download failed ({exc}): {_where_to_put_it()}") from None
+        raise WeightsError(
+            f"Inception weights not found and the download failed ({exc}): {_where_to_put_it()}"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
 

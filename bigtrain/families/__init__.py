@@ -6,6 +6,7 @@ point group, whose entries name a Family object (docs/design.md, "Adding a famil
 `registry()` joins both into the Registry that the config loader, the CLI and the engine are
 handed; `load_config`, `config_from_dict` and `build_recipe` are the usual ways in.
 """
+
 from __future__ import annotations
 
 from importlib.metadata import entry_points
@@ -14,7 +15,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from bigtrain import config as config_mod
+from bigtrain import config_merge
 from bigtrain.config import Config
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
@@ -41,23 +42,33 @@ def registry() -> Registry:
     families = dict(FAMILIES)
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         if entry.name in families:
-            raise ConfigError("recipe", f"the {ENTRY_POINT_GROUP} entry point {entry.name!r} ({entry.value}) names a family bigtrain already has")
+            raise ConfigError(
+                "recipe",
+                f"the {ENTRY_POINT_GROUP} entry point {entry.name!r} ({entry.value}) names a family bigtrain already "
+                "has",
+            )
         family = entry.load()
         if not isinstance(family, Family):
-            raise ConfigError("recipe", f"the {ENTRY_POINT_GROUP} entry point {entry.name!r} ({entry.value}) is no bigtrain.families.base.Family")
+            raise ConfigError(
+                "recipe",
+                f"the {ENTRY_POINT_GROUP} entry point {entry.name!r} ({entry.value}) is no "
+                "bigtrain.families.base.Family",
+            )
         families[entry.name] = family
     return Registry(families)
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None, reg: Optional[Registry] = None) -> Config:
+def load_config(
+    path: Optional[str | Path] = None, overrides: Optional[list[str]] = None, reg: Optional[Registry] = None
+) -> Config:
     """Defaults <- YAML file <- overrides, validated against the registry's schema for the recipe
     (bigtrain.config.load_config)."""
-    return config_mod.load_config(path, overrides, reg or registry())
+    return config_merge.load_config(path, overrides, reg or registry())
 
 
 def config_from_dict(data: dict, reg: Optional[Registry] = None) -> Config:
     """A saved config (a checkpoint's) validated against the registry's schema."""
-    return config_mod.config_from_dict(data, reg or registry())
+    return config_merge.config_from_dict(data, reg or registry())
 
 
 def recipe_class(cfg: Config, reg: Optional[Registry] = None) -> type[Recipe]:
@@ -70,7 +81,11 @@ def build_recipe(cfg: Config, info: DataInfo, world_size: int = 1, reg: Optional
     reg = reg or registry()
     recipe = reg.recipe_class(cfg).create(cfg, info, archs=reg.archs, world_size=world_size)
     names = {spec.name.lower() for spec in recipe.players()} | set(recipe.optim_groups())
-    for section, keys in (("optim", cfg.optim), ("backend.configs", cfg.backend.configs), ("schedule.lr", cfg.schedule.lr)):
+    for section, keys in (
+        ("optim", cfg.optim),
+        ("backend.configs", cfg.backend.configs),
+        ("schedule.lr", cfg.schedule.lr),
+    ):
         for key in keys:
             if key not in names:
                 raise_unknown_player(f"{section}.{key}", sorted(names))

@@ -6,6 +6,7 @@ freezes, which data streams it draws, how often it runs), how it generates sampl
 state (global, and per rank). The loop (bigtrain/engine/loop.py) runs any recipe the same way
 and never learns a family's name; recipes never import the distributed engine.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -59,7 +60,9 @@ class PlayerSpec:
     build: Callable[[], nn.Module]  # builds the plain module from its own config section
     optim: OptimConfig  # its optimizer (optim.<name lowercased>, or the recipe's fallback)
     ema: bool = False  # keep an exponential moving average of its weights (`<name>_ema`)
-    local_buffers: tuple[str, ...] = ()  # buffers (names in net.named_buffers()) each rank sets itself: never broadcast by DDP
+    local_buffers: tuple[
+        str, ...
+    ] = ()  # buffers (names in net.named_buffers()) each rank sets itself: never broadcast by DDP
     unused_parameters: bool = False  # a forward may leave some parameters unused (DDP's find_unused_parameters)
 
 
@@ -135,13 +138,19 @@ class Recipe:
 
     section: Optional[str] = None  # top-level config key of the recipe's own options
     Options: Optional[type] = None  # dataclass of those options
-    sections: ClassVar[dict[str, type]] = {}  # further top-level sections it reads, shared with other recipes (loss, augment)
-    renamed: ClassVar[dict[str, tuple[str, Any]]] = {}  # old dotted key -> (new dotted key, default), read for one release
+    sections: ClassVar[
+        dict[str, type]
+    ] = {}  # further top-level sections it reads, shared with other recipes (loss, augment)
+    renamed: ClassVar[
+        dict[str, tuple[str, Any]]
+    ] = {}  # old dotted key -> (new dotted key, default), read for one release
     streams: tuple[str, ...] = ("real",)  # data streams the recipe reads
     sampled: tuple[str, ...] = ("G",)  # players (EMA copy when kept) that generate samples
     grid_streams: tuple[str, ...] = ()  # streams whose first samples the sample grid shows (image-to-image: its inputs)
     conditional_sampling: bool = True  # `--class` means something for this family
-    reads: ClassVar[dict[str, int]] = {}  # statistic of its phases -> every how many iterations read_statistics gets its mean over ranks
+    reads: ClassVar[
+        dict[str, int]
+    ] = {}  # statistic of its phases -> every how many iterations read_statistics gets its mean over ranks
 
     world_size: int = 1  # processes training the recipe (set by build_recipe)
     archs: Mapping[str, Arch] = {}  # every architecture of the registry (set by build_recipe)
@@ -185,7 +194,8 @@ class Recipe:
         raise NotImplementedError
 
     def latents(self, n: int, gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
-        """Draws for one phase of `n` samples from the rank's latent stream `gen` (on the backend's device: draw with device=gen.device)."""
+        """Draws for one phase of `n` samples from the rank's latent stream `gen` (on the backend's
+        device: draw with device=gen.device)."""
         return {}
 
     def optim_groups(self) -> tuple[str, ...]:
@@ -236,20 +246,51 @@ class Recipe:
         augmentation strength follows E[sign(D(real))] this way)."""
 
     # ---- sampling from one generator (`bigtrain sample --standing-stats / --interp`) -------
-    def standing_statistics(self, nets: dict[str, nn.Module], batches: int, batch_size: int, *, seed: int,
-                            truncation: Optional[float] = None, device: torch.device | str = "cpu") -> int:
+    def standing_statistics(
+        self,
+        nets: dict[str, nn.Module],
+        batches: int,
+        batch_size: int,
+        *,
+        seed: int,
+        truncation: Optional[float] = None,
+        device: torch.device | str = "cpu",
+    ) -> int:
         """Re-estimate the batch-norm statistics of the sampled generator from its own samples;
         returns the BN layers updated. ValueError where the family has no such generator."""
-        raise ValueError(f"this family ({type(self).__name__}) samples from {', '.join(nets)}; standing statistics are for one G(z, y)")
+        raise ValueError(
+            f"this family ({type(self).__name__}) samples from {', '.join(nets)}; standing statistics are for one G(z, "
+            "y)"
+        )
 
-    def interpolation(self, nets: dict[str, nn.Module], rows: int, steps: int, *, kind: str, seed: int,
-                      truncation: Optional[float] = None, device: torch.device | str = "cpu") -> Tensor:
+    def interpolation(
+        self,
+        nets: dict[str, nn.Module],
+        rows: int,
+        steps: int,
+        *,
+        kind: str,
+        seed: int,
+        truncation: Optional[float] = None,
+        device: torch.device | str = "cpu",
+    ) -> Tensor:
         """An interpolation grid's images (rows x steps); ValueError where the family has none."""
-        raise ValueError(f"this family ({type(self).__name__}) samples from {', '.join(nets)}; interpolation is for one G(z, y)")
+        raise ValueError(
+            f"this family ({type(self).__name__}) samples from {', '.join(nets)}; interpolation is for one G(z, y)"
+        )
 
     # ---- sampling ----------------------------------------------------------------------
-    def generate(self, nets: dict[str, nn.Module], indices: Sequence[int], *, seed: int, truncation: Optional[float] = None,
-                 class_idx: Optional[int] = None, device: torch.device | str = "cpu", batch_size: int = 64) -> tuple[Tensor, Optional[Tensor]]:
+    def generate(
+        self,
+        nets: dict[str, nn.Module],
+        indices: Sequence[int],
+        *,
+        seed: int,
+        truncation: Optional[float] = None,
+        class_idx: Optional[int] = None,
+        device: torch.device | str = "cpu",
+        batch_size: int = 64,
+    ) -> tuple[Tensor, Optional[Tensor]]:
         """Samples for `indices` (sample i depends only on (seed, i)): float images [N, C, H, W]
         in [-1, 1] or vectors [N, D] on CPU, and int64 labels or None."""
         raise NotImplementedError
@@ -262,8 +303,16 @@ class Recipe:
         """The class shown in each row of a sample grid (None: unconditional)."""
         return [None] * rows
 
-    def grid_images(self, nets: dict[str, nn.Module], rows: int, cols: int, *, seed: int, device: torch.device | str,
-                    inputs: dict[str, Tensor]) -> tuple[Tensor, int]:
+    def grid_images(
+        self,
+        nets: dict[str, nn.Module],
+        rows: int,
+        cols: int,
+        *,
+        seed: int,
+        device: torch.device | str,
+        inputs: dict[str, Tensor],
+    ) -> tuple[Tensor, int]:
         """The sample grid's images, uint8 [R x cols, C, H, W] row by row, and R: by default
         `rows` rows of `generate` on fixed indices, one class per row (`grid_classes`). `inputs`:
         the first samples of each of `grid_streams` (float, on the device)."""
@@ -327,12 +376,17 @@ def net_for(model: Any, player: str, side: str, archs: Mapping[str, Arch]) -> Ne
     cls = archs[arch].config(side)
     for name in over:
         if name not in net_keys(cls):
-            raise ConfigError(f"{section}.{name}", f"the {cls.arch} {SIDES[side]} has no key {name!r}; its keys: {', '.join(net_keys(cls))}")
+            raise ConfigError(
+                f"{section}.{name}",
+                f"the {cls.arch} {SIDES[side]} has no key {name!r}; its keys: {', '.join(net_keys(cls))}",
+            )
     start = base if type(base) is cls else cls()
     try:
         net = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(start), over))
     except OmegaConfBaseException as exc:
         text = str(exc).strip().splitlines()
-        raise ConfigError(f"{section}.{getattr(exc, 'key', '') or ''}".rstrip("."), text[0] if text else type(exc).__name__) from None
+        raise ConfigError(
+            f"{section}.{getattr(exc, 'key', '') or ''}".rstrip("."), text[0] if text else type(exc).__name__
+        ) from None
     net.validate(section)
     return net

@@ -5,6 +5,7 @@ the engine are handed (docs/design.md, "Families").
 config loader asks (the `bigtrain.config.Catalog` protocol). It imports no family itself:
 bigtrain.families builds it from its FAMILIES dict and the `bigtrain.families` entry points.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -21,11 +22,16 @@ class Registry:
         for family_name, family in self.families.items():
             for name, cls in family.recipes.items():
                 if name in self.recipes:
-                    raise ConfigError("recipe", f"family {family_name!r} registers recipe {name!r}, which another family has")
+                    raise ConfigError(
+                        "recipe", f"family {family_name!r} registers recipe {name!r}, which another family has"
+                    )
                 self.recipes[name] = cls
             for name, arch in family.archs.items():
                 if name in self.archs:
-                    raise ConfigError("model.g.arch", f"family {family_name!r} registers architecture {name!r}, which another family has")
+                    raise ConfigError(
+                        "model.g.arch",
+                        f"family {family_name!r} registers architecture {name!r}, which another family has",
+                    )
                 self.archs[name] = arch
 
     # ---- what the config loader asks (bigtrain.config.Catalog) ------------------------------
@@ -65,4 +71,9 @@ class Registry:
         """Every name that identifies a family, recipe, architecture or a recipe's own section
         (the engine must name none of them: tests/unit/test_boundaries.py). Shared sections
         (loss, augment) are ordinary words and left out."""
-        return {*self.families, *self.recipes, *self.archs, *(cls.section for cls in self.recipes.values() if cls.section)}
+        return {
+            *self.families,
+            *self.recipes,
+            *self.archs,
+            *(cls.section for cls in self.recipes.values() if cls.section),
+        }

@@ -8,6 +8,7 @@ Conditioning modes (`model.g.cond` / `model.d.cond`; "auto" picks the architectu
 - D `projection`: inner product of a class embedding with D's final features (Miyato & Koyama 2018).
 - D `acgan`: an auxiliary classifier head; D returns [N, 1 + K] (Odena et al. 2017).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -33,9 +34,7 @@ def check_labels(y: Optional[Tensor], num_classes: int) -> Optional[Tensor]:
     if num_classes == 0:
         return None
     if y is None:
-        raise ValueError(
-            f"this network is class-conditional ({num_classes} classes): pass labels y, int64 [N]"
-        )
+        raise ValueError(f"this network is class-conditional ({num_classes} classes): pass labels y, int64 [N]")
     return y
 
 
@@ -183,7 +182,10 @@ class MinibatchStddev(nn.Module):
         n, c, height, width = h.shape
         g, f = min(self.group_size, n), self.num_channels
         if n % g or c % f:
-            raise ValueError(f"minibatch stddev: batch {n} must be a multiple of the group size {g}, and {c} channels of the {f} groups")
+            raise ValueError(
+                f"minibatch stddev: batch {n} must be a multiple of the group size {g}, and {c} channels of the {f} "
+                "groups"
+            )
         y = h.reshape(g, n // g, f, c // f, height, width).float()  # [G, M, F, c, H, W]
         y = (y - y.mean(dim=0)).square().mean(dim=0).add(1e-8).sqrt()  # [M, F, c, H, W]
         y = y.mean(dim=(2, 3, 4)).to(h.dtype)  # [M, F]

@@ -4,6 +4,7 @@ d_loss(real_out [N], fake_out [N]) -> float32 scalar; g_loss(fake_out [N]) -> fl
 Regularizers (R1, gradient penalty, DRAGAN) are in `regularizers`, BEGAN's terms in `gan`; the
 classic recipe (bigtrain/families/gan/recipe.py) combines them as the config asks.
 """
+
 from __future__ import annotations
 
 from functools import partial

@@ -3,6 +3,7 @@
 Logits are cast to float32 first, because under bf16/fp16 autocast they arrive in half
 precision, where softplus and the means lose too many digits.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F

@@ -3,6 +3,7 @@
 The caller runs D on inputs that `require_grad`; these take the input gradient with
 `create_graph=True`, so the penalty's own gradient reaches D's parameters in the backward.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,7 +30,9 @@ def r1_penalty(real_outputs: Tensor, real_inputs: Tensor) -> Tensor:
 
 def interpolates(real: Tensor, fake: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """x_hat = eps x + (1 - eps) G(z), eps ~ U[0, 1] per sample (WGAN-GP)."""
-    eps = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype, generator=generator)
+    eps = torch.rand(
+        (real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype, generator=generator
+    )
     return torch.lerp(fake, real, eps)
 
 

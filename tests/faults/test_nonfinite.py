@@ -222,7 +222,7 @@ def test_two_processes_stop_together_with_exit_3(tmp_path):
 # `python -c` prelude: from D's K-th loss on (1-based), the classic recipe's D loss is NaN
 NAN_LOSS = """
 import sys
-from bigtrain.recipes import gan
+from bigtrain.families.gan import recipe as gan
 K = int(sys.argv[1])
 calls = [0]
 d_main = gan.GanRecipe.d_main

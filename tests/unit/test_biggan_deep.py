@@ -1,4 +1,4 @@
-"""BigGAN-deep's nets (bigtrain/models/biggan_deep.py): counts, shapes, conditioning on [z, y],
+"""BigGAN-deep's nets (bigtrain/families/biggan/deep.py): counts, shapes, conditioning on [z, y],
 the channel-dropping and channel-concatenating skips, bf16."""
 import pytest
 import torch

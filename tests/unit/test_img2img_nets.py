@@ -1,4 +1,4 @@
-"""CycleGAN's and Pix2Pix's nets (issue 14 point 1; bigtrain/models/img2img.py): the reference's
+"""CycleGAN's and Pix2Pix's nets (issue 14 point 1; bigtrain/families/img2img/nets.py): the reference's
 parameter counts, shapes, instance norm, U-Net dropout, init, config keys and errors."""
 import pytest
 import torch

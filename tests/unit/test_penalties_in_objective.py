@@ -1,4 +1,4 @@
-"""Gradient penalties inside D's update (bigtrain/recipes/gan.py): taken through D's plain module, on the
+"""Gradient penalties inside D's update (bigtrain/families/gan/recipe.py): taken through D's plain module, on the
 weights of the step's main forward, with one spectral-norm power iteration per step, and
 reaching D's parameters. Checked against autograd on a copy of D made before the step."""
 import copy

@@ -1,4 +1,4 @@
-"""Progressive GAN nets (bigtrain/models/progan.py) against the official G_paper / D_paper:
+"""Progressive GAN nets (bigtrain/families/progan/nets.py) against the official G_paper / D_paper:
 parameter counts, equalised learning rate, pixel norm, minibatch stddev, the lod fades."""
 from __future__ import annotations
 

@@ -16,7 +16,9 @@ import webdataset as wds
 from bigtrain.config import DataConfig
 from bigtrain.data import build_source
 from bigtrain.data.shard_writer import make_shards
-from bigtrain.data.shards import MIN_SAMPLES_FOR_FRACTION, ShardSource, SkipCounter, TarFormatError, resolve_shards, shard_order, tar_members
+from bigtrain.data.shard_set import resolve_shards
+from bigtrain.data.shards import ShardSource, shard_order
+from bigtrain.data.tar_reader import MIN_SAMPLES_FOR_FRACTION, SkipCounter, TarFormatError, tar_members
 from bigtrain.data.transforms import resize_images
 from bigtrain.errors import ConfigError, DataError
 

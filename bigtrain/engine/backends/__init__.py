@@ -3,6 +3,7 @@ names. This package holds the ONLY imports of accelerate, deepspeed and torch.di
 bigtrain (tests/unit/test_boundaries.py); one module each: the interface (base.py), Accelerate
 (accelerate.py), the DeepSpeed engine (deepspeed.py), its JSON (deepspeed_config.py) and its
 files (deepspeed_files.py)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,7 +26,10 @@ def build_backend(backend_cfg: BackendConfig, train_cfg: TrainConfig) -> Backend
 
         return DeepSpeedBackend(backend_cfg, train_cfg)
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        raise ConfigError("backend.kind", "is accelerate but accelerate launch was given a DeepSpeed config; set backend.kind=deepspeed")
+        raise ConfigError(
+            "backend.kind",
+            "is accelerate but accelerate launch was given a DeepSpeed config; set backend.kind=deepspeed",
+        )
     from bigtrain.engine.backends.accelerate import AccelerateBackend
 
     return AccelerateBackend(backend_cfg, train_cfg)

@@ -2,6 +2,7 @@
 mixed precision done here rather than by Accelerate so that each player owns its own loss
 scaler: Accelerate's fp16 shares one GradScaler between optimizers, and an overflow in D would
 then skip G's step too."""
+
 from __future__ import annotations
 
 import contextlib
@@ -46,8 +47,15 @@ class AccelerateBackend(Backend):
         self.micro_batch, self.rounds = split_batch(train_cfg, self.world_size)
         self.accelerator.gradient_accumulation_steps = self.rounds
 
-    def make_player(self, name: str, net: nn.Module, opt_cfg: OptimConfig, *, local_buffers: Sequence[str] = (),
-                    unused_parameters: bool = False) -> Player:
+    def make_player(
+        self,
+        name: str,
+        net: nn.Module,
+        opt_cfg: OptimConfig,
+        *,
+        local_buffers: Sequence[str] = (),
+        unused_parameters: bool = False,
+    ) -> Player:
         """Move `net` to the device, wrap it for DDP and give it its own optimizer and scaler.
         `local_buffers`: buffers DDP must not broadcast before each forward (each rank sets them);
         `unused_parameters`: DDP looks for parameters a forward left unused (for this player, on
@@ -64,8 +72,17 @@ class AccelerateBackend(Backend):
         fused = uses_fused(opt_cfg, self.device)
         optimizer = build_optimizer(net.parameters(), opt_cfg, fused=fused)
         scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
-        return Player(name=name, net=net, engine=engine, optimizer=optimizer, scaler=scaler, grad_clip=opt_cfg.grad_clip, base_lr=opt_cfg.lr,
-                      deferred_guard=fused, backend=self)
+        return Player(
+            name=name,
+            net=net,
+            engine=engine,
+            optimizer=optimizer,
+            scaler=scaler,
+            grad_clip=opt_cfg.grad_clip,
+            base_lr=opt_cfg.lr,
+            deferred_guard=fused,
+            backend=self,
+        )
 
     def set_batch(self, micro_batch: int, rounds: int) -> None:
         """Micro-batch and accumulation rounds from the next phase on (called between
@@ -90,7 +107,9 @@ class AccelerateBackend(Backend):
             total = total + loss
         self.accelerator.backward(total)
 
-    def step(self, player: Player, before_step: BeforeStep = None, finite_loss: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    def step(
+        self, player: Player, before_step: BeforeStep = None, finite_loss: Optional[torch.Tensor] = None
+    ) -> Optional[torch.Tensor]:
         """Optimizer step of one player, after `before_step(name, net, grads)` (unscaled
         gradients, before clipping). Returns a 0-d tensor that is 1 when the step was skipped:
         with fp16 by the player's own scaler (inf/NaN gradients); otherwise, given
@@ -121,7 +140,9 @@ class AccelerateBackend(Backend):
             player.scaler.step(player.optimizer)  # fused: found_inf goes to the kernel, no sync
             player.scaler.update()
             skipped = (player.scaler._scale < scale_before).float()
-            player.nonfinite = torch.full((), 3, device=skipped.device) if player.deferred_guard else "a gradient (fp16 overflow)"  # full: no host-to-device copy
+            player.nonfinite = (
+                torch.full((), 3, device=skipped.device) if player.deferred_guard else "a gradient (fp16 overflow)"
+            )  # full: no host-to-device copy
         elif skipped is None or player.deferred_guard or not skipped:
             player.optimizer.step()
             player.optimizer.found_inf = None
@@ -153,7 +174,9 @@ class AccelerateBackend(Backend):
         """Restore a player from its trainer.pt entry (and its own files in `folder`, if any);
         `written`: the number of processes that wrote it (every rank holds full states here)."""
         if state.get("engine") == "deepspeed":
-            raise CheckpointError(f"{folder}: {player.name} was saved by the deepspeed backend; resume with backend.kind=deepspeed")
+            raise CheckpointError(
+                f"{folder}: {player.name} was saved by the deepspeed backend; resume with backend.kind=deepspeed"
+            )
         player.net.load_state_dict(state["net"])
         player.optimizer.load_state_dict(state["optimizer"])
         if player.scaler is not None and "scaler" in state:

@@ -1,6 +1,7 @@
 """The backend interface: what the loop and the players may ask of the distributed engine
 behind them (docs/design.md, "Layout and boundaries"). Two backends implement it, each in its own
 module of this package: Accelerate (DDP) and DeepSpeed (ZeRO 0-3, one engine per player)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -72,7 +73,9 @@ class Backend:
         starts."""
         return EngineCaps(engine="DDP" if self.world_size > 1 else "one process")
 
-    def differentiable_forward(self, player: Player, *inputs: Any, anchor: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def differentiable_forward(
+        self, player: Player, *inputs: Any, anchor: bool = False
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(outputs, anchor) of the player for a loss that differentiates through its input
         gradients (autograd.grad with create_graph, then the phase's backward).
 
@@ -84,7 +87,11 @@ class Backend:
         reducer and DeepSpeed's bookkeeping see a phase that has no other forward of it.
         Refused where the engine cannot (ZeRO-3)."""
         if not self.supports_second_order(player):
-            raise ConfigError("backend", f"{player.name}: a loss through its input gradients needs a second backward, which its engine cannot do (ZeRO-3)")
+            raise ConfigError(
+                "backend",
+                f"{player.name}: a loss through its input gradients needs a second backward, which its engine cannot "
+                "do (ZeRO-3)",
+            )
         zero = player.engine(*inputs).float().sum() * 0.0 if anchor else None
         net = player.net
         was_training = net.training
@@ -131,7 +138,11 @@ class Backend:
         """Accumulation rounds that make `batch_size` images with `micro_batch` per process."""
         per_round = micro_batch * self.world_size
         if batch_size % per_round:
-            raise ConfigError("schedule.batch", f"batch size {batch_size} is not a multiple of micro_batch ({micro_batch}) x world size ({self.world_size})")
+            raise ConfigError(
+                "schedule.batch",
+                f"batch size {batch_size} is not a multiple of micro_batch ({micro_batch}) x world size "
+                f"({self.world_size})",
+            )
         return batch_size // per_round
 
     def get_lr(self, player: Player) -> float:

@@ -2,6 +2,7 @@
 own config (ZeRO stage, clipping, fp16 loss scaler). deepspeed is imported here only, lazily:
 the Accelerate path never needs it installed. Its JSON configs come from deepspeed_config.py,
 its checkpoint files are checked by deepspeed_files.py."""
+
 from __future__ import annotations
 
 import contextlib
@@ -54,7 +55,13 @@ class DeepSpeedBackend(Backend):
         on_cpu = accel.device_name() == "cpu"
         _check_precision_supported(self.precision, accel)
         if "RANK" not in os.environ and not dist.is_initialized():  # no launcher: a group of one process
-            for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
+            for key, value in {
+                "RANK": "0",
+                "LOCAL_RANK": "0",
+                "WORLD_SIZE": "1",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(_free_port()),
+            }.items():
                 os.environ.setdefault(key, value)
         self.local_rank: int = int(os.environ.get("LOCAL_RANK", 0))
         if on_cpu:
@@ -63,7 +70,9 @@ class DeepSpeedBackend(Backend):
             accel.set_device(self.local_rank)
             self.device = torch.device(accel.device_name(self.local_rank))
         if not dist.is_initialized():
-            deepspeed.init_distributed(dist_backend="gloo" if on_cpu else accel.communication_backend_name(), verbose=False)
+            deepspeed.init_distributed(
+                dist_backend="gloo" if on_cpu else accel.communication_backend_name(), verbose=False
+            )
         self.rank: int = dist.get_rank()
         self.world_size: int = dist.get_world_size()
         self.is_main: bool = self.rank == 0
@@ -77,14 +86,25 @@ class DeepSpeedBackend(Backend):
         partitioned optimizer state."""
         ds_config, _ = deepspeed_config(name, opt_cfg, self.backend_cfg, self.train_cfg, self.world_size, self.env)
         stage = int(ds_config["zero_optimization"].get("stage", 0))
-        return EngineCaps(engine=f"DeepSpeed ZeRO-{stage}", second_order=stage != 3, whole_weights=stage != 3, resets_optimizer=False)
+        return EngineCaps(
+            engine=f"DeepSpeed ZeRO-{stage}", second_order=stage != 3, whole_weights=stage != 3, resets_optimizer=False
+        )
 
     def reset_optimizer(self, player: Player) -> None:
-        raise RuntimeError(f"resetting {player.name}'s optimizer state is not possible under DeepSpeed (its ZeRO partitions hold it); "
-                           "Recipe.check_engine should have refused this run")
+        raise RuntimeError(
+            f"resetting {player.name}'s optimizer state is not possible under DeepSpeed (its ZeRO partitions hold it); "
+            "Recipe.check_engine should have refused this run"
+        )
 
-    def make_player(self, name: str, net: nn.Module, opt_cfg: OptimConfig, *, local_buffers: Sequence[str] = (),
-                    unused_parameters: bool = False) -> Player:
+    def make_player(
+        self,
+        name: str,
+        net: nn.Module,
+        opt_cfg: OptimConfig,
+        *,
+        local_buffers: Sequence[str] = (),
+        unused_parameters: bool = False,
+    ) -> Player:
         """Wrap `net` in its own DeepSpeed engine; the optimizer is built from `optim.<name>`
         (exactly as under Accelerate) unless the player's DeepSpeed JSON names one. DeepSpeed
         broadcasts no buffer before a forward and tolerates unused parameters, so the two
@@ -109,8 +129,16 @@ class DeepSpeedBackend(Backend):
         self.zero_stages[name] = engine.zero_optimization_stage()
         self.engines.append(engine)
         lr = float(ds_config.get("optimizer", {}).get("params", {}).get("lr", opt_cfg.lr))
-        return Player(name=name, net=engine.module, engine=engine, optimizer=optimizer, scaler=None, grad_clip=float(ds_config.get("gradient_clipping", 0.0)), base_lr=lr,
-                      backend=self)
+        return Player(
+            name=name,
+            net=engine.module,
+            engine=engine,
+            optimizer=optimizer,
+            scaler=None,
+            grad_clip=float(ds_config.get("gradient_clipping", 0.0)),
+            base_lr=lr,
+            backend=self,
+        )
 
     def set_batch(self, micro_batch: int, rounds: int) -> None:
         """Micro-batch and accumulation rounds from the next phase on, through each engine's
@@ -139,7 +167,9 @@ class DeepSpeedBackend(Backend):
             if not player.engine.is_gradient_accumulation_boundary():
                 player.engine.step()
 
-    def step(self, player: Player, before_step: BeforeStep = None, finite_loss: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    def step(
+        self, player: Player, before_step: BeforeStep = None, finite_loss: Optional[torch.Tensor] = None
+    ) -> Optional[torch.Tensor]:
         """The boundary's engine.step, after `before_step(name, net, grads)` (grads: the fp32
         gradients as DeepSpeed keeps them, at any ZeRO stage). Returns a 0-d tensor that is 1
         when the step was skipped: with fp16 by the engine's own loss scaler (DeepSpeed has
@@ -161,7 +191,10 @@ class DeepSpeedBackend(Backend):
                 player.nonfinite = "the loss"
         engine.step()
         if engine.micro_steps % engine.gradient_accumulation_steps() != 0:
-            raise RuntimeError(f"{player.name}: {engine.micro_steps} backward calls are not a whole number of {engine.gradient_accumulation_steps()}-round phases")
+            raise RuntimeError(
+                f"{player.name}: {engine.micro_steps} backward calls are not a whole number of "
+                f"{engine.gradient_accumulation_steps()}-round phases"
+            )
         if self.precision != "fp16":
             return skipped
         player.nonfinite = "a gradient (fp16 overflow)"
@@ -211,7 +244,12 @@ class DeepSpeedBackend(Backend):
 
     def player_state(self, player: Player) -> dict:
         """A small record: the weights and optimizer state live in the engine's own folder."""
-        return {"engine": "deepspeed", "zero_stage": self.zero_stages[player.name], "precision": self.precision, "tag": ENGINE_TAG}
+        return {
+            "engine": "deepspeed",
+            "zero_stage": self.zero_stages[player.name],
+            "precision": self.precision,
+            "tag": ENGINE_TAG,
+        }
 
     def save_engine_files(self, players: list[Player], folder: Path) -> None:
         """Collective: each engine writes `folder/<name>/` (DeepSpeed's layout, one file per
@@ -225,10 +263,15 @@ class DeepSpeedBackend(Backend):
         partitions are first converted to DeepSpeed's universal checkpoint, once, by rank 0
         (`folder/<name>/universal/`, beside the files it reads), and loaded from there."""
         if state.get("engine") != "deepspeed":
-            raise CheckpointError(f"{folder}: {player.name} was saved by the accelerate backend; resume with backend.kind=accelerate")
+            raise CheckpointError(
+                f"{folder}: {player.name} was saved by the accelerate backend; resume with backend.kind=accelerate"
+            )
         stage = self.zero_stages[player.name]
         if (state["zero_stage"], state["precision"]) != (stage, self.precision):
-            raise CheckpointError(f"{folder}: {player.name} was saved at ZeRO-{state['zero_stage']} in {state['precision']} but this run uses ZeRO-{stage} in {self.precision}")
+            raise CheckpointError(
+                f"{folder}: {player.name} was saved at ZeRO-{state['zero_stage']} in {state['precision']} but this run "
+                f"uses ZeRO-{stage} in {self.precision}"
+            )
         engine_dir = Path(folder) / player.name
         saved_world = self.world_size if written is None else written
         verify_deepspeed_files(engine_dir / state["tag"], stage, saved_world)
@@ -242,7 +285,9 @@ class DeepSpeedBackend(Backend):
         # DeepSpeed reads this flag from its config at load time; set for this one load
         engine._config.load_universal_checkpoint = universal
         try:
-            path, _ = engine.load_checkpoint(str(engine_dir), tag=state["tag"], load_optimizer_states=True, load_lr_scheduler_states=True)
+            path, _ = engine.load_checkpoint(
+                str(engine_dir), tag=state["tag"], load_optimizer_states=True, load_lr_scheduler_states=True
+            )
         finally:
             engine._config.load_universal_checkpoint = False
         if path is None:
@@ -260,8 +305,20 @@ class DeepSpeedBackend(Backend):
         ok = True
         if self.is_main and not (out / "latest_universal").exists():
             tmp = engine_dir / "universal.partial"
-            cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(engine_dir / tag), "--output_folder", str(tmp / tag),
-                   "--num_extract_workers", "1", "--num_merge_workers", "1", "--inject_missing_state"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "deepspeed.checkpoint.ds_to_universal",
+                "--input_folder",
+                str(engine_dir / tag),
+                "--output_folder",
+                str(tmp / tag),
+                "--num_extract_workers",
+                "1",
+                "--num_merge_workers",
+                "1",
+                "--inject_missing_state",
+            ]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode == 0:
                 (tmp / "latest_universal").write_text(tag)
@@ -270,7 +327,10 @@ class DeepSpeedBackend(Backend):
                 ok = False
                 warnings.warn(f"{engine_dir}: ds_to_universal failed:\n{done.stderr[-2000:]}", stacklevel=2)
         if not self.all_ranks(ok):
-            raise CheckpointError(f"{engine_dir}: converting the ZeRO partitions to a universal checkpoint failed (see the warning above on rank 0)")
+            raise CheckpointError(
+                f"{engine_dir}: converting the ZeRO partitions to a universal checkpoint failed (see the warning above "
+                "on rank 0)"
+            )
         return out
 
     def reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -316,7 +376,11 @@ def _check_precision_supported(precision: str, accel) -> None:
     supported = {"bf16": accel.is_bf16_supported, "fp16": accel.is_fp16_supported}
     if precision in supported and not supported[precision]():
         # e.g. fp16 on most CPUs: DeepSpeed needs AVX512-FP16/AMX for it there
-        raise ConfigError("train.precision", f"DeepSpeed does not support {precision} on this device ({accel.device_name()}); use {'bf16 or ' if precision == 'fp16' else ''}fp32")
+        raise ConfigError(
+            "train.precision",
+            f"DeepSpeed does not support {precision} on this device ({accel.device_name()}); use "
+            f"{'bf16 or ' if precision == 'fp16' else ''}fp32",
+        )
 
 
 def _free_port() -> int:

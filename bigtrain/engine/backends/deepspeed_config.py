@@ -1,6 +1,7 @@
 """Each DeepSpeed engine's JSON config: generated from the YAML (batch, accumulation,
 precision, clipping, the optimizer) or read from the player's own JSON, checked against the
 YAML where both say something (docs/deepspeed.md)."""
+
 from __future__ import annotations
 
 import json
@@ -15,15 +16,27 @@ from bigtrain.errors import ConfigError
 ACCELERATE_DS_CONFIG_FILE = "ACCELERATE_DEEPSPEED_CONFIG_FILE"  # set by `accelerate launch`
 ACCELERATE_DS_ZERO_STAGE = "ACCELERATE_DEEPSPEED_ZERO_STAGE"
 # Mirrors torch.amp.GradScaler's defaults, so fp16 behaves alike under both backends.
-FP16_LOSS_SCALING = {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 2000, "hysteresis": 1, "min_loss_scale": 1}
+FP16_LOSS_SCALING = {
+    "loss_scale": 0,
+    "initial_scale_power": 16,
+    "loss_scale_window": 2000,
+    "hysteresis": 1,
+    "min_loss_scale": 1,
+}
 
 
 def deepspeed_config(
-    name: str, opt_cfg: OptimConfig, backend_cfg: BackendConfig, train_cfg: TrainConfig, world_size: int, env: Mapping[str, str] = os.environ
+    name: str,
+    opt_cfg: OptimConfig,
+    backend_cfg: BackendConfig,
+    train_cfg: TrainConfig,
+    world_size: int,
+    env: Mapping[str, str] = os.environ,
 ) -> tuple[dict, str]:
     """(DeepSpeed config, where it came from) for player `name` ("G", "D", ...).
 
-    The JSON named by `backend.configs.<name>` (or `backend.g_config` / `d_config`) wins, else the one `accelerate launch` passes
+    The JSON named by `backend.configs.<name>` (or `backend.g_config` / `d_config`) wins, else the one
+    `accelerate launch` passes
     (ACCELERATE_DEEPSPEED_CONFIG_FILE), else a config generated from the YAML. A JSON keeps its
     own ZeRO, optimizer and clipping settings; missing or "auto" keys are filled from the YAML.
     Batch sizes and precision must agree with `train.*`, which the loop follows.
@@ -38,7 +51,11 @@ def deepspeed_config(
         key, cfg = "backend.zero_stage", {"zero_optimization": {"stage": backend_cfg.zero_stage}}
         launcher_stage = env.get(ACCELERATE_DS_ZERO_STAGE)
         if launcher_stage not in (None, "", str(backend_cfg.zero_stage)):
-            raise ConfigError("backend.zero_stage", f"is {backend_cfg.zero_stage} but accelerate launch asks for ZeRO-{launcher_stage} ({ACCELERATE_DS_ZERO_STAGE}); make them agree")
+            raise ConfigError(
+                "backend.zero_stage",
+                f"is {backend_cfg.zero_stage} but accelerate launch asks for ZeRO-{launcher_stage} "
+                f"({ACCELERATE_DS_ZERO_STAGE}); make them agree",
+            )
     for ds_key, want, yaml_key in (
         ("train_batch_size", train_cfg.batch_size, "train.batch_size"),
         ("train_micro_batch_size_per_gpu", micro, "train.micro_batch"),
@@ -56,7 +73,9 @@ def deepspeed_config(
         if enabled == "auto":
             block["enabled"] = wanted
         elif bool(enabled) != wanted:
-            raise ConfigError(key, f"{section}.enabled is {str(enabled).lower()} but train.precision is {train_cfg.precision}")
+            raise ConfigError(
+                key, f"{section}.enabled is {str(enabled).lower()} but train.precision is {train_cfg.precision}"
+            )
         if section == "fp16" and wanted:
             block = {**FP16_LOSS_SCALING, **block}
         cfg[section] = block

@@ -1,6 +1,7 @@
 """DeepSpeed's checkpoint files: checked before any is loaded (every file an engine wrote is
 there and loads with weights_only, naming only the few DeepSpeed classes allowed), and turned
 into plain weights for `bigtrain export` without a process group."""
+
 from __future__ import annotations
 
 import contextlib
@@ -41,10 +42,17 @@ def verify_deepspeed_files(folder: Path, zero_stage: Optional[int] = None, world
         raise CheckpointError(f"{folder}: no DeepSpeed checkpoint files; the checkpoint is incomplete")
     if zero_stage is not None:
         names = {p.name for p in files}
-        model = ["mp_rank_00_model_states.pt"] if zero_stage < 3 else [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world_size)]
+        model = (
+            ["mp_rank_00_model_states.pt"]
+            if zero_stage < 3
+            else [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world_size)]
+        )
         required = [(name,) for name in model]
         if zero_stage > 0:  # one optimizer partition per rank (bf16_ prefix with the bf16 optimizer)
-            required += [(f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt", f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt") for r in range(world_size)]
+            required += [
+                (f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt", f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt")
+                for r in range(world_size)
+            ]
         for options in required:
             if not names.intersection(options):
                 raise CheckpointError(f"{folder / options[0]}: file missing; the checkpoint is incomplete")
@@ -52,11 +60,15 @@ def verify_deepspeed_files(folder: Path, zero_stage: Optional[int] = None, world
     with torch.serialization.safe_globals(allowed):
         for path in files:
             if not zipfile.is_zipfile(path):  # torch.save writes zip archives
-                raise CheckpointError(f"{path}: refusing to load this DeepSpeed file (not a PyTorch checkpoint: corrupt or truncated)")
+                raise CheckpointError(
+                    f"{path}: refusing to load this DeepSpeed file (not a PyTorch checkpoint: corrupt or truncated)"
+                )
             try:
                 torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except Exception as exc:  # an unlisted global, or a corrupt file
-                raise CheckpointError(f"{path}: refusing to load this DeepSpeed file ({_why_unsafe(path, allowed, exc)})") from None
+                raise CheckpointError(
+                    f"{path}: refusing to load this DeepSpeed file ({_why_unsafe(path, allowed, exc)})"
+                ) from None
 
 
 def _why_unsafe(path: Path, allowed: list, exc: Exception) -> str:
@@ -83,13 +95,21 @@ def deepspeed_weights(engine_dir: Path, state: dict) -> dict[str, torch.Tensor]:
     try:
         if state["zero_stage"] == 0:
             with torch.serialization.safe_globals(_deepspeed_safe_globals()):
-                weights = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
+                weights = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)[
+                    "module"
+                ]
         else:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its progress output
+            with (
+                contextlib.redirect_stdout(io.StringIO()),
+                contextlib.redirect_stderr(io.StringIO()),
+            ):  # its progress output
                 weights = get_fp32_state_dict_from_zero_checkpoint(str(engine_dir), tag=state["tag"])
     except (OSError, KeyError, ValueError, RuntimeError) as exc:  # missing or mismatched partition files
         text = str(exc).strip()
-        raise CheckpointError(f"{tag_dir}: cannot read the weights from DeepSpeed's files ({text.splitlines()[0] if text else type(exc).__name__})") from None
+        raise CheckpointError(
+            f"{tag_dir}: cannot read the weights from DeepSpeed's files "
+            f"({text.splitlines()[0] if text else type(exc).__name__})"
+        ) from None
     return {k: (v.detach().float() if v.is_floating_point() else v.detach()).contiguous() for k, v in weights.items()}

@@ -10,6 +10,7 @@ With n = `width` filters and L = log2(res / 8) + 1 stages:
   stage's width (the paper's "sub-sampling with stride 2"), flatten, Linear to `h_dim`.
 The papers leave initialisation open; these nets keep PyTorch's defaults. BEGAN is unconditional.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,10 +31,10 @@ class BeganGConfig(_SpectralNorm, _HDim, NetConfig):
 
     arch: str = "began"  # this class's architecture
 
+
 @dataclass
 class BeganDConfig(_SpectralNorm, _HDim, NetConfig):
     arch: str = "began"  # this class's architecture
-
 
 
 RESOLUTIONS = (16, 32, 64, 128)

@@ -7,6 +7,7 @@ Chosen by `recipe: began`, or by `loss.type: began` under the default recipe. It
 the `began` section (gamma, lambda_k, k0); the old `loss.began_*` spellings are read for one
 more release (`renamed`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,7 +51,9 @@ class BeganRecipe(GanRecipe):
             if getattr(cfg.loss, key) > 0:
                 # BEGAN's D outputs reconstruction errors, not logits: these regularizers are
                 # defined on a critic's scores, and the paper uses none of them
-                raise ConfigError(f"loss.{key}", "is not supported by BEGAN (its D scores reconstruction errors); set it to 0")
+                raise ConfigError(
+                    f"loss.{key}", "is not supported by BEGAN (its D scores reconstruction errors); set it to 0"
+                )
         self.opts: BeganOptions = cfg.began
         self.k = self.opts.k0
         self._real_err: list[Tensor] = []
@@ -61,10 +64,16 @@ class BeganRecipe(GanRecipe):
         real = b.data["real"]["x"]
         with torch.no_grad():
             fake = self.G.net(b.latents["z"], None).to(real.dtype)
-        real_err, fake_err = (e.float() for e in self._score(self.D.engine, [self.augment(real), self.augment(fake)], [None, None]))
+        real_err, fake_err = (
+            e.float() for e in self._score(self.D.engine, [self.augment(real), self.augment(fake)], [None, None])
+        )
         loss = gan.began_d_loss(real_err, fake_err, self.k)
         self._real_err.append(real_err.detach().mean())
-        return {"D": loss}, {"loss/D": loss.detach(), "D/real": real_err.detach().mean(), "D/fake": fake_err.detach().mean()}
+        return {"D": loss}, {
+            "loss/D": loss.detach(),
+            "D/real": real_err.detach().mean(),
+            "D/fake": fake_err.detach().mean(),
+        }
 
     def g_main(self, b: Round) -> tuple[dict[str, Tensor], Stats]:
         # (2) update G: make the frozen D reconstruct G(z) well
@@ -80,7 +89,10 @@ class BeganRecipe(GanRecipe):
         self._fake_err.clear()
         gamma = self.opts.gamma
         self.k = gan.began_k_update(self.k, real_err, fake_err, gamma, self.opts.lambda_k)
-        return {"began/k": torch.tensor(self.k), "began/M_global": torch.tensor(gan.began_convergence(real_err, fake_err, gamma))}
+        return {
+            "began/k": torch.tensor(self.k),
+            "began/M_global": torch.tensor(gan.began_convergence(real_err, fake_err, gamma)),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"k": self.k}

@@ -1,6 +1,6 @@
 """BigGAN-deep (Brock et al. 2019, appendix B), laid out as BigGAN-PyTorch's `BigGANdeep.py` (BGP).
 
-Where plain BigGAN (bigtrain/models/biggan.py) has one wide residual block per resolution, the
+Where plain BigGAN (bigtrain/families/biggan/nets.py) has one wide residual block per resolution, the
 deep nets have `depth` (BGP's G_depth / D_depth, 2) bottleneck blocks per resolution, a stage:
 1x1 conv to a quarter of the channels, two 3x3 convs, 1x1 conv back out.
 
@@ -23,6 +23,7 @@ logit + the projection <embed(y), h>.
 Init, spectral norm (all but G's shared embedding), the fp32 numerics and cross-replica BN are
 biggan.py's, whose pieces this module uses.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,34 +36,45 @@ from torch import Tensor, nn
 from bigtrain.config import _check_positive
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
-from bigtrain.families.biggan.nets import LADDERS, BigganBatchNorm, BigganGenerator, SelfAttention, _attention_after, _BigganNet, conv, default_attention, orthogonal_init, spectral_norm_fp32
+from bigtrain.families.biggan.nets import (
+    LADDERS,
+    BigganBatchNorm,
+    BigganGenerator,
+    SelfAttention,
+    _attention_after,
+    _BigganNet,
+    conv,
+    default_attention,
+    orthogonal_init,
+    spectral_norm_fp32,
+)
 from bigtrain.layers import DiscriminatorHead, check_labels, image_resolution, resolve_cond
 
 
 @dataclass
 class BigganDeepGConfig(_BigganNet):
-    """BigGAN-deep's G (bigtrain/models/biggan_deep.py): z is never split, so no `hier`."""
+    """BigGAN-deep's G (bigtrain/families/biggan/deep.py): z is never split, so no `hier`."""
 
     arch: str = "biggan_deep"  # this class's architecture
-    width: int = 128  # channel multiple `ch` (BigGAN-PyTorch's G_ch): see bigtrain/models/biggan_deep.py
+    width: int = 128  # channel multiple `ch` (BigGAN-PyTorch's G_ch): see bigtrain/families/biggan/deep.py
     depth: int = 2  # bottleneck residual blocks per resolution (BigGAN-PyTorch's G_depth)
     shared_dim: int = 128  # size of the shared class embedding (no spectral norm); [z, it] feeds every conditional BN
     bn_eps: float = 1e-5  # batch norm epsilon (BigGAN-PyTorch --BN_eps 1e-5)
-    cross_replica: bool = False  # G's batch norm statistics over all processes' micro-batches (SyncBN); G_ema always uses its own
+    cross_replica: bool = False  # G's batch-norm statistics over every process (SyncBN); G_ema uses its own
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
         for key in ("shared_dim", "bn_eps"):
             _check_positive(f"{prefix}.{key}", getattr(self, key))
 
+
 @dataclass
 class BigganDeepDConfig(_BigganNet):
-    """BigGAN-deep's D (bigtrain/models/biggan_deep.py)."""
+    """BigGAN-deep's D (bigtrain/families/biggan/deep.py)."""
 
     arch: str = "biggan_deep"  # this class's architecture
-    width: int = 128  # channel multiple `ch` (BigGAN-PyTorch's D_ch): see bigtrain/models/biggan_deep.py
+    width: int = 128  # channel multiple `ch` (BigGAN-PyTorch's D_ch): see bigtrain/families/biggan/deep.py
     depth: int = 2  # bottleneck residual blocks per resolution (BigGAN-PyTorch's D_depth)
-
 
 
 # G: BGP's G_arch is plain BigGAN's: channels / width of the 4x4 map, then each stage's output
@@ -88,7 +100,11 @@ def _check_bottleneck(key: str, width: int, multiples: tuple[int, ...], res: int
     """ConfigError naming `key` where a block's bottleneck (its channels / 4) would have no channels."""
     least = -(-4 // min(multiples))
     if width < least:
-        raise ConfigError(key, f"biggan_deep's bottlenecks have a quarter of a block's channels: at {res} px the width must be at least {least}, got {width}")
+        raise ConfigError(
+            key,
+            f"biggan_deep's bottlenecks have a quarter of a block's channels: at {res} px the width must be at least "
+            f"{least}, got {width}",
+        )
 
 
 def _init(net: nn.Module, cfg: BigganDeepGConfig | BigganDeepDConfig, skip: Optional[nn.Module] = None) -> None:
@@ -121,7 +137,7 @@ class DeepGBlock(nn.Module):
         h = F.relu(self.bn2(self.conv1(F.relu(self.bn1(x, c))), c))  # [N, c_in / 4, H, W]
         h = self.conv3(F.relu(self.bn3(self.conv2(self._up(h)), c)))
         h = self.conv4(F.relu(self.bn4(h, c)))  # [N, c_out, 2H, 2W]
-        return h + self._up(x[:, :self.c_out])  # the skip drops channels
+        return h + self._up(x[:, : self.c_out])  # the skip drops channels
 
 
 class DeepDBlock(nn.Module):
@@ -156,7 +172,9 @@ class BigganDeepGenerator(nn.Module):
         super().__init__()
         res = image_resolution(info, "model.g.arch", "biggan_deep", tuple(G_LADDERS))
         if net.cond not in ("auto", "cbn"):
-            raise ConfigError("model.g.cond", f"biggan_deep G conditions its batch norms (cbn, = auto); got {net.cond!r}")
+            raise ConfigError(
+                "model.g.cond", f"biggan_deep G conditions its batch norms (cbn, = auto); got {net.cond!r}"
+            )
         _check_bottleneck("model.g.width", net.width, G_LADDERS[res][:-1], res)  # each block's input channels / 4
         channels = [net.width * k for k in G_LADDERS[res]]
         self.num_classes, self.image_channels, self.ch0 = num_classes, info.shape[0], channels[0]
@@ -166,9 +184,15 @@ class BigganDeepGenerator(nn.Module):
         bn = dict(cond_dim=cond_dim, eps=net.bn_eps, cross_replica=net.cross_replica)
         self.blocks = nn.ModuleList(
             nn.ModuleList(DeepGBlock(a, b if last else a, last, **bn) for last in [False] * (net.depth - 1) + [True])
-            for a, b in zip(channels, channels[1:]))
-        outputs = [8 * 2 ** i for i in range(len(self.blocks))]
-        attend = _attention_after(outputs, channels[1:], net.attention if net.attention is not None else default_attention(res), "model.g.attention")
+            for a, b in zip(channels, channels[1:])
+        )
+        outputs = [8 * 2**i for i in range(len(self.blocks))]
+        attend = _attention_after(
+            outputs,
+            channels[1:],
+            net.attention if net.attention is not None else default_attention(res),
+            "model.g.attention",
+        )
         self.attention = nn.ModuleList(SelfAttention(c) if a else nn.Identity() for c, a in zip(channels[1:], attend))
         self.out_bn = BigganBatchNorm(channels[-1], 0, net.bn_eps, net.cross_replica)
         self.out_conv = conv(channels[-1], max(RGB_PAD, self.image_channels))
@@ -179,14 +203,16 @@ class BigganDeepGenerator(nn.Module):
     def forward(self, z: Tensor, y: Optional[Tensor] = None, class_embedding: Optional[Tensor] = None) -> Tensor:
         if class_embedding is None and self.shared is not None:
             class_embedding = self.embed(check_labels(y, self.num_classes))  # [N, shared_dim]
-        c = z if class_embedding is None else torch.cat([z.to(class_embedding.dtype), class_embedding], 1)  # [N, cond_dim], BGP's order
+        c = (
+            z if class_embedding is None else torch.cat([z.to(class_embedding.dtype), class_embedding], 1)
+        )  # [N, cond_dim], BGP's order
         h = self.linear(c).view(z.shape[0], self.ch0, 4, 4)
         for stage, attention in zip(self.blocks, self.attention):
             for block in stage:
                 h = block(h, c)
             h = attention(h)
         h = self.out_conv(F.relu(self.out_bn(h)))  # [N, max(128, C), res, res]
-        return torch.tanh(h[:, :self.image_channels])  # [N, C, res, res]
+        return torch.tanh(h[:, : self.image_channels])  # [N, C, res, res]
 
 
 class BigganDeepDiscriminator(nn.Module):
@@ -195,7 +221,9 @@ class BigganDeepDiscriminator(nn.Module):
     def __init__(self, net: BigganDeepDConfig, z_dim: int, num_classes: int, info: DataInfo):
         super().__init__()
         res = image_resolution(info, "model.d.arch", "biggan_deep", tuple(D_LADDERS))
-        self.cond = resolve_cond(net, num_classes, "model.d.cond", "biggan_deep", ("projection", "acgan"), default="projection")
+        self.cond = resolve_cond(
+            net, num_classes, "model.d.cond", "biggan_deep", ("projection", "acgan"), default="projection"
+        )
         self.num_classes = num_classes
         ladder = D_LADDERS[res]
         _check_bottleneck("model.d.width", net.width, ladder.d[1:], res)  # each block's output channels / 4
@@ -203,9 +231,15 @@ class BigganDeepDiscriminator(nn.Module):
         self.input_conv = conv(info.shape[0], channels[0])
         self.blocks = nn.ModuleList(
             nn.ModuleList(DeepDBlock(a if i == 0 else b, b, down and i == 0) for i in range(net.depth))
-            for a, b, down in zip(channels, channels[1:], ladder.down))
-        outputs = [res >> sum(ladder.down[:i + 1]) for i in range(len(ladder.down))]  # each stage's resolution
-        attend = _attention_after(outputs, channels[1:], net.attention if net.attention is not None else default_attention(res), "model.d.attention")
+            for a, b, down in zip(channels, channels[1:], ladder.down)
+        )
+        outputs = [res >> sum(ladder.down[: i + 1]) for i in range(len(ladder.down))]  # each stage's resolution
+        attend = _attention_after(
+            outputs,
+            channels[1:],
+            net.attention if net.attention is not None else default_attention(res),
+            "model.d.attention",
+        )
         self.attention = nn.ModuleList(SelfAttention(c) if a else nn.Identity() for c, a in zip(channels[1:], attend))
         self.head = DiscriminatorHead(channels[-1], num_classes, self.cond)
         _init(self, net)

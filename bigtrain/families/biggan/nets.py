@@ -19,6 +19,7 @@ With `cross_replica`, G's training-mode statistics are summed over all processes
 differentiable all-reduce the engine attaches); G_ema's copy never does this
 (bigtrain.engine.players.EMA turns it off).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,10 +43,10 @@ class _BigganNet(NetConfig):
     """The keys both biggan nets read (Brock et al. 2019; BigGAN-PyTorch's defaults for ImageNet)."""
 
     arch: str = "biggan"  # this class's architecture
-    width: int = 96  # channel multiple `ch` (BigGAN-PyTorch's G_ch / D_ch): see bigtrain/models/biggan.py LADDERS
+    width: int = 96  # channel multiple `ch` (BigGAN-PyTorch's G_ch / D_ch): see LADDERS below
     cond: str = "auto"  # G: cbn only (auto); D: projection (auto) | acgan
-    attention: Optional[List[int]] = None  # resolutions with a self-attention block after them; null = 64 at 128 px and up, res/2 below
-    spectral_norm: bool = True  # spectral norm on every conv and linear (D: its embedding too; never G's shared embedding)
+    attention: Optional[List[int]] = None  # resolutions followed by self-attention; null = 64 from 128 px, else res/2
+    spectral_norm: bool = True  # spectral norm on every conv and linear (D's embedding too; never G's shared one)
     sn_eps: float = 1e-6  # spectral norm epsilon (BigGAN-PyTorch launch scripts: --SN_eps 1e-6)
 
     def validate(self, prefix: str) -> None:
@@ -53,25 +54,27 @@ class _BigganNet(NetConfig):
         _check_positive(f"{prefix}.sn_eps", self.sn_eps)
         for r in self.attention or ():
             if r < 4 or r & (r - 1):
-                raise ConfigError(f"{prefix}.attention", f"resolutions must be powers of two >= 4, got {list(self.attention)}")
+                raise ConfigError(
+                    f"{prefix}.attention", f"resolutions must be powers of two >= 4, got {list(self.attention)}"
+                )
+
 
 @dataclass
 class BigganGConfig(_BigganNet):
     hier: bool = True  # hierarchical latent: z split into one chunk per block plus one for the input layer
     shared_dim: int = 128  # size of the shared class embedding (no spectral norm) that feeds every conditional BN
     bn_eps: float = 1e-5  # batch norm epsilon (BigGAN-PyTorch --BN_eps 1e-5; StudioGAN 1e-4)
-    cross_replica: bool = False  # G's batch norm statistics over all processes' micro-batches (SyncBN); G_ema always uses its own
+    cross_replica: bool = False  # G's batch-norm statistics over every process (SyncBN); G_ema uses its own
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
         _check_positive(f"{prefix}.shared_dim", self.shared_dim)
         _check_positive(f"{prefix}.bn_eps", self.bn_eps)
 
+
 @dataclass
 class BigganDConfig(_BigganNet):
     pass
-
-
 
 
 class Ladder(NamedTuple):
@@ -146,7 +149,7 @@ class Statistics(nn.BatchNorm2d):
         sums = self.all_reduce(torch.cat([x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3)), count]))  # [2C + 1]
         n = sums[-1]
         mean = sums[:c] / n
-        var = (sums[c:2 * c] / n - mean.square()).clamp_min(0.0)  # biased, as BN normalises
+        var = (sums[c : 2 * c] / n - mean.square()).clamp_min(0.0)  # biased, as BN normalises
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
@@ -246,7 +249,9 @@ class DBlock(nn.Module):
         return h + skip
 
 
-def _attention_after(resolutions: Sequence[int], channels: Sequence[int], wanted: Sequence[int], key: str) -> list[bool]:
+def _attention_after(
+    resolutions: Sequence[int], channels: Sequence[int], wanted: Sequence[int], key: str
+) -> list[bool]:
     """For each block (by its output resolution and channels), whether self-attention follows it:
     the first block reaching each wanted resolution; ConfigError naming `key` for one no block
     reaches, or where there are fewer than 8 channels (theta and phi have channels / 8)."""
@@ -256,7 +261,11 @@ def _attention_after(resolutions: Sequence[int], channels: Sequence[int], wanted
     attend = [r in wanted and r not in resolutions[:i] for i, r in enumerate(resolutions)]
     for a, r, c in zip(attend, resolutions, channels):
         if a and c < 8:
-            raise ConfigError(key, f"self-attention at {r}x{r} needs at least 8 channels there, the net has {c}: raise the width or drop {r}")
+            raise ConfigError(
+                key,
+                f"self-attention at {r}x{r} needs at least 8 channels there, the net has {c}: raise the width or drop "
+                f"{r}",
+            )
     return attend
 
 
@@ -280,15 +289,26 @@ class BigganGenerator(nn.Module):
         self.num_classes, self.hier = num_classes, net.hier
         slots = blocks + 1 if net.hier else 1
         if z_dim % slots:
-            raise ConfigError("model.z_dim", f"biggan's hierarchical latent splits z into {slots} equal chunks at {res} px (one per block + the input layer): use a multiple of {slots} (e.g. {20 * slots}), or model.g.hier=false")
+            raise ConfigError(
+                "model.z_dim",
+                f"biggan's hierarchical latent splits z into {slots} equal chunks at {res} px (one per block + the "
+                f"input layer): use a multiple of {slots} (e.g. {20 * slots}), or model.g.hier=false",
+            )
         self.chunk = z_dim // slots  # the input layer's share of z (and each block's, when hier)
         self.shared = nn.Embedding(num_classes, net.shared_dim) if num_classes else None
         cond_dim = (net.shared_dim if num_classes else 0) + (self.chunk if net.hier else 0)
         self.ch0 = channels[0]
         self.linear = nn.Linear(self.chunk, 4 * 4 * self.ch0)
-        self.blocks = nn.ModuleList(GBlock(a, b, cond_dim, net.bn_eps, net.cross_replica) for a, b in zip(channels, channels[1:]))
-        outputs = [8 * 2 ** i for i in range(blocks)]
-        attend = _attention_after(outputs, channels[1:], net.attention if net.attention is not None else default_attention(res), "model.g.attention")
+        self.blocks = nn.ModuleList(
+            GBlock(a, b, cond_dim, net.bn_eps, net.cross_replica) for a, b in zip(channels, channels[1:])
+        )
+        outputs = [8 * 2**i for i in range(blocks)]
+        attend = _attention_after(
+            outputs,
+            channels[1:],
+            net.attention if net.attention is not None else default_attention(res),
+            "model.g.attention",
+        )
         self.attention = nn.ModuleList(SelfAttention(c) if a else nn.Identity() for c, a in zip(channels[1:], attend))
         self.out_bn = BigganBatchNorm(channels[-1], 0, net.bn_eps, net.cross_replica)
         self.out_conv = conv(channels[-1], info.shape[0])
@@ -305,7 +325,10 @@ class BigganGenerator(nn.Module):
             class_embedding = self.shared(check_labels(y, self.num_classes))  # [N, shared_dim]
         zs = z.split(self.chunk, dim=1) if self.hier else (z,)
         if self.hier:
-            conds = [zi if class_embedding is None else torch.cat([class_embedding, zi.to(class_embedding.dtype)], 1) for zi in zs[1:]]
+            conds = [
+                zi if class_embedding is None else torch.cat([class_embedding, zi.to(class_embedding.dtype)], 1)
+                for zi in zs[1:]
+            ]
         else:
             conds = [class_embedding] * len(self.blocks)
         h = self.linear(zs[0]).view(z.shape[0], self.ch0, 4, 4)
@@ -320,17 +343,26 @@ class BigganDiscriminator(nn.Module):
     def __init__(self, net: BigganDConfig, z_dim: int, num_classes: int, info: DataInfo):
         super().__init__()
         res = image_resolution(info, "model.d.arch", "biggan", tuple(LADDERS))
-        self.cond = resolve_cond(net, num_classes, "model.d.cond", "biggan", ("projection", "acgan"), default="projection")
+        self.cond = resolve_cond(
+            net, num_classes, "model.d.cond", "biggan", ("projection", "acgan"), default="projection"
+        )
         self.num_classes = num_classes
         ladder = LADDERS[res]
         channels = [net.width * k for k in ladder.d]
         ins = [info.shape[0], *channels[:-1]]
-        self.blocks = nn.ModuleList(DBlock(a, b, down, i == 0) for i, (a, b, down) in enumerate(zip(ins, channels, ladder.d_down)))
+        self.blocks = nn.ModuleList(
+            DBlock(a, b, down, i == 0) for i, (a, b, down) in enumerate(zip(ins, channels, ladder.d_down))
+        )
         outputs, r = [], res
         for down in ladder.d_down:
             r //= 2 if down else 1
             outputs.append(r)
-        attend = _attention_after(outputs, channels, net.attention if net.attention is not None else default_attention(res), "model.d.attention")
+        attend = _attention_after(
+            outputs,
+            channels,
+            net.attention if net.attention is not None else default_attention(res),
+            "model.d.attention",
+        )
         self.attention = nn.ModuleList(SelfAttention(c) if a else nn.Identity() for c, a in zip(channels, attend))
         self.head = DiscriminatorHead(channels[-1], num_classes, self.cond)
         orthogonal_init(self)

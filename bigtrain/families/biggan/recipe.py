@@ -7,6 +7,7 @@ The loss, D steps per G step, Adam settings, EMA and accumulation are the ordina
 gradient is added to each weight's gradient between backward and step, through the phase's
 `before_step` hook, so it works the same under both backends and costs no extra backward.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from bigtrain.families.gan.recipe import GanRecipe
 
 @dataclass
 class BigganOptions:
-    ortho_g: float = 1e-4  # orthogonal regularisation strength beta on G's weights (paper and BigGAN-PyTorch: 1e-4); 0 = off
+    ortho_g: float = 1e-4  # orthogonal regularisation beta on G's weights (paper, BigGAN-PyTorch: 1e-4); 0 = off
     ortho_d: float = 0.0  # the same on D's (BigGAN-PyTorch's D_ortho, 0 by default)
 
     def __post_init__(self) -> None:
@@ -86,7 +87,11 @@ class BigganRecipe(GanRecipe):
         super().check_engine(caps)
         for key, player in (("ortho_g", "G"), ("ortho_d", "D")):
             if getattr(self.opts, key) and not caps[player].whole_weights:
-                raise ConfigError(f"biggan.{key}", f"orthogonal regularisation needs each whole weight on every rank, which {caps[player].engine} partitions; use ZeRO 1 or 2 for {player} (BigGAN's 158 M parameters and Adam states fit there)")
+                raise ConfigError(
+                    f"biggan.{key}",
+                    f"orthogonal regularisation needs each whole weight on every rank, which {caps[player].engine} "
+                    f"partitions; use ZeRO 1 or 2 for {player} (BigGAN's 158 M parameters and Adam states fit there)",
+                )
 
     def bind(self, players: dict[str, Net], reduce_mean: ReduceMean, micro_batch: int) -> None:
         super().bind(players, reduce_mean, micro_batch)

@@ -2,6 +2,7 @@
 penalties, AC-GAN, DiffAugment and PacGAN packing (recipe.py), on the perceptron, DCGAN, SNGAN
 and PacGAN-grid nets of this folder. GAN, DCGAN, CGAN, LSGAN, WGAN(-GP), hinge, SNGAN and
 PacGAN are configs of it."""
+
 from bigtrain.families.base import Arch, Family
 from bigtrain.families.gan.dcgan import DcganDConfig, DcganDiscriminator, DcganGConfig, DcganGenerator
 from bigtrain.families.gan.grid import GridDConfig, GridGConfig, grid_discriminator, grid_generator

@@ -7,6 +7,7 @@
 Every op is differentiable in x, so G's gradient passes through. Random numbers come from
 torch's global RNG on x's device, which the trainer saves in checkpoints.
 """
+
 from __future__ import annotations
 
 from typing import Callable

@@ -7,6 +7,7 @@ channels and doubling the resolution -> C channels at res x res, tanh. For res 3
 width*4 -> width*2 -> width -> C. D mirrors it with stride-2 convs from C up to width * res/8
 channels at 4x4, then one linear layer (a 4x4 valid conv) to a logit.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,10 +37,10 @@ from bigtrain.netconfig import NetConfig, _Cond, _Mbstd, _Norm, _Pack, _Spectral
 class DcganGConfig(_SpectralNorm, _Cond, _Norm, NetConfig):
     pass
 
+
 @dataclass
 class DcganDConfig(_Pack, _Mbstd, _SpectralNorm, _Cond, _Norm, NetConfig):
     norm: str = "none"  # D: batch | none, none by default
-
 
 
 RESOLUTIONS = (16, 32, 64, 128)

@@ -29,6 +29,7 @@ it on 5,000 training samples per epoch; torch's BatchNorm1d averages the unbiase
 Blocks' Adam adds eps to sqrt(v) before the bias correction (torch adds it after). Theano's RNG
 streams cannot be matched. These nets are unconditional: y must be None.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,10 +46,10 @@ from bigtrain.netconfig import NetConfig, _Depth, _Norm, _Pack
 class GridGConfig(_Norm, _Depth, NetConfig):
     arch: str = "grid"  # this class's architecture
 
+
 @dataclass
 class GridDConfig(_Pack, _Depth, NetConfig):
     arch: str = "grid"  # this class's architecture
-
 
 
 INIT_STD = 0.02  # weights_init_std of the reference config
@@ -112,7 +113,9 @@ class GridDiscriminator(nn.Module):
 
     def __init__(self, in_features: int = 2, width: int = 200, depth: int = 3, maxout_pieces: int = 5):
         super().__init__()
-        layers: list[nn.Module] = [LinearMaxout(in_features if i == 0 else width, width, maxout_pieces) for i in range(depth)]
+        layers: list[nn.Module] = [
+            LinearMaxout(in_features if i == 0 else width, width, maxout_pieces) for i in range(depth)
+        ]
         layers.append(nn.Linear(width if depth else in_features, 1))
         self.net = nn.Sequential(*layers)
         _init_linears(self)
@@ -125,7 +128,10 @@ class GridDiscriminator(nn.Module):
 
 def _vector_data(info: DataInfo, key: str, num_classes: int) -> None:
     if info.kind != "vector" or num_classes:
-        raise ConfigError(key, "grid is PacGAN's net for unconditional vector data (e.g. `bigtrain make-toy grid25`); use mlp, dcgan, ...")
+        raise ConfigError(
+            key,
+            "grid is PacGAN's net for unconditional vector data (e.g. `bigtrain make-toy grid25`); use mlp, dcgan, ...",
+        )
 
 
 def grid_generator(net: GridGConfig, z_dim: int, num_classes: int, info: DataInfo) -> nn.Module:

@@ -4,6 +4,7 @@ They work on images and on vectors alike, and contain no batch statistics on pur
 distributed tests rely on an mlp whose gradients are the same whether a batch is processed whole
 or in accumulated micro-batches.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,15 @@ from typing import Callable, Optional
 from torch import Tensor, nn
 
 from bigtrain.data import DataInfo
-from bigtrain.layers import D_CONDS, DiscriminatorHead, apply_spectral_norm, check_labels, concat_one_hot, minibatch_stddev, resolve_cond
+from bigtrain.layers import (
+    D_CONDS,
+    DiscriminatorHead,
+    apply_spectral_norm,
+    check_labels,
+    concat_one_hot,
+    minibatch_stddev,
+    resolve_cond,
+)
 from bigtrain.netconfig import NetConfig, _Cond, _Depth, _Mbstd, _Pack, _SpectralNorm
 
 
@@ -21,11 +30,10 @@ from bigtrain.netconfig import NetConfig, _Cond, _Depth, _Mbstd, _Pack, _Spectra
 class MlpGConfig(_SpectralNorm, _Cond, _Depth, NetConfig):
     arch: str = "mlp"  # this class's architecture
 
+
 @dataclass
 class MlpDConfig(_Pack, _Mbstd, _SpectralNorm, _Cond, _Depth, NetConfig):
     arch: str = "mlp"  # this class's architecture
-
-
 
 
 def hidden_layers(in_features: int, width: int, depth: int, activation: Callable[[], nn.Module]) -> list[nn.Module]:
@@ -72,7 +80,9 @@ class MlpDiscriminator(nn.Module):
         self.num_classes = num_classes
         in_features = math.prod(info.shape) + (num_classes if self.cond == "concat" else 0)
         stddev = minibatch_stddev(net)
-        self.features = nn.Sequential(*hidden_layers(in_features, net.width, net.depth, lambda: nn.LeakyReLU(0.2)), *stddev)
+        self.features = nn.Sequential(
+            *hidden_layers(in_features, net.width, net.depth, lambda: nn.LeakyReLU(0.2)), *stddev
+        )
         self.head = DiscriminatorHead(net.width + (net.mbstd_channels if stddev else 0), num_classes, self.cond)
         if net.spectral_norm:
             apply_spectral_norm(self)

@@ -1,6 +1,7 @@
 """The sections the classic recipe reads, and every recipe built on it (progan, biggan, gman,
 madgan, began): `loss` (the adversarial loss and its regularisers) and `augment` (DiffAugment on
 D's inputs). A recipe that does not declare them (image-to-image) has no such keys."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

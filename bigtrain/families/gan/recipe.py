@@ -7,6 +7,7 @@ scores everything in ONE forward (`cat([real, fake])`), so its buffers update on
 DDP broadcasts them once; with batch norm or minibatch stddev in D, real and fake are forwarded
 apart so that no statistic mixes them.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -21,7 +22,18 @@ from bigtrain import sampling
 from bigtrain.config import Config
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
-from bigtrain.families.base import EngineCaps, Net, Phase, PlayerSpec, Recipe, ReduceMean, Round, Stats, has_batch_statistics, optim_for
+from bigtrain.families.base import (
+    EngineCaps,
+    Net,
+    Phase,
+    PlayerSpec,
+    Recipe,
+    ReduceMean,
+    Round,
+    Stats,
+    has_batch_statistics,
+    optim_for,
+)
 from bigtrain.families.gan.augment import diff_augment
 from bigtrain.families.gan.options import CLASSIC_SECTIONS
 from bigtrain.losses import build_loss, regularizers
@@ -78,12 +90,22 @@ class GanRecipe(Recipe):
         for side in ("g", "d"):
             arch = getattr(cfg.model, side).arch
             if self.archs[arch].maps != "z":
-                raise ConfigError(f"model.{side}.arch", f"{arch} nets translate images (G(x) -> y), and this recipe samples from z; use a recipe for them (recipe: {arch})")
+                raise ConfigError(
+                    f"model.{side}.arch",
+                    f"{arch} nets translate images (G(x) -> y), and this recipe samples from z; use a recipe for them "
+                    f"(recipe: {arch})",
+                )
         if policy and info.kind != "image":
-            raise ConfigError("augment.policy", f"DiffAugment works on images, but {cfg.data.path} holds vectors; set augment.policy=''")
+            raise ConfigError(
+                "augment.policy",
+                f"DiffAugment works on images, but {cfg.data.path} holds vectors; set augment.policy=''",
+            )
         if self.pack > 1:
             if self.conditional:
-                raise ConfigError("model.d.pack", "PacGAN packing is for unconditional models; set model.num_classes=0 or model.d.pack=1")
+                raise ConfigError(
+                    "model.d.pack",
+                    "PacGAN packing is for unconditional models; set model.num_classes=0 or model.d.pack=1",
+                )
 
     # ---- players and phases --------------------------------------------------------------
     def players(self) -> list[PlayerSpec]:
@@ -95,24 +117,49 @@ class GanRecipe(Recipe):
 
     def bind(self, players: dict[str, Net], reduce_mean: ReduceMean, micro_batch: int) -> None:
         if micro_batch % self.pack:
-            raise ConfigError("model.d.pack", f"{self.pack} does not divide the micro-batch ({micro_batch} per process); D scores packs of m samples")
+            raise ConfigError(
+                "model.d.pack",
+                f"{self.pack} does not divide the micro-batch ({micro_batch} per process); D scores packs of m samples",
+            )
         self.G, self.D = players["G"], players["D"]
         self.reduce_mean = reduce_mean
         self.separate = has_batch_statistics(self.D.net)
-        if self.penalizes_d_gradient and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.D.net.modules()):
-            # minibatch stddev is the same in eval mode (over the penalty's own batch, as ProGAN's official code scores it)
-            raise ConfigError("model.d", "gradient penalties score D in eval mode, which batch norm in D would change; use no batch norm in D with loss.gp_weight, dragan_weight or r1_gamma")
+        if self.penalizes_d_gradient and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.D.net.modules()
+        ):
+            # minibatch stddev is the same in eval mode (over the penalty's own batch, as ProGAN's
+            # official code scores it)
+            raise ConfigError(
+                "model.d",
+                "gradient penalties score D in eval mode, which batch norm in D would change; use no batch norm in D "
+                "with loss.gp_weight, dragan_weight or r1_gamma",
+            )
         lcfg = self.lcfg
         # WGAN (Arjovsky et al. 2017) keeps the critic K-Lipschitz by clipping its weights; the
         # backend clamps them, since under DeepSpeed the optimizer's master copy must follow
-        self.phases = [Phase("D_main", ("D",), ("G",), self.d_main, streams=("real",), repeats=self.cfg.train.d_steps, clamp_weights=lcfg.clip_d_weights)]
+        self.phases = [
+            Phase(
+                "D_main",
+                ("D",),
+                ("G",),
+                self.d_main,
+                streams=("real",),
+                repeats=self.cfg.train.d_steps,
+                clamp_weights=lcfg.clip_d_weights,
+            )
+        ]
         if lcfg.r1_gamma > 0 and lcfg.r1_interval > 1:
             self.phases.append(Phase("D_reg", ("D",), ("G",), self.d_reg, streams=("real",), interval=lcfg.r1_interval))
         self.phases.append(Phase("G_main", ("G",), ("D",), self.g_main))
 
     def check_engine(self, caps: dict[str, EngineCaps]) -> None:
         if self.penalizes_d_gradient and not caps["D"].second_order:
-            raise ConfigError("loss", f"gradient penalties (gp_weight, dragan_weight, r1_gamma) need a second backward through D, which {caps['D'].engine} cannot do (it releases D's weights before it); train D at ZeRO 0-2 (backend.zero_stage or backend.configs.d)")
+            raise ConfigError(
+                "loss",
+                "gradient penalties (gp_weight, dragan_weight, r1_gamma) need a second backward through D, which "
+                f"{caps['D'].engine} cannot do (it releases D's weights before it); train D at ZeRO 0-2 "
+                "(backend.zero_stage or backend.configs.d)",
+            )
 
     def latents(self, n: int, gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
         # on the generator's device (the loop's is the backend's: no copy); .to is then a no-op
@@ -158,13 +205,28 @@ class GanRecipe(Recipe):
         out_real, out_fake = self._score(self.D.engine, [real, fake], [y_real, y_fake])
         (s_real, c_real), (s_fake, c_fake) = self._split(out_real), self._split(out_fake)
         loss = self.loss.d_loss(s_real, s_fake)
-        stats = {"loss/D": loss.detach(), "D/real": s_real.detach().float().mean(), "D/fake": s_fake.detach().float().mean()}
+        stats = {
+            "loss/D": loss.detach(),
+            "D/real": s_real.detach().float().mean(),
+            "D/fake": s_fake.detach().float().mean(),
+        }
         lcfg, penalties = self.lcfg, []
-        if lcfg.gp_weight > 0:  # target gamma: lambda / gamma^2 (|grad| - gamma)^2 (Karras et al. 2018; gamma 1 = WGAN-GP)
+        if (
+            lcfg.gp_weight > 0
+        ):  # target gamma: lambda / gamma^2 (|grad| - gamma)^2 (Karras et al. 2018; gamma 1 = WGAN-GP)
             gp = partial(regularizers.gradient_penalty, center=self.gp_target)
-            penalties.append(("loss/D_gp", lcfg.gp_weight / self.gp_target ** 2, gp, regularizers.interpolates(real.detach(), fake)))
+            penalties.append(
+                ("loss/D_gp", lcfg.gp_weight / self.gp_target**2, gp, regularizers.interpolates(real.detach(), fake))
+            )
         if lcfg.dragan_weight > 0:
-            penalties.append(("loss/D_dragan", lcfg.dragan_weight, regularizers.gradient_penalty, regularizers.dragan_perturbed(real.detach())))
+            penalties.append(
+                (
+                    "loss/D_dragan",
+                    lcfg.dragan_weight,
+                    regularizers.gradient_penalty,
+                    regularizers.dragan_perturbed(real.detach()),
+                )
+            )
         if lcfg.r1_gamma > 0 and lcfg.r1_interval == 1:
             penalties.append(("loss/D_r1", 0.5 * lcfg.r1_gamma, regularizers.r1_penalty, real))
         for name, weight, penalty, x in penalties:
@@ -217,17 +279,42 @@ class GanRecipe(Recipe):
 
     # ---- sampling --------------------------------------------------------------------------
     def generate(self, nets, indices, *, seed, truncation=None, class_idx=None, device="cpu", batch_size=64):
-        return sampling.generate(nets["G"], z_dim=self.z_dim, num_classes=self.num_classes, indices=indices, seed=seed,
-                                 truncation=truncation, class_idx=class_idx, device=device, batch_size=batch_size)
+        return sampling.generate(
+            nets["G"],
+            z_dim=self.z_dim,
+            num_classes=self.num_classes,
+            indices=indices,
+            seed=seed,
+            truncation=truncation,
+            class_idx=class_idx,
+            device=device,
+            batch_size=batch_size,
+        )
 
     def grid_classes(self, rows: int) -> list[Optional[int]]:
         return [r % self.num_classes if self.conditional else None for r in range(rows)]
 
     def standing_statistics(self, nets, batches, batch_size, *, seed, truncation=None, device="cpu"):
-        return sampling.standing_statistics(nets["G"], z_dim=self.z_dim, num_classes=self.num_classes, batches=batches,
-                                            batch_size=batch_size, seed=seed, truncation=truncation, device=device)
+        return sampling.standing_statistics(
+            nets["G"],
+            z_dim=self.z_dim,
+            num_classes=self.num_classes,
+            batches=batches,
+            batch_size=batch_size,
+            seed=seed,
+            truncation=truncation,
+            device=device,
+        )
 
     def interpolation(self, nets, rows, steps, *, kind, seed, truncation=None, device="cpu"):
-        return sampling.interpolation(nets["G"], z_dim=self.z_dim, num_classes=self.num_classes, rows=rows, steps=steps,
-                                      seed=seed, kind=kind, truncation=truncation, device=device)
-
+        return sampling.interpolation(
+            nets["G"],
+            z_dim=self.z_dim,
+            num_classes=self.num_classes,
+            rows=rows,
+            steps=steps,
+            seed=seed,
+            kind=kind,
+            truncation=truncation,
+            device=device,
+        )

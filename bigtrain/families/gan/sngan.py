@@ -13,6 +13,7 @@ Channels are multiples of `width` (64 in the papers): see LADDERS. Initialisatio
 authors' Chainer code: Glorot-uniform with gain sqrt(2) for the residual 3x3 convs (they are
 followed by ReLUs), gain 1 for shortcuts, the input linear layer, the output conv and D's head.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,6 +46,7 @@ from bigtrain.netconfig import NetConfig, _Cond, _Norm, _Pack, _SpectralNorm
 class SnganGConfig(_SpectralNorm, _Cond, _Norm, NetConfig):
     arch: str = "sngan"  # this class's architecture
 
+
 @dataclass
 class SnganDConfig(_Pack, _SpectralNorm, _Cond, _Norm, NetConfig):
     """`norm` can only be none: this D has no normalisation layers (spectral norm is its normaliser)."""
@@ -52,8 +54,6 @@ class SnganDConfig(_Pack, _SpectralNorm, _Cond, _Norm, NetConfig):
     norms: ClassVar[tuple[str, ...]] = ("none",)
     arch: str = "sngan"  # this class's architecture
     norm: str = "none"  # none only
-
-
 
 
 class Ladder(NamedTuple):

@@ -8,6 +8,7 @@ combination of its K per-discriminator losses L_k:
 - `soft_mean`: sum_k w_k L_k with w = softmax(lambda L), between the two (the paper's
   "GMAN-lambda"). The weights stay in the graph, as the paper's F_soft is differentiated whole.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ COMBINERS = ("mean", "max", "soft_mean")
 
 @dataclass
 class GmanOptions:
-    discriminators: int = 2  # K: players D1..DK, each its own weights from model.d (model.nets.dk over it), optimizer optim.dk (else optim.d)
+    discriminators: int = 2  # K: players D1..DK, nets from model.d (model.nets.dk over it), optim.dk (else optim.d)
     combiner: str = "mean"  # how G combines its K losses: mean | max | soft_mean
     softmax_lambda: float = 1.0  # soft_mean: lambda of w = softmax(lambda L); 0 = mean, large = max
 
@@ -72,7 +73,10 @@ class GmanRecipe(GanRecipe):
     def players(self) -> list[PlayerSpec]:
         cfg = self.cfg
         specs = [PlayerSpec("G", lambda: self.build_generator(self.info), optim_for(cfg, "G"), ema=cfg.ema.enabled)]
-        specs += [PlayerSpec(name, partial(self.build_discriminator, self.info, self.d_nets[name]), optim_for(cfg, name, "d")) for name in self.d_names]
+        specs += [
+            PlayerSpec(name, partial(self.build_discriminator, self.info, self.d_nets[name]), optim_for(cfg, name, "d"))
+            for name in self.d_names
+        ]
         return specs
 
     def optim_groups(self) -> tuple[str, ...]:
@@ -95,7 +99,10 @@ class GmanRecipe(GanRecipe):
             s_real, s_fake = self._score(D.engine, [real, fake], [y_real, y_fake])
             losses[name] = self.loss.d_loss(s_real, s_fake)
             stats[f"loss/{name}"] = losses[name].detach()
-            stats[f"{name}/real"], stats[f"{name}/fake"] = s_real.detach().float().mean(), s_fake.detach().float().mean()
+            stats[f"{name}/real"], stats[f"{name}/fake"] = (
+                s_real.detach().float().mean(),
+                s_fake.detach().float().mean(),
+            )
         return losses, stats
 
     def g_main(self, b: Round) -> tuple[dict[str, Tensor], Stats]:
@@ -104,4 +111,7 @@ class GmanRecipe(GanRecipe):
         fake = self.augment(self.G.engine(b.latents["z"], y_fake))
         per_d = torch.stack([self.loss.g_loss(self._score(D.net, [fake], [y_fake])[0]) for D in self.Ds])  # [K]
         loss = combine(per_d, self.opts.combiner, self.opts.softmax_lambda)
-        return {"G": loss}, {"loss/G": loss.detach(), **{f"loss/G_{n}": v for n, v in zip(self.d_names, per_d.detach())}}
+        return {"G": loss}, {
+            "loss/G": loss.detach(),
+            **{f"loss/G_{n}": v for n, v in zip(self.d_names, per_d.detach())},
+        }

@@ -24,6 +24,7 @@ Parameter counts at the reference settings (3 channels, width 64): ResNet-9 G (i
 11,378,179; PatchGAN D (instance) 2,764,737; U-Net-256 G (batch) 54,413,955; Pix2Pix D (batch,
 6 channels) 2,768,705.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,13 +41,13 @@ from bigtrain.netconfig import NetConfig
 
 @dataclass
 class _Img2imgNet(NetConfig):
-    """The keys every image-to-image net reads (bigtrain/models/img2img.py; the defaults are
+    """The keys every image-to-image net reads (bigtrain/families/img2img/nets.py; the defaults are
     junyanz/pytorch-CycleGAN-and-pix2pix's). `norm` may also be instance norm (without affine
     parameters, statistics per sample); a conv followed by batch norm has no bias."""
 
     norms: ClassVar[tuple[str, ...]] = ("instance", "batch", "none")
     arch: str = "cyclegan"  # this class's architecture
-    width: int = 64  # channels of the first conv (the reference's ngf for G, ndf for D), doubled at each halving up to 8x
+    width: int = 64  # first conv's channels (the reference's ngf / ndf), doubled per halving up to 8x
     norm: str = "instance"  # instance | batch | none
 
     def validate(self, prefix: str) -> None:
@@ -55,6 +56,7 @@ class _Img2imgNet(NetConfig):
             if hasattr(self, key):
                 _check_positive(f"{prefix}.{key}", getattr(self, key), allow_zero)
 
+
 @dataclass
 class CycleganGConfig(_Img2imgNet):
     """CycleGAN's G: the ResNet generator (the reference's resnet_9blocks)."""
@@ -62,11 +64,13 @@ class CycleganGConfig(_Img2imgNet):
     blocks: int = 9  # residual blocks at 1/4 of the resolution
     dropout: bool = False  # dropout 0.5 inside each residual block (the reference: off for CycleGAN)
 
+
 @dataclass
 class CycleganDConfig(_Img2imgNet):
     """CycleGAN's D: the 70x70 PatchGAN (the reference's basic D)."""
 
     layers: int = 3  # stride-2 convs (the reference's n_layers_D; 3: 70x70 patches, a 30x30 map at 256 px)
+
 
 @dataclass
 class Pix2pixGConfig(_Img2imgNet):
@@ -75,7 +79,8 @@ class Pix2pixGConfig(_Img2imgNet):
     arch: str = "pix2pix"  # this class's architecture
     norm: str = "batch"  # instance | batch | none (the reference's pix2pix: batch)
     downs: int = 8  # halvings down to the bottleneck (num_downs): the image side must be a multiple of 2**downs
-    dropout: bool = True  # dropout 0.5 on the up-path of the downs - 5 levels just above the bottleneck (8x width; the reference: on for pix2pix)
+    dropout: bool = True  # dropout 0.5 on the up-path's downs - 5 levels above the bottleneck (as the reference)
+
 
 @dataclass
 class Pix2pixDConfig(_Img2imgNet):
@@ -84,8 +89,6 @@ class Pix2pixDConfig(_Img2imgNet):
     arch: str = "pix2pix"  # this class's architecture
     norm: str = "batch"  # instance | batch | none (the reference's pix2pix: batch)
     layers: int = 3  # stride-2 convs (the reference's n_layers_D; 3: 70x70 patches, a 30x30 map at 256 px)
-
-
 
 
 def norm_2d(channels: int, norm: str) -> nn.Module:
@@ -111,9 +114,14 @@ def _image(info: DataInfo, num_classes: int, net: NetConfig, side: str) -> tuple
     """(C, H, W) of the image data; ConfigError for other data or class-conditional models."""
     role = {"g": "G", "d": "D"}[side]
     if info.kind != "image":
-        raise ConfigError(f"model.{side}.arch", f"{net.arch} maps images to images, got {info.kind} data of shape {tuple(info.shape)}")
+        raise ConfigError(
+            f"model.{side}.arch", f"{net.arch} maps images to images, got {info.kind} data of shape {tuple(info.shape)}"
+        )
     if num_classes:
-        raise ConfigError("model.num_classes", f"the {net.arch} {role} takes no labels (image-to-image); set model.num_classes=0, got {num_classes}")
+        raise ConfigError(
+            "model.num_classes",
+            f"the {net.arch} {role} takes no labels (image-to-image); set model.num_classes=0, got {num_classes}",
+        )
     c, h, w = info.shape
     return c, h, w
 
@@ -126,9 +134,14 @@ class ResnetBlock(nn.Module):
         super().__init__()
         bias = norm != "batch"
         self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=bias), norm_2d(channels, norm), nn.ReLU(),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=bias),
+            norm_2d(channels, norm),
+            nn.ReLU(),
             *([nn.Dropout(0.5)] if dropout else []),
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=bias), norm_2d(channels, norm),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=bias),
+            norm_2d(channels, norm),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -143,14 +156,22 @@ class ResnetGenerator(nn.Module):
         super().__init__()
         c, h, w = _image(info, num_classes, net, "g")
         if h % 4 or w % 4 or min(h, w) < 8:
-            raise ConfigError("data.resolution", f"the {net.arch} G halves the image twice and pads it by reflection: the sides must be multiples of 4, at least 8; got {h}x{w}")
+            raise ConfigError(
+                "data.resolution",
+                f"the {net.arch} G halves the image twice and pads it by reflection: the sides must be multiples of 4, "
+                f"at least 8; got {h}x{w}",
+            )
         bias, k = net.norm != "batch", net.width
         layers = [nn.ReflectionPad2d(3), nn.Conv2d(c, k, 7, bias=bias), norm_2d(k, net.norm), nn.ReLU()]
         for m in (1, 2):  # down: k -> 2k -> 4k channels
             layers += [nn.Conv2d(k * m, k * m * 2, 3, 2, 1, bias=bias), norm_2d(k * m * 2, net.norm), nn.ReLU()]
         layers += [ResnetBlock(4 * k, net.norm, net.dropout) for _ in range(net.blocks)]
         for m in (4, 2):  # up: 4k -> 2k -> k channels
-            layers += [nn.ConvTranspose2d(k * m, k * m // 2, 3, 2, 1, output_padding=1, bias=bias), norm_2d(k * m // 2, net.norm), nn.ReLU()]
+            layers += [
+                nn.ConvTranspose2d(k * m, k * m // 2, 3, 2, 1, output_padding=1, bias=bias),
+                norm_2d(k * m // 2, net.norm),
+                nn.ReLU(),
+            ]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(k, c, 7), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         reference_init(self)
@@ -175,10 +196,14 @@ class UnetGenerator(nn.Module):
     def __init__(self, net: Pix2pixGConfig, z_dim: int, num_classes: int, info: DataInfo):
         super().__init__()
         c, h, w = _image(info, num_classes, net, "g")
-        if h % 2 ** net.downs or w % 2 ** net.downs:
-            raise ConfigError("data.resolution", f"the {net.arch} G halves the image {net.downs} times (model.g.downs): the sides must be multiples of {2 ** net.downs}; got {h}x{w}")
+        if h % 2**net.downs or w % 2**net.downs:
+            raise ConfigError(
+                "data.resolution",
+                f"the {net.arch} G halves the image {net.downs} times (model.g.downs): the sides must be multiples of "
+                f"{2**net.downs}; got {h}x{w}",
+            )
         bias, n = net.norm != "batch", net.downs
-        enc = [net.width * min(2 ** i, 8) for i in range(n)]
+        enc = [net.width * min(2**i, 8) for i in range(n)]
         self.down = nn.ModuleList()
         self.up = nn.ModuleList()
         for i in range(n):
@@ -190,7 +215,14 @@ class UnetGenerator(nn.Module):
                 self.up.append(nn.Sequential(nn.ReLU(), nn.ConvTranspose2d(c_in, c, 4, 2, 1), nn.Tanh()))
             else:
                 dropout = [nn.Dropout(0.5)] if net.dropout and 4 <= i < n - 1 else []
-                self.up.append(nn.Sequential(nn.ReLU(), nn.ConvTranspose2d(c_in, enc[i - 1], 4, 2, 1, bias=bias), norm_2d(enc[i - 1], net.norm), *dropout))
+                self.up.append(
+                    nn.Sequential(
+                        nn.ReLU(),
+                        nn.ConvTranspose2d(c_in, enc[i - 1], 4, 2, 1, bias=bias),
+                        norm_2d(enc[i - 1], net.norm),
+                        *dropout,
+                    )
+                )
         reference_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -223,14 +255,22 @@ class PatchDiscriminator(nn.Module):
         super().__init__()
         c, h, w = _image(info, num_classes, net, "d")
         if min(patch_map_side(h, net.layers), patch_map_side(w, net.layers)) < 1:
-            least = 3 * 2 ** net.layers
-            raise ConfigError("data.resolution", f"the {net.arch} D with {net.layers} layers (model.d.layers) needs sides of at least {least}; got {h}x{w}")
+            least = 3 * 2**net.layers
+            raise ConfigError(
+                "data.resolution",
+                f"the {net.arch} D with {net.layers} layers (model.d.layers) needs sides of at least {least}; got "
+                f"{h}x{w}",
+            )
         bias, k = net.norm != "batch", net.width
-        widths = [k * min(2 ** i, 8) for i in range(net.layers + 1)]
+        widths = [k * min(2**i, 8) for i in range(net.layers + 1)]
         layers = [nn.Conv2d(c * self.inputs, k, 4, 2, 1), nn.LeakyReLU(0.2)]
         for i in range(1, net.layers + 1):
             stride = 2 if i < net.layers else 1
-            layers += [nn.Conv2d(widths[i - 1], widths[i], 4, stride, 1, bias=bias), norm_2d(widths[i], net.norm), nn.LeakyReLU(0.2)]
+            layers += [
+                nn.Conv2d(widths[i - 1], widths[i], 4, stride, 1, bias=bias),
+                norm_2d(widths[i], net.norm),
+                nn.LeakyReLU(0.2),
+            ]
         layers += [nn.Conv2d(widths[-1], 1, 4, 1, 1)]
         self.net = nn.Sequential(*layers)
         reference_init(self)

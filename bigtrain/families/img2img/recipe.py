@@ -1,6 +1,6 @@
 """Image-to-image recipes: CycleGAN (Zhu et al. 2017, unpaired) and Pix2Pix (Isola et al. 2017,
 paired), with the objectives of junyanz/pytorch-CycleGAN-and-pix2pix ("the reference"); the
-nets are bigtrain/models/img2img.py's (docs/design.md, "Image-to-image").
+nets are bigtrain/families/img2img/nets.py's (docs/design.md, "Image-to-image").
 
 CycleGAN: G_AB maps domain A to B, G_BA back; D_A judges domain A (real A against G_BA(B)),
 D_B domain B. G's loss is LSGAN's (D's patch map pushed to 1) for both directions, plus the
@@ -23,6 +23,7 @@ same reals and the same fakes (kept from the G phase, detached), so no generator
 reference's Pix2Pix steps D before G; here it follows the same G-then-D order, which keeps one G
 forward per iteration (G has batch norm and dropout, so a second forward would change both).
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -36,7 +37,17 @@ from torch import Tensor, nn
 from bigtrain.config import Config, _check_choice, _check_positive
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
-from bigtrain.families.base import Net, Phase, PlayerSpec, Recipe, ReduceMean, Round, Stats, has_batch_statistics, optim_for
+from bigtrain.families.base import (
+    Net,
+    Phase,
+    PlayerSpec,
+    Recipe,
+    ReduceMean,
+    Round,
+    Stats,
+    has_batch_statistics,
+    optim_for,
+)
 
 GAN_MODES = ("lsgan", "vanilla")
 
@@ -113,7 +124,9 @@ class ImagePool:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("size", self.size) != self.size:
-            raise ValueError(f"the checkpoint's image pool holds up to {state['size']} images, this config's {self.size}")
+            raise ValueError(
+                f"the checkpoint's image pool holds up to {state['size']} images, this config's {self.size}"
+            )
         self.images = [t.clone() for t in state["images"]]
 
 
@@ -148,11 +161,19 @@ class _Img2imgRecipe(Recipe):
         for side in ("g", "d"):
             arch = getattr(cfg.model, side).arch
             if arch != self.arch:
-                raise ConfigError(f"model.{side}.arch", f"the {cfg.recipe} recipe trains the {self.arch} nets; set model.{side}.arch={self.arch} (got {arch})")
+                raise ConfigError(
+                    f"model.{side}.arch",
+                    f"the {cfg.recipe} recipe trains the {self.arch} nets; set model.{side}.arch={self.arch} (got "
+                    f"{arch})",
+                )
         if cfg.model.num_classes:
-            raise ConfigError("model.num_classes", f"the {cfg.recipe} recipe translates images and takes no labels; set it to 0")
+            raise ConfigError(
+                "model.num_classes", f"the {cfg.recipe} recipe translates images and takes no labels; set it to 0"
+            )
         if cfg.train.d_steps != 1:
-            raise ConfigError("train.d_steps", f"the {cfg.recipe} recipe steps D once per G step on G's own fakes; set it to 1")
+            raise ConfigError(
+                "train.d_steps", f"the {cfg.recipe} recipe steps D once per G step on G's own fakes; set it to 1"
+            )
         self.kept: deque = deque()  # per accumulation round of the G phase: what the D phase scores
         self._inputs: Optional[Tensor] = None
 
@@ -176,10 +197,22 @@ class _Img2imgRecipe(Recipe):
     def _d_loss(self, D: Net, real: Tensor, fake: Tensor, mode: str) -> tuple[Tensor, Stats]:
         s_real, s_fake = self._scores(D.engine, [real, fake.to(real.dtype)])
         loss = 0.5 * (gan_loss(s_real, True, mode) + gan_loss(s_fake, False, mode))
-        return loss, {f"loss/{D.name}": loss.detach(), f"{D.name}/real": s_real.detach().float().mean(), f"{D.name}/fake": s_fake.detach().float().mean()}
+        return loss, {
+            f"loss/{D.name}": loss.detach(),
+            f"{D.name}/real": s_real.detach().float().mean(),
+            f"{D.name}/fake": s_fake.detach().float().mean(),
+        }
 
     # ---- translation ---------------------------------------------------------------------
-    def translate(self, nets: dict[str, nn.Module], x: Tensor, direction: str = "AB", *, device: torch.device | str = "cpu", batch_size: int = 64) -> Tensor:
+    def translate(
+        self,
+        nets: dict[str, nn.Module],
+        x: Tensor,
+        direction: str = "AB",
+        *,
+        device: torch.device | str = "cpu",
+        batch_size: int = 64,
+    ) -> Tensor:
         """float images [N, C, H, W] in [-1, 1] -> translated ones on CPU, G in eval mode."""
         G = self.generator(nets, direction)
         was_training = G.training
@@ -203,8 +236,14 @@ class _Img2imgRecipe(Recipe):
 
             path = self.options.eval_inputs
             if not path:
-                raise ConfigError(f"{self.section}.eval_inputs", "is empty: evaluation and `bigtrain sample` translate these images; point it at test images of the input domain")
-            x, _ = read_images(path, self.info.shape[-1], channels=self.image_info().shape[0], paired=self.paired_inputs)
+                raise ConfigError(
+                    f"{self.section}.eval_inputs",
+                    "is empty: evaluation and `bigtrain sample` translate these images; point it at test images of the "
+                    "input domain",
+                )
+            x, _ = read_images(
+                path, self.info.shape[-1], channels=self.image_info().shape[0], paired=self.paired_inputs
+            )
             self._inputs = self.input_half(x, self.direction) if self.paired_inputs else x
         return self._inputs
 
@@ -213,8 +252,12 @@ class _Img2imgRecipe(Recipe):
         import hashlib
 
         x = self.eval_inputs()
-        return {"direction": self.direction, "source": self.options.eval_inputs, "num_images": len(x),
-                "sha256": hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()}
+        return {
+            "direction": self.direction,
+            "source": self.options.eval_inputs,
+            "num_images": len(x),
+            "sha256": hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest(),
+        }
 
     paired_inputs = False  # eval_inputs are side-by-side pairs, of which input_half is translated
     direction = "AB"  # what eval and `bigtrain sample` translate
@@ -242,7 +285,10 @@ class _Img2imgRecipe(Recipe):
         from bigtrain import sampling
 
         with torch.no_grad():
-            images = [sampling.to_uint8(r.float().cpu()) for r in self.grid_rows(nets, {k: v[:cols] for k, v in inputs.items()})]
+            images = [
+                sampling.to_uint8(r.float().cpu())
+                for r in self.grid_rows(nets, {k: v[:cols] for k, v in inputs.items()})
+            ]
         return torch.cat(images), len(images)
 
     # ---- state ---------------------------------------------------------------------------
@@ -272,7 +318,11 @@ class CycleganRecipe(_Img2imgRecipe):
     def check_streams(self, infos: dict[str, DataInfo]) -> None:
         a, b = infos["A"], infos["B"]
         if a.shape != b.shape:
-            raise ConfigError("data.streams.B", f"domain B's images are {tuple(b.shape)} (C, H, W) but domain A's {tuple(a.shape)}; both domains need the same channels and resolution (make-shards --channels)")
+            raise ConfigError(
+                "data.streams.B",
+                f"domain B's images are {tuple(b.shape)} (C, H, W) but domain A's {tuple(a.shape)}; both domains need "
+                "the same channels and resolution (make-shards --channels)",
+            )
 
     def players(self) -> list[PlayerSpec]:
         cfg = self.cfg
@@ -280,15 +330,25 @@ class CycleganRecipe(_Img2imgRecipe):
         def pair() -> nn.Module:
             return GeneratorPair(self.build_generator(self.info), self.build_generator(self.info))
 
-        return [PlayerSpec("G", pair, optim_for(cfg, "G"), ema=cfg.ema.enabled),
-                *(PlayerSpec(name, lambda name=name: self.build_discriminator(self.info, self.net_for(name, "d")), optim_for(cfg, name, "d"))
-                  for name in ("D_A", "D_B"))]
+        return [
+            PlayerSpec("G", pair, optim_for(cfg, "G"), ema=cfg.ema.enabled),
+            *(
+                PlayerSpec(
+                    name,
+                    lambda name=name: self.build_discriminator(self.info, self.net_for(name, "d")),
+                    optim_for(cfg, name, "d"),
+                )
+                for name in ("D_A", "D_B")
+            ),
+        ]
 
     def bind(self, players: dict[str, Net], reduce_mean: ReduceMean, micro_batch: int) -> None:
         self.G, self.D_A, self.D_B = players["G"], players["D_A"], players["D_B"]
         self.separate = has_batch_statistics(self.D_A.net) or has_batch_statistics(self.D_B.net)
-        self.phases = [Phase("G_main", ("G",), ("D_A", "D_B"), self.g_main, streams=("A", "B")),
-                       Phase("D_main", ("D_A", "D_B"), ("G",), self.d_main)]
+        self.phases = [
+            Phase("G_main", ("G",), ("D_A", "D_B"), self.g_main, streams=("A", "B")),
+            Phase("D_main", ("D_A", "D_B"), ("G",), self.d_main),
+        ]
 
     def g_main(self, b: Round) -> tuple[dict[str, Tensor], Stats]:
         o = self.options
@@ -296,15 +356,21 @@ class CycleganRecipe(_Img2imgRecipe):
         out = self.G.engine(real_a, real_b, identity=o.lambda_identity > 0)
         mode = o.gan_mode
         (s_b,), (s_a,) = self._scores(self.D_B.net, [out["fake_b"]]), self._scores(self.D_A.net, [out["fake_a"]])
-        terms = {"G_AB": gan_loss(s_b, True, mode), "G_BA": gan_loss(s_a, True, mode),
-                 "cycle_A": o.lambda_a * F.l1_loss(out["rec_a"].float(), real_a.float()),
-                 "cycle_B": o.lambda_b * F.l1_loss(out["rec_b"].float(), real_b.float())}
+        terms = {
+            "G_AB": gan_loss(s_b, True, mode),
+            "G_BA": gan_loss(s_a, True, mode),
+            "cycle_A": o.lambda_a * F.l1_loss(out["rec_a"].float(), real_a.float()),
+            "cycle_B": o.lambda_b * F.l1_loss(out["rec_b"].float(), real_b.float()),
+        }
         if o.lambda_identity > 0:
             terms["idt_A"] = o.lambda_a * o.lambda_identity * F.l1_loss(out["idt_a"].float(), real_a.float())
             terms["idt_B"] = o.lambda_b * o.lambda_identity * F.l1_loss(out["idt_b"].float(), real_b.float())
         loss = sum(terms.values())
         self.kept.append((real_a, real_b, out["fake_a"].detach(), out["fake_b"].detach()))
-        return {"G": loss}, {"loss/G": loss.detach(), **{f"loss/G_{k}" if k.startswith(("cycle", "idt")) else f"loss/{k}": v.detach() for k, v in terms.items()}}
+        return {"G": loss}, {
+            "loss/G": loss.detach(),
+            **{f"loss/G_{k}" if k.startswith(("cycle", "idt")) else f"loss/{k}": v.detach() for k, v in terms.items()},
+        }
 
     def d_main(self, b: Round) -> tuple[dict[str, Tensor], Stats]:
         real_a, real_b, fake_a, fake_b = self.kept.popleft()
@@ -344,9 +410,15 @@ class Pix2pixRecipe(_Img2imgRecipe):
         self.options: Pix2pixOptions = cfg.pix2pix
         self.direction = self.options.direction
         if not cfg.data.paired:
-            raise ConfigError("data.paired", "the pix2pix recipe trains on aligned pairs: set data.paired=true (side-by-side A|B images, make-shards --layout pix2pix)")
+            raise ConfigError(
+                "data.paired",
+                "the pix2pix recipe trains on aligned pairs: set data.paired=true (side-by-side A|B images, "
+                "make-shards --layout pix2pix)",
+            )
         if info.shape[0] % 2:
-            raise ConfigError("data.paired", f"paired samples hold two images along channels, got {info.shape[0]} channels")
+            raise ConfigError(
+                "data.paired", f"paired samples hold two images along channels, got {info.shape[0]} channels"
+            )
         self.pools = {"pool": ImagePool(self.options.pool_size)}
 
     def image_info(self) -> DataInfo:
@@ -365,14 +437,18 @@ class Pix2pixRecipe(_Img2imgRecipe):
 
     def players(self) -> list[PlayerSpec]:
         cfg, info = self.cfg, self.image_info()
-        return [PlayerSpec("G", lambda: self.build_generator(info), optim_for(cfg, "G"), ema=cfg.ema.enabled),
-                PlayerSpec("D", lambda: self.build_discriminator(info), optim_for(cfg, "D"))]
+        return [
+            PlayerSpec("G", lambda: self.build_generator(info), optim_for(cfg, "G"), ema=cfg.ema.enabled),
+            PlayerSpec("D", lambda: self.build_discriminator(info), optim_for(cfg, "D")),
+        ]
 
     def bind(self, players: dict[str, Net], reduce_mean: ReduceMean, micro_batch: int) -> None:
         self.G, self.D = players["G"], players["D"]
         self.separate = has_batch_statistics(self.D.net)
-        self.phases = [Phase("G_main", ("G",), ("D",), self.g_main, streams=("real",)),
-                       Phase("D_main", ("D",), ("G",), self.d_main)]
+        self.phases = [
+            Phase("G_main", ("G",), ("D",), self.g_main, streams=("real",)),
+            Phase("D_main", ("D",), ("G",), self.d_main),
+        ]
 
     def g_main(self, b: Round) -> tuple[dict[str, Tensor], Stats]:
         o = self.options
@@ -393,7 +469,11 @@ class Pix2pixRecipe(_Img2imgRecipe):
 
     def generator(self, nets: dict[str, nn.Module], direction: str) -> nn.Module:
         if direction != self.options.direction:
-            raise ConfigError("--direction", f"this pix2pix G was trained {self.options.direction[0]} -> {self.options.direction[1]} (pix2pix.direction); it has no {direction[0]} -> {direction[1]} generator")
+            raise ConfigError(
+                "--direction",
+                f"this pix2pix G was trained {self.options.direction[0]} -> {self.options.direction[1]} "
+                f"(pix2pix.direction); it has no {direction[0]} -> {direction[1]} generator",
+            )
         return nets.get("G")
 
     def grid_rows(self, nets, inputs):

@@ -8,6 +8,7 @@ push them to different modes: that is the diversity the method is after.
 
 Sampling mixes the generators (sample i comes from head i mod K) unless one head is asked for.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,7 +57,9 @@ class MadganDiscriminator(nn.Module):
 
     def __init__(self, net: MlpDConfig, heads: int, info: DataInfo):
         super().__init__()
-        self.features = nn.Sequential(*hidden_layers(math.prod(info.shape), net.width, net.depth, lambda: nn.LeakyReLU(0.2)))
+        self.features = nn.Sequential(
+            *hidden_layers(math.prod(info.shape), net.width, net.depth, lambda: nn.LeakyReLU(0.2))
+        )
         self.head = nn.Linear(net.width, heads + 1)
 
     def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
@@ -79,10 +82,15 @@ class MadganRecipe(Recipe):
             raise ConfigError("model.num_classes", "madgan is unconditional; set it to 0")
         for side, net in (("g", cfg.model.g), ("d", cfg.model.d)):
             if net.arch != "mlp":
-                raise ConfigError(f"model.{side}.arch", "madgan's nets are perceptrons sized by mlp's width and depth; set it to mlp")
+                raise ConfigError(
+                    f"model.{side}.arch", "madgan's nets are perceptrons sized by mlp's width and depth; set it to mlp"
+                )
             for f in fields(net):
                 if f.name not in ("arch", "width", "depth") and getattr(net, f.name) != f.default:
-                    raise ConfigError(f"model.{side}.{f.name}", "is not read by the madgan recipe, whose nets take width and depth only")
+                    raise ConfigError(
+                        f"model.{side}.{f.name}",
+                        "is not read by the madgan recipe, whose nets take width and depth only",
+                    )
         for key in ("gp_weight", "r1_gamma", "dragan_weight", "clip_d_weights"):
             if getattr(cfg.loss, key) > 0:
                 raise ConfigError(f"loss.{key}", "is not supported by the madgan recipe; set it to 0")
@@ -92,7 +100,12 @@ class MadganRecipe(Recipe):
     def players(self) -> list[PlayerSpec]:
         cfg = self.cfg
         return [
-            PlayerSpec("G", lambda: MultiHeadGenerator(cfg.model.g, self.z_dim, self.K, self.info), optim_for(cfg, "G"), ema=cfg.ema.enabled),
+            PlayerSpec(
+                "G",
+                lambda: MultiHeadGenerator(cfg.model.g, self.z_dim, self.K, self.info),
+                optim_for(cfg, "G"),
+                ema=cfg.ema.enabled,
+            ),
             PlayerSpec("D", lambda: MadganDiscriminator(cfg.model.d, self.K, self.info), optim_for(cfg, "D")),
         ]
 
@@ -129,7 +142,18 @@ class MadganRecipe(Recipe):
         loss = F.cross_entropy(logits, torch.full((len(logits),), self.K, device=logits.device)) * self.K
         return {"G": loss}, {"loss/G": loss.detach()}
 
-    def generate(self, nets, indices, *, seed, truncation=None, class_idx=None, device="cpu", batch_size=64, head: Optional[int] = None):
+    def generate(
+        self,
+        nets,
+        indices,
+        *,
+        seed,
+        truncation=None,
+        class_idx=None,
+        device="cpu",
+        batch_size=64,
+        head: Optional[int] = None,
+    ):
         """Sample i from head `head`, or from head i mod K (a mixture of the K generators)."""
         if class_idx is not None:
             raise ConfigError("--class", "madgan is unconditional")

@@ -14,6 +14,7 @@ level, alpha = 1 - (lod - floor(lod)). The minibatch and learning rates are look
 resolution. The official loop re-evaluates the schedule every 4 minibatches
 (`minibatch_repeats`); bigtrain does at every iteration, so a fade moves in smaller steps.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,11 +31,11 @@ class GrowthOptions:
     transition_kimg: float = 600.0  # images (thousands) over which a new resolution fades in
     minibatch_base: int = 16  # global minibatch where `minibatch` names none
     minibatch: Dict[int, int] = field(default_factory=dict)  # resolution -> global minibatch
-    max_minibatch_per_gpu: Dict[int, int] = field(default_factory=dict)  # resolution -> most samples per process (caps the minibatch, as the official code)
-    micro_batch: Dict[int, int] = field(default_factory=dict)  # resolution -> samples per process per accumulation round (else train.micro_batch, or the whole share)
+    max_minibatch_per_gpu: Dict[int, int] = field(default_factory=dict)  # resolution -> most samples per process
+    micro_batch: Dict[int, int] = field(default_factory=dict)  # resolution -> samples per process per round
     g_lr: Dict[int, float] = field(default_factory=dict)  # resolution -> G's learning rate (else optim.g.lr)
     d_lr: Dict[int, float] = field(default_factory=dict)  # resolution -> D's learning rate (else optim.d.lr)
-    reset_optimizer: bool = True  # clear G's and D's optimizer state when a fade starts or ends (official reset_opt_for_new_lod)
+    reset_optimizer: bool = True  # clear G's and D's optimizer state where a fade starts or ends (official)
 
     def validate(self, prefix: str) -> None:
         r = self.initial_resolution
@@ -80,8 +81,14 @@ def growth(opts: GrowthOptions, nimg: int, resolution: int, num_gpus: int, g_lr:
         lod -= max(phase_kimg - opts.training_kimg, 0.0) / opts.transition_kimg
     lod = max(lod, 0.0)
     res = 2 ** (resolution_log2 - int(math.floor(lod)))
-    return Growth(lod=lod, resolution=res, alpha=1.0 - (lod - math.floor(lod)), minibatch=minibatch_at(opts, res, num_gpus),
-                  g_lr=opts.g_lr.get(res, g_lr), d_lr=opts.d_lr.get(res, d_lr))
+    return Growth(
+        lod=lod,
+        resolution=res,
+        alpha=1.0 - (lod - math.floor(lod)),
+        minibatch=minibatch_at(opts, res, num_gpus),
+        g_lr=opts.g_lr.get(res, g_lr),
+        d_lr=opts.d_lr.get(res, d_lr),
+    )
 
 
 def minibatch_at(opts: GrowthOptions, res: int, num_gpus: int) -> int:
@@ -101,12 +108,17 @@ def micro_batch_at(opts: GrowthOptions, res: int, num_gpus: int, cap: int) -> in
     official code has no accumulation: with neither set, the whole share in one round."""
     share = minibatch_at(opts, res, num_gpus) // num_gpus
     if share == 0:
-        raise ConfigError(f"progan.minibatch.{res}", f"the minibatch at {res}x{res} is smaller than the {num_gpus} processes")
+        raise ConfigError(
+            f"progan.minibatch.{res}", f"the minibatch at {res}x{res} is smaller than the {num_gpus} processes"
+        )
     micro = min(opts.micro_batch.get(res) or cap or share, share)
     if share % micro:
         key = f"progan.micro_batch.{res}" if res in opts.micro_batch else "train.micro_batch"
-        raise ConfigError(key, f"{micro} does not divide the {share} samples per process of the minibatch at {res}x{res} "
-                               f"({minibatch_at(opts, res, num_gpus)} over {num_gpus} processes)")
+        raise ConfigError(
+            key,
+            f"{micro} does not divide the {share} samples per process of the minibatch at {res}x{res} "
+            f"({minibatch_at(opts, res, num_gpus)} over {num_gpus} processes)",
+        )
     return micro
 
 
@@ -121,13 +133,30 @@ def resets_optimizer(previous: float, lod: float) -> bool:
 _FP32_LIMITS = {256: 16, 512: 8, 1024: 4}
 OFFICIAL_PRESETS: dict[str, dict] = {
     "v1-1gpu": dict(minibatch_base=16, minibatch={256: 14, 512: 6, 1024: 3}, training_kimg=800, transition_kimg=800),
-    "v2-1gpu": dict(minibatch_base=4, minibatch={4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4}, g_lr={1024: 0.0015}, d_lr={1024: 0.0015}),
-    "v2-2gpus": dict(minibatch_base=8, minibatch={4: 256, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8},
-                     g_lr={512: 0.0015, 1024: 0.002}, d_lr={512: 0.0015, 1024: 0.002}),
-    "v2-4gpus": dict(minibatch_base=16, minibatch={4: 512, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16},
-                     g_lr={256: 0.0015, 512: 0.002, 1024: 0.003}, d_lr={256: 0.0015, 512: 0.002, 1024: 0.003}),
-    "v2-8gpus": dict(minibatch_base=32, minibatch={4: 512, 8: 256, 16: 128, 32: 64, 64: 32},
-                     g_lr={128: 0.0015, 256: 0.002, 512: 0.003, 1024: 0.003}, d_lr={128: 0.0015, 256: 0.002, 512: 0.003, 1024: 0.003}),
+    "v2-1gpu": dict(
+        minibatch_base=4,
+        minibatch={4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4},
+        g_lr={1024: 0.0015},
+        d_lr={1024: 0.0015},
+    ),
+    "v2-2gpus": dict(
+        minibatch_base=8,
+        minibatch={4: 256, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8},
+        g_lr={512: 0.0015, 1024: 0.002},
+        d_lr={512: 0.0015, 1024: 0.002},
+    ),
+    "v2-4gpus": dict(
+        minibatch_base=16,
+        minibatch={4: 512, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16},
+        g_lr={256: 0.0015, 512: 0.002, 1024: 0.003},
+        d_lr={256: 0.0015, 512: 0.002, 1024: 0.003},
+    ),
+    "v2-8gpus": dict(
+        minibatch_base=32,
+        minibatch={4: 512, 8: 256, 16: 128, 32: 64, 64: 32},
+        g_lr={128: 0.0015, 256: 0.002, 512: 0.003, 1024: 0.003},
+        d_lr={128: 0.0015, 256: 0.002, 512: 0.003, 1024: 0.003},
+    ),
 }
 for _preset in OFFICIAL_PRESETS.values():  # the official "-fp32" line applies to every preset
     _preset["max_minibatch_per_gpu"] = dict(_FP32_LIMITS)

@@ -29,6 +29,7 @@ pooling. The official code fuses each pair into one strided (transposed) 4x4 con
 G's output is linear (no tanh), as in the paper; its images are not confined to [-1, 1].
 Unconditional only: the official nets' label inputs/outputs (label_size) are not built.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,20 +60,24 @@ class _ProganNet(NetConfig):
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
         if self.width != NetConfig.width:
-            raise ConfigError(f"{prefix}.width", f"progan does not read width (fmap_base, fmap_decay and fmap_max set its channels); got {self.width}")
+            raise ConfigError(
+                f"{prefix}.width",
+                f"progan does not read width (fmap_base, fmap_decay and fmap_max set its channels); got {self.width}",
+            )
         _check_positive(f"{prefix}.fmap_base", self.fmap_base)
         _check_positive(f"{prefix}.fmap_decay", self.fmap_decay, allow_zero=True)
         _check_positive(f"{prefix}.fmap_max", self.fmap_max)
+
 
 @dataclass
 class ProganGConfig(_ProganNet):
     arch: str = "progan"  # this class's architecture
 
+
 @dataclass
 class ProganDConfig(_ProganNet):
     arch: str = "progan"  # this class's architecture
-    mbstd_group: int = 4  # minibatch standard deviation over groups of this many samples, one feature map (official minibatch_stddev_layer); 0 or 1 = off
-
+    mbstd_group: int = 4  # minibatch stddev over groups of this many samples, one feature map (official); 0 or 1 = off
 
 
 SQRT2 = math.sqrt(2.0)
@@ -223,12 +228,18 @@ class _DOutput(nn.Module):
 def progan_resolution(info: DataInfo, side: str, num_classes: int) -> int:
     """The data's square power-of-2 resolution (>= 4); ConfigError otherwise, or when conditional."""
     if info.kind != "image":
-        raise ConfigError(f"model.{side}.arch", f"progan needs image data, got {info.kind} data of shape {tuple(info.shape)}; use mlp")
+        raise ConfigError(
+            f"model.{side}.arch", f"progan needs image data, got {info.kind} data of shape {tuple(info.shape)}; use mlp"
+        )
     if num_classes:
-        raise ConfigError("model.num_classes", f"progan is unconditional here; got {num_classes} classes (set model.num_classes: 0)")
+        raise ConfigError(
+            "model.num_classes", f"progan is unconditional here; got {num_classes} classes (set model.num_classes: 0)"
+        )
     _, height, width = info.shape
     if height != width or height < 4 or height & (height - 1):
-        raise ConfigError("data.resolution", f"progan needs square images of a power-of-2 resolution >= 4; got {height}x{width}")
+        raise ConfigError(
+            "data.resolution", f"progan needs square images of a power-of-2 resolution >= 4; got {height}x{width}"
+        )
     return height
 
 
@@ -236,7 +247,9 @@ class _Progressive(nn.Module):
     """The lod state both nets share: a float buffer (saved, copied to the EMA like any buffer)
     and the level it selects."""
 
-    def _init_lod(self, info: DataInfo, net: Union[ProganGConfig, ProganDConfig], side: str, num_classes: int) -> list[int]:
+    def _init_lod(
+        self, info: DataInfo, net: Union[ProganGConfig, ProganDConfig], side: str, num_classes: int
+    ) -> list[int]:
         resolution = progan_resolution(info, side, num_classes)
         self.num_classes = num_classes
         self.resolution = resolution
@@ -248,7 +261,11 @@ class _Progressive(nn.Module):
         channels = [num_features(s, net.fmap_base, net.fmap_decay, net.fmap_max) for s in range(self.resolution_log2)]
         if min(channels) < 1:
             stage = channels.index(min(channels))
-            raise ConfigError(f"model.{side}.fmap_base", f"gives {channels[stage]} channels at {2 ** (stage + 1)}x{2 ** (stage + 1)} (fmap_base {net.fmap_base}, fmap_decay {net.fmap_decay}); raise fmap_base or lower fmap_decay")
+            raise ConfigError(
+                f"model.{side}.fmap_base",
+                f"gives {channels[stage]} channels at {2 ** (stage + 1)}x{2 ** (stage + 1)} (fmap_base "
+                f"{net.fmap_base}, fmap_decay {net.fmap_decay}); raise fmap_base or lower fmap_decay",
+            )
         return channels  # channels[s] = nf(s), s = 0 .. log2(res) - 1
 
     def set_lod(self, lod: float) -> None:
@@ -319,13 +336,18 @@ class ProganDiscriminator(_Progressive):
         levels = range(self.max_lod + 1)
         self.from_rgb = nn.ModuleList([EqualizedConv2d(info.shape[0], nf[k + 1], 1) for k in levels])
         # blocks[k] takes level k's nf(k + 1) channels at 2 ** (k + 2) to level k - 1's nf(k)
-        self.blocks = nn.ModuleList([_DOutput(nf[1], nf[0], net.mbstd_group)] + [_DBlock(nf[k + 1], nf[k]) for k in levels[1:]])
+        self.blocks = nn.ModuleList(
+            [_DOutput(nf[1], nf[0], net.mbstd_group)] + [_DBlock(nf[k + 1], nf[k]) for k in levels[1:]]
+        )
 
     def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         check_labels(y, self.num_classes)
         top, alpha = self.level()
         if x.shape[-1] != 2 ** (top + 2) or x.shape[-2] != 2 ** (top + 2):
-            raise ValueError(f"progan D at lod {self.current_lod():g} takes {2 ** (top + 2)}x{2 ** (top + 2)} images, got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"progan D at lod {self.current_lod():g} takes {2 ** (top + 2)}x{2 ** (top + 2)} images, got "
+                f"{tuple(x.shape[-2:])}"
+            )
         h = _act(self.from_rgb[top](x))
         if top > 0:
             h = self.blocks[top](h)

@@ -7,9 +7,11 @@ EMA copies G's buffers); the real batch, read at the data's resolution, is box-f
 the current one and crossfaded like G's output (`blend_reals`), so D never sees reals sharper
 than fakes. The global batch, the micro-batch and the learning rates come from the schedule's
 per-resolution tables (docs/design.md, "Micro-batch by resolution"); the optimizers' state is
-reset where a fade starts and ends (official default). The loss is `loss.type` with `loss.gp_weight` (WGAN-GP, lambda 10 in the paper) around
+reset where a fade starts and ends (official default). The loss is `loss.type` with `loss.gp_weight`
+(WGAN-GP, lambda 10 in the paper) around
 `progan.gp_target` and the drift term `progan.drift` x E[D(x)^2].
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from bigtrain.families.progan.nets import blend_reals
 
 @dataclass
 class ProganOptions(GrowthOptions):
-    gp_target: float = 1.0  # gradient norm of the WGAN-GP penalty (official iwass_target; 750 in the paper's CIFAR-10 runs)
+    gp_target: float = 1.0  # gradient norm of the WGAN-GP penalty (official iwass_target; 750 for CIFAR-10)
     drift: float = 0.001  # epsilon drift: weight of E[D(real)^2] in D's loss
 
     def __post_init__(self) -> None:
@@ -61,9 +63,16 @@ class ProganRecipe(GanRecipe):
                 raise ConfigError(f"model.{side}.arch", "the progan recipe grows the progan nets; set it to progan")
         self.resolution = info.shape[-1]
         if self.opts.initial_resolution > self.resolution:
-            raise ConfigError("progan.initial_resolution", f"{self.opts.initial_resolution} is above the data's resolution {self.resolution}")
+            raise ConfigError(
+                "progan.initial_resolution",
+                f"{self.opts.initial_resolution} is above the data's resolution {self.resolution}",
+            )
         if cfg.schedule.batch or cfg.schedule.lr:
-            raise ConfigError("schedule", "progan takes its batch and learning rates from the progan section (minibatch, g_lr, d_lr); leave schedule empty")
+            raise ConfigError(
+                "schedule",
+                "progan takes its batch and learning rates from the progan section (minibatch, g_lr, d_lr); leave "
+                "schedule empty",
+            )
         self.prev_lod: Optional[float] = None  # the lod of the last iteration (saved: resets stay exact on resume)
         self.now: Optional[Growth] = None
 
@@ -73,7 +82,7 @@ class ProganRecipe(GanRecipe):
         lod = self._growth(0).lod
         specs = super().players()
         for spec in specs:
-            spec.build = (lambda build=spec.build: _at_lod(build(), lod))
+            spec.build = lambda build=spec.build: _at_lod(build(), lod)
             # every level is built up front and a forward uses only some: DDP must look for the
             # unused ones; `lod` is set alike on every rank each iteration, and broadcasting it
             # before each forward would bump its version (a host read in current_lod())
@@ -83,16 +92,22 @@ class ProganRecipe(GanRecipe):
     def check_engine(self, caps: dict[str, EngineCaps]) -> None:
         super().check_engine(caps)
         if self.opts.reset_optimizer and not (caps["G"].resets_optimizer and caps["D"].resets_optimizer):
-            raise ConfigError("progan.reset_optimizer", f"is not supported by {caps['G'].engine} (its ZeRO partitions hold the optimizer state); set it to false")
+            raise ConfigError(
+                "progan.reset_optimizer",
+                f"is not supported by {caps['G'].engine} (its ZeRO partitions hold the optimizer state); set it to "
+                "false",
+            )
 
     # ---- the schedule ----------------------------------------------------------------------
     def _growth(self, nimg: int) -> Growth:
         # as the official code: the minibatch rounded down to a multiple of the processes and
         # capped by max_minibatch_per_gpu x processes
-        return growth(self.opts, nimg, self.resolution, self.world_size, optim_for(self.cfg, "G").lr, optim_for(self.cfg, "D").lr)
+        return growth(
+            self.opts, nimg, self.resolution, self.world_size, optim_for(self.cfg, "G").lr, optim_for(self.cfg, "D").lr
+        )
 
     def _resolutions(self) -> list[int]:
-        return [2 ** k for k in range(self.opts.initial_resolution.bit_length() - 1, self.resolution.bit_length())]
+        return [2**k for k in range(self.opts.initial_resolution.bit_length() - 1, self.resolution.bit_length())]
 
     def micro_batch(self, nimg: int) -> Optional[int]:
         return micro_batch_at(self.opts, self._growth(nimg).resolution, self.world_size, self.cfg.train.micro_batch)
@@ -100,12 +115,18 @@ class ProganRecipe(GanRecipe):
     def micro_batch_sizes(self) -> tuple[int, ...]:
         """The micro-batch of every resolution the run trains at; a minibatch stddev group must
         divide each (or be larger: then it is the whole micro-batch, as the paper's v1 code)."""
-        sizes = tuple(micro_batch_at(self.opts, res, self.world_size, self.cfg.train.micro_batch) for res in self._resolutions())
+        sizes = tuple(
+            micro_batch_at(self.opts, res, self.world_size, self.cfg.train.micro_batch) for res in self._resolutions()
+        )
         group = self.cfg.model.d.mbstd_group
         for res, micro in zip(self._resolutions(), sizes):
             if group and micro % min(group, micro):
-                raise ConfigError("model.d.mbstd_group", f"{group} does not divide the micro-batch {micro} at {res}x{res} (D's minibatch "
-                                  "stddev groups samples of one micro-batch); pick a divisor of every micro-batch, or one above all of them")
+                raise ConfigError(
+                    "model.d.mbstd_group",
+                    f"{group} does not divide the micro-batch {micro} at {res}x{res} (D's minibatch "
+                    "stddev groups samples of one micro-batch); pick a divisor of every micro-batch, or one above all "
+                    "of them",
+                )
         return sizes
 
     def schedule(self, nimg: int, base_lr: dict[str, float]) -> tuple[int, dict[str, float]]:
@@ -120,13 +141,18 @@ class ProganRecipe(GanRecipe):
         self.now = self._growth(plan.nimg)
         for player in (self.G, self.D):
             player.net.set_lod(self.now.lod)
-        reset = self.opts.reset_optimizer and self.prev_lod is not None and resets_optimizer(self.prev_lod, self.now.lod)
+        reset = (
+            self.opts.reset_optimizer and self.prev_lod is not None and resets_optimizer(self.prev_lod, self.now.lod)
+        )
         self.prev_lod = self.now.lod
         return ("G", "D") if reset else ()
 
     def end_iteration(self) -> Stats:
-        return {"progan/resolution": torch.tensor(float(self.now.resolution)), "progan/alpha": torch.tensor(self.now.alpha),
-                "progan/lod": torch.tensor(self.now.lod)}
+        return {
+            "progan/resolution": torch.tensor(float(self.now.resolution)),
+            "progan/alpha": torch.tensor(self.now.alpha),
+            "progan/lod": torch.tensor(self.now.lod),
+        }
 
     # ---- reals at the current resolution -----------------------------------------------------
     def _real(self, b: Round) -> tuple[Tensor, Optional[Tensor]]:
@@ -142,4 +168,3 @@ class ProganRecipe(GanRecipe):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.prev_lod = state.get("prev_lod")
-
