@@ -53,7 +53,7 @@ def _reach(optim, updates: int) -> float:
 
 def _load_stages_config(stages: list[list[str]]):
     """The config the last `bigtrain train` of `stages` trained with (None: not a train command)."""
-    from bigtrain.config import load_config
+    from bigtrain.families import load_config
 
     args = stages[-1] if stages else []
     if len(args) < 2 or args[0] != "train":
@@ -64,7 +64,7 @@ def _load_stages_config(stages: list[list[str]]):
 
 
 def _probe_inputs(net: torch.nn.Module, cfg, info, dtype: torch.dtype) -> tuple | None:
-    """Inputs `net` takes, tried as the nets of bigtrain.models take them: latents (+ labels) for a
+    """Inputs `net` takes, tried as the nets of bigtrain.families take them: latents (+ labels) for a
     G, images (+ labels) for a D, images alone, a pair of images (CycleGAN's two generators), the
     first half of paired images' channels (Pix2Pix's G); None when none runs."""
     n, classes = 8, cfg.model.num_classes
@@ -149,7 +149,7 @@ def _drift_gains(net: torch.nn.Module, cfg, info) -> dict[str, float]:
 @functools.lru_cache(maxsize=None)
 def _structure(stages_json: str, steps: int) -> Structure | None:
     from bigtrain.data import assumed_info
-    from bigtrain.recipes import build_recipe
+    from bigtrain.families import build_recipe
 
     cfg = _load_stages_config(json.loads(stages_json))
     if cfg is None:
