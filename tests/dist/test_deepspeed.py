@@ -2,8 +2,7 @@
 bf16, D untouched by G's update, exact resume under ZeRO-2, export -> sample without DeepSpeed.
 
 One torchrun launch trains all the runs (tests/dist/ds_worker.py); the tests below read its
-results. The first DeepSpeed start on a machine compiles a C++ communication op (about 2 min,
-cached in ~/.cache/torch_extensions; see docs/deepspeed.md for CI).
+results (no C++ op is compiled on CPU: see docs/deepspeed.md).
 fp16 is not tested here: DeepSpeed refuses fp16 on CPUs without AVX512-FP16/AMX (see
 tests/unit/test_deepspeed_config.py for the fp16 config and the clear error).
 """

@@ -28,9 +28,6 @@ def _param(case):
     marks = [pytest.mark.slow] if case.slow else []
     if case.nproc > 1:
         marks.append(pytest.mark.dist)
-    if case.backend == "deepspeed":
-        # the first DeepSpeed start on a machine compiles a C++ op (2-4 min, then cached)
-        marks.append(pytest.mark.timeout(1200))
     return pytest.param(case, marks=marks, id=case.name)
 
 

@@ -196,3 +196,22 @@ def test_fp16_on_a_cpu_without_fp16_support_is_a_config_error():
         pytest.skip("this device supports fp16 under DeepSpeed")
     with pytest.raises(ConfigError, match="train.precision: DeepSpeed does not support fp16 on this device"):
         DeepSpeedBackend(BackendConfig(kind="deepspeed"), TrainConfig(batch_size=4, precision="fp16"))
+
+
+def test_a_first_deepspeed_start_on_cpu_builds_no_cpp_op(tmp_path):
+    """DeepSpeed's CPU backend compiles its shared-memory all-reduce (inference only) when the
+    process group starts: 2 minutes on a fresh machine, and a wait without end on the lock file a
+    killed build leaves. bigtrain skips it: a fresh extensions folder stays empty."""
+    pytest.importorskip("deepspeed", reason="deepspeed is not installed")
+    from tests.conftest import run_cli, tiny_config, write_config, write_images_npz
+
+    data = write_images_npz(tmp_path / "d.npz", n=32, res=8)
+    config = write_config(tmp_path / "c.yaml", tiny_config(tmp_path, data, train={"total_kimg": 0.032}))
+    extensions = tmp_path / "torch_extensions"
+    env = {"TORCH_EXTENSIONS_DIR": str(extensions), "DS_ACCELERATOR": "cpu", "ACCELERATE_USE_CPU": "1"}
+    out = run_cli("train", str(config), "backend.kind=deepspeed", env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "runs" / "tiny" / "checkpoints" / "step-00000002").is_dir()
+    built = sorted(p.name for p in extensions.rglob("*") if p.is_file()) if extensions.exists() else []
+    assert built == [], built
+    assert "shm_comm" not in out.stdout + out.stderr

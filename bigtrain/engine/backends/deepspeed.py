@@ -54,6 +54,8 @@ class DeepSpeedBackend(Backend):
         accel = get_accelerator()
         on_cpu = accel.device_name() == "cpu"
         _check_precision_supported(self.precision, accel)
+        if on_cpu:
+            _skip_shared_memory_op(deepspeed)
         if "RANK" not in os.environ and not dist.is_initialized():  # no launcher: a group of one process
             for key, value in {
                 "RANK": "0",
@@ -370,6 +372,19 @@ class _DeepSpeedGrads:
         from deepspeed.utils import safe_set_full_grad
 
         safe_set_full_grad(param, grad)
+
+
+def _skip_shared_memory_op(deepspeed) -> None:
+    """On the CPU accelerator, DeepSpeed's communication backend compiles its shared-memory
+    all-reduce (a C++ op, about 2 minutes on a fresh machine, into ~/.cache/torch_extensions) when
+    the process group starts. Only inference's all-reduce uses it; training's collectives are
+    gloo's. Marking it incompatible skips the build, and with it the wait forever on the build's
+    lock file that a killed first start leaves behind (seen here). BIGTRAIN_DS_SHM_OP=1 keeps it."""
+    if os.environ.get("BIGTRAIN_DS_SHM_OP") == "1":
+        return
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if isinstance(compatible, dict):
+        compatible["deepspeed_shm_comm"] = False
 
 
 def _check_precision_supported(precision: str, accel) -> None:
