@@ -21,7 +21,11 @@ from tests.dist.test_ddp import _free_port, torchrun
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install -e .[deepspeed])")
 # the first test also waits for the shared launch, which on a fresh machine compiles DeepSpeed's op
-pytestmark = [pytest.mark.dist, pytest.mark.timeout(1200)]
+# slow as a whole (about 2.5 minutes; the default run's 15-minute budget): the default run keeps
+# DeepSpeed in the golden cases gan_mlp-ds2 and dcgan_digits-ds1, tests/unit/test_resume_plan.py (ZeRO-2),
+# tests/dist/test_recipes_dist.py (GMAN under ZeRO-2), tests/faults/test_nonfinite.py and
+# tests/unit/test_deepspeed_config.py
+pytestmark = [pytest.mark.dist, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 WORKER = Path(__file__).with_name("ds_worker.py")
 DS_ENV = {"ACCELERATE_USE_CPU": "1", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}

@@ -163,6 +163,8 @@ def test_sigterm_on_one_deepspeed_process_resumes_bit_for_bit(tmp_path):
     _resume_matches(cfg, tmp_path, "stopped", tmp_path / "runs" / "whole", "deepspeed")
 
 
+# slow (the default run's 15-minute budget; SIGTERM's checkpoint and resume are in the default run)
+@pytest.mark.slow
 def test_signal_during_a_checkpoint_write_and_during_an_evaluation(tmp_path, whole, weights):
     cfg, whole_dir = whole
     run = tmp_path / "runs" / "in_save"

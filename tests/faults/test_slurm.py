@@ -120,6 +120,8 @@ def _torchrun_options(log: Path) -> list[dict]:
     return out
 
 
+# slow (the default run's 15-minute budget; the requeue paths are in the default run)
+@pytest.mark.slow
 def test_time_limit_warning_checkpoints_requeues_and_the_requeued_job_resumes_exactly(tmp_path, fake_slurm):
     env, log = fake_slurm
     cfg = _config(tmp_path)

@@ -34,6 +34,8 @@ def sharp_weights(tmp_path, weights):
     return path
 
 
+# slow (the default run's 15-minute budget; periodic FID and the best checkpoint are in the default run)
+@pytest.mark.slow
 def test_periodic_inception_score_with_protocol(tmp_path, sharp_weights):
     weights = sharp_weights
     data = write_images_npz(tmp_path / "d.npz", n=32, res=8)

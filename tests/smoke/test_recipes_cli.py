@@ -40,7 +40,9 @@ def _config(tmp_path: Path, name: str, case: dict) -> dict:
     return cfg
 
 
-SLOW = {"gman_max", "pacgan", "batchnorm_d"}  # covered in the default run by their neighbours
+# covered in the default run by their neighbours (mbstd_dcgan and madgan also by the default golden
+# cases learn_* and madgan_digits-acc1)
+SLOW = {"gman_max", "pacgan", "batchnorm_d", "mbstd_dcgan", "madgan"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in CASES])
@@ -107,6 +109,8 @@ def test_schedule_changes_batch_lr_and_ema_at_the_right_images(tmp_path):
     assert not all(torch.equal(o, n) for o, n in zip(ema_before, ema_after))
 
 
+# slow (the default run's 15-minute budget)
+@pytest.mark.slow
 def test_madgan_samples_one_head_or_all(tmp_path):
     cfg = _config(tmp_path, "mad", CASES["madgan"])
     out = run_cli("train", str(write_config(tmp_path / "m.yaml", cfg)))

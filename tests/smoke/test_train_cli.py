@@ -55,6 +55,8 @@ def test_run_directory_contract(tmp_path, data):
     assert (run / "checkpoints" / "step-00000008").is_dir()
 
 
+# both slow (the default run's 15-minute budget): tests/faults and the golden resume case resume in it
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, res", [("mlp", 8), ("dcgan", 16)])
 def test_resume_reproduces_uninterrupted_losses(tmp_path, arch, res):
     data = write_images_npz(tmp_path / "d.npz", n=40, res=res, classes=4)
@@ -81,6 +83,8 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path, arch, res):
         assert torch.equal(v, p["G_ema"][k]), k
 
 
+# slow (the default run's 15-minute budget; tests/smoke/test_user_path.py samples npz, folder, grid, class and truncation)
+@pytest.mark.slow
 def test_sample_outputs(tmp_path, data):
     cfg = write_config(tmp_path / "c.yaml", tiny_config(tmp_path, data, model={"num_classes": 4}))
     assert run_cli("train", str(cfg)).returncode == 0

@@ -92,6 +92,8 @@ def biggan_run(tmp_path_factory):
     return tmp / "biggan_digits"
 
 
+# slow (the default run's 15-minute budget; interpolation and standing statistics are unit-tested above)
+@pytest.mark.slow
 def test_sample_interpolations_and_standing_statistics_through_the_cli(biggan_run, tmp_path):
     from PIL import Image
 
@@ -111,6 +113,8 @@ def test_sample_interpolations_and_standing_statistics_through_the_cli(biggan_ru
     assert bad.returncode != 0 and "--standing-stats must be >= 0" in bad.stderr
 
 
+# slow (the default run's 15-minute budget)
+@pytest.mark.slow
 def test_eval_truncation_curve_through_the_cli(biggan_run, weights, tmp_path):
     inception = ["--weights", str(weights), "--no-download", "--device", "cpu", "--batch-size", "4"]
     data = write_images_npz(tmp_path / "ref.npz", n=16, res=32, channels=1, classes=10, seed=1)

@@ -154,6 +154,8 @@ def test_make_toy_digits_translation_is_the_inversion(translation):
     assert out.returncode != 0 and "not an empty folder" in out.stderr
 
 
+# slow (the default run's 15-minute budget)
+@pytest.mark.slow
 def test_eval_scores_translations_of_a_against_the_statistics_of_b(tmp_path, translation, weights, capsys):
     """`bigtrain eval` on a CycleGAN run: FID of G_AB(test A) against B's statistics, with the
     inputs named in the protocol; the same number as `bigtrain fid` on `bigtrain translate`'s

@@ -112,6 +112,8 @@ def _eval(run, step, ref, weights):
     return json.loads(out.stdout)
 
 
+# slow (the default run's 15-minute budget)
+@pytest.mark.slow
 def test_eval_of_an_8x8_checkpoint_against_8x8_reference_statistics(stage_run, weights):
     run, ref8, ref32, _ = stage_run
     result = _eval(run, 10, ref8, weights)
