@@ -78,8 +78,9 @@ def _parameter_counts(cfg) -> str:
         with torch.random.fork_rng(devices=[]):
             for spec in recipe.players():
                 net = spec.build()
-                joined = getattr(net, "joins_players", False)
-                parts = [(f"{spec.name}.{name}", _count(m)) for name, m in net.named_children()] if joined else []
+                # a net's parts worth a count of their own (`counted_parts`: names of its children)
+                counted = getattr(net, "counted_parts", ())
+                parts = [(f"{spec.name}.{name}", _count(m)) for name, m in net.named_children() if name in counted]
                 counts.append((spec.name, _count(net), parts))
     except BigtrainError as exc:
         if not assumed:
@@ -133,17 +134,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise BigtrainError("--class given but the model is unconditional")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     options = {}
-    if args.head is not None:
-        if "head" not in inspect.signature(loaded.recipe.generate).parameters:
-            raise BigtrainError(
-                f"--head: {loaded.path} holds a {loaded.recipe.__class__.__name__} model, which has one generator"
-            )
-        options["head"] = args.head
+    accepted = inspect.signature(loaded.recipe.generate).parameters
+    for key, flag in FAMILY_SAMPLE_OPTIONS.items():  # options only some families' generate takes
+        if getattr(args, key) is not None:
+            if key not in accepted:
+                family = loaded.recipe.__class__.__name__
+                raise BigtrainError(f"{flag}: {loaded.path} holds a {family} model, whose sampling takes no {flag}")
+            options[key] = getattr(args, key)
     loaded.to(device)
     if args.standing_stats:
         loaded.standing_statistics(
             args.standing_stats, args.standing_batch_size, seed=args.seed, truncation=args.truncation, device=device
         )
+    if args.mix:
+        return _style_mixing_grid(args, loaded, out, kind, device, options)
     if args.interp:
         if kind != "grid" or args.class_idx is not None:
             raise BigtrainError(
@@ -185,6 +189,30 @@ def cmd_sample(args: argparse.Namespace) -> int:
         f"wrote {args.num} samples from {loaded.path} ({'EMA' if loaded.ema else 'raw'} weights, {loaded.kimg:g} kimg) "
         f"to {out}"
     )
+    return 0
+
+
+# sampling options some families' `generate` takes: argparse dest -> the flag
+FAMILY_SAMPLE_OPTIONS = {"head": "--head", "noise_mode": "--noise-mode", "truncation_cutoff": "--truncation-cutoff"}
+
+
+def _style_mixing_grid(args: argparse.Namespace, loaded, out: Path, kind: str, device: str, options: dict) -> int:
+    """`sample --mix ROWS,COLS`: a grid whose cell (r, c) takes sample c's coarse styles over sample r's."""
+    from bigtrain import sampling
+    from bigtrain.tracking import save_png
+
+    try:
+        rows, cols = (int(v) for v in args.mix.split(","))
+    except ValueError:
+        raise BigtrainError(f"--mix takes ROWS,COLS (two whole numbers), got {args.mix!r}") from None
+    if kind != "grid" or rows < 1 or cols < 1:
+        raise BigtrainError(
+            f"--mix writes a PNG grid of (ROWS + 1) x (COLS + 1) images; got --mix {args.mix} --out {out}"
+        )
+    x = loaded.style_mixing(rows, cols, seed=args.seed, truncation=args.truncation, device=device, **options)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_png(sampling.image_grid(sampling.to_uint8(x), rows + 1, cols + 1), out)
+    print(f"wrote a style-mixing grid of {rows} x {cols} samples from {loaded.path} to {out}")
     return 0
 
 
@@ -282,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a GRID.png of --num rows, each interpolating z (fixed class) or the class embedding (fixed z; biggan)",
     )
     p.add_argument("--steps", type=int, default=8, help="--interp: images per row")
+    p.add_argument("--truncation-cutoff", type=int, default=None, help="stylegan2: truncate only the first N layers' w")
+    p.add_argument("--noise-mode", choices=("random", "const", "none"), default=None, help="stylegan2: noise inputs")
+    p.add_argument("--mix", default=None, metavar="ROWS,COLS", help="stylegan2: a style-mixing GRID.png")
     ev.add_standing_arguments(p)
     p.set_defaults(func=cmd_sample)
 

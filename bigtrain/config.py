@@ -136,6 +136,7 @@ class TrainConfig:
     micro_batch: int = 0  # per process per accumulation round; 0 = batch_size / world size
     d_steps: int = 1  # D updates per G update, each on a fresh real batch
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: independent loss scale per player)
+    init_from: str = ""  # a run directory or checkpoint folder whose weights (and EMA) start a new run; else fresh
     resume: str = "auto"  # auto (latest in run dir, if any) | none | path of a checkpoint folder
     max_nonfinite: int = 10  # a player's non-finite steps in a row (skipped) before the run stops (exit 3)
     channels_last: bool = False  # nets and image batches channels-last (faster convolutions on tensor-core GPUs)

@@ -28,13 +28,16 @@ class DataInfo:
     kind: str  # "image" | "vector"
     shape: tuple[int, ...]  # (C, H, W) for images, (D,) for vectors, as the loop receives them
     num_classes: int  # 0 when the data has no labels
+    label_counts: tuple[int, ...] = ()  # samples per class, where the source knows them (fakes' labels may follow them)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "shape": list(self.shape), "num_classes": self.num_classes}
+        counts = {"label_counts": list(self.label_counts)} if self.label_counts else {}
+        return {"kind": self.kind, "shape": list(self.shape), "num_classes": self.num_classes, **counts}
 
     @staticmethod
     def from_dict(data: dict) -> "DataInfo":
-        return DataInfo(data["kind"], tuple(data["shape"]), int(data["num_classes"]))
+        counts = tuple(int(c) for c in data.get("label_counts", ()))
+        return DataInfo(data["kind"], tuple(data["shape"]), int(data["num_classes"]), counts)
 
 
 Batch = tuple[torch.Tensor, Optional[torch.Tensor]]

@@ -98,7 +98,8 @@ class NpzSource:
         num_classes = int(self.y.max()) + 1 if self.y is not None else 0
         kind = "image" if self.x.dtype == torch.uint8 else "vector"
         shape = (self.x.shape[1], self.size, self.size) if self.cropped else tuple(self.x.shape[1:])
-        self.info = DataInfo(kind, shape, num_classes)
+        counts = tuple(torch.bincount(self.y, minlength=num_classes).tolist()) if self.y is not None else ()
+        self.info = DataInfo(kind, shape, num_classes, counts)
 
     def _epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         gen = generator(self.seed, self.rank, epoch)

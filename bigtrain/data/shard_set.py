@@ -29,6 +29,7 @@ class ShardSet:
     num_classes: int = 0  # 0: unlabelled, or labels not described by any dataset.json
     label_key: str = "dataset.json"  # what declared num_classes (named in label errors)
     meta_path: Optional[str] = None  # the dataset.json used, if any
+    class_counts: tuple[int, ...] = ()  # samples per class (dataset.json of make-shards since class_counts)
 
     def expected(self, url: str) -> Optional[int]:
         """Samples the shard at `url` should hold, when dataset.json says so."""
@@ -96,6 +97,7 @@ def resolve_shards(path: str | list[str], dataset_json: str = "") -> ShardSet:
         channels=int(meta["channels"]) if "channels" in meta else None,
         num_classes=int(meta.get("num_classes", 0)),
         meta_path=dataset_json,
+        class_counts=tuple(int(c) for c in meta.get("class_counts", ())),
     )
 
 

@@ -234,7 +234,7 @@ def make_shards(
     sink = ShardSink(staging, prefix, shard_size, max_bytes)
     encoded = _encoded(reader, opts, order, workers)
     try:
-        size = None
+        size, class_counts = None, [0] * len(reader.class_names)
         bar = tqdm(
             total=len(reader),
             unit="file" if isinstance(reader, FolderReader) else "img",
@@ -250,6 +250,8 @@ def make_shards(
                     f"{size[1]}x{size[0]}; pass --resolution to resize all to one size"
                 )
             members = {ext: data} if label is None else {"cls": str(label).encode(), ext: data}
+            if label is not None:
+                class_counts[label] += 1
             sink.write(f"{index:0{key_digits}d}", members)
             bar.update()
         bar.close()
@@ -260,6 +262,7 @@ def make_shards(
             "num_samples": len(reader),
             "num_classes": len(reader.class_names),
             "class_names": reader.class_names,
+            "class_counts": class_counts,
             "resolution": size[0] if size[0] == size[1] else None,
             "size": list(size),
             "channels": opts.channels,

@@ -315,9 +315,8 @@ class ShardSource:
             load_size=cfg.load_size,
             paired=cfg.paired,
         )
-        self.info = DataInfo(
-            "image", (channels * (2 if cfg.paired else 1), cfg.resolution, cfg.resolution), shards.num_classes
-        )
+        shape = (channels * (2 if cfg.paired else 1), cfg.resolution, cfg.resolution)
+        self.info = DataInfo("image", shape, shards.num_classes, shards.class_counts)
         self._skipped = 0
 
     def batches(self, start: int = 0, size: Optional[int] = None) -> Iterator[Batch]:

@@ -106,16 +106,30 @@ class Run:
         sizes = self.recipe.micro_batch_sizes()
         self.chunk = math.gcd(*sizes) if sizes else backend.micro_batch
 
+        # train.init_from: trained weights for a new run (a resumed run has its own)
+        initial = (
+            state.initial_weights(cfg.train.init_from, [s.name for s in specs])
+            if cfg.train.init_from and resumed is None
+            else {}
+        )
         torch.manual_seed(derive_seed(cfg.run.seed))  # identical initial weights on every rank
         self.players: dict[str, Player] = {}
         self.emas: dict[str, EMA] = {}
         compiled = self._check_compile([spec.name for spec in specs])
         for spec in self.recipe.players():
-            net = spec.build().to(backend.device)
+            net = spec.build()
+            if spec.name in initial:  # before any engine copies, casts or partitions the weights
+                state.load_initial(net, initial[spec.name][0], f"{cfg.train.init_from}'s {spec.name}")
+            net = net.to(backend.device)
             if cfg.train.channels_last:
                 net = net.to(memory_format=torch.channels_last)  # 4-d weights only; G_ema too
             if spec.ema:  # copied before the backend wraps it: an engine may cast or partition it
                 self.emas[spec.name] = EMA(net, cfg.ema)
+                ema_weights = initial.get(spec.name, (None, None))[1]
+                if ema_weights is not None:
+                    state.load_initial(
+                        self.emas[spec.name].module, ema_weights, f"{cfg.train.init_from}'s {spec.name}_ema"
+                    )
             backend.attach_cross_replica(net)  # after the EMA copy: G_ema keeps its own statistics
             if spec.name in compiled:  # in place, after the EMA copy (it samples at any batch size, eagerly)
                 net.compile(backend=cfg.train.compile_backend)

@@ -74,6 +74,27 @@ class LoadedGeneration:
             raise CheckpointError(f"{self.path}: {', '.join(self.nets)} produces non-finite output; refusing to use it")
         return x
 
+    def style_mixing(
+        self,
+        rows: int,
+        cols: int,
+        *,
+        seed: int,
+        truncation: Optional[float] = None,
+        device: torch.device | str = "cpu",
+        **options,
+    ) -> Tensor:
+        """A style-mixing grid's images (the recipe's style_mixing), checked finite."""
+        try:
+            x = self.recipe.style_mixing(
+                self.nets, rows, cols, seed=seed, truncation=truncation, device=device, **options
+            )
+        except ValueError as exc:
+            raise BigtrainError(f"--mix: {self.path}: {exc}") from None
+        if not torch.isfinite(x).all():
+            raise CheckpointError(f"{self.path}: {', '.join(self.nets)} produces non-finite output; refusing to use it")
+        return x
+
     def to(self, device: torch.device | str) -> "LoadedGeneration":
         for net in self.nets.values():
             net.to(device)

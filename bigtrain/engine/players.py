@@ -26,9 +26,11 @@ class Player:
     backend: Any = None  # the backend that made it (differentiable_forward goes through it)
     _trainable: Optional[list[bool]] = None  # requires_grad of each parameter while frozen
 
-    def differentiable_forward(self, *inputs: Any, anchor: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def differentiable_forward(
+        self, *inputs: Any, anchor: bool = False, **options: Any
+    ) -> tuple[Any, Optional[torch.Tensor]]:
         """Outputs for a loss through input gradients (Backend.differentiable_forward)."""
-        return self.backend.differentiable_forward(self, *inputs, anchor=anchor)
+        return self.backend.differentiable_forward(self, *inputs, anchor=anchor, **options)
 
     def freeze(self) -> None:
         """Stop gradients into this player's parameters, remembering which ones had them."""

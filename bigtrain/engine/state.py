@@ -175,6 +175,40 @@ def _other_world(run: "Run", folder: Path, written: int, trainer_state: dict, ra
     return state
 
 
+def initial_weights(path: str, names: list[str]) -> dict[str, tuple[dict, Optional[dict]]]:
+    """(weights, EMA weights or None) by player, from a run directory (its latest checkpoint) or a
+    checkpoint folder (or an export of one), for `train.init_from`: the nets start from them while
+    the counters, optimizers and recipe state start afresh (train.resume continues a run instead)."""
+    folder = Path(path)
+    if (folder / "checkpoints").is_dir() or not (folder / checkpoint.TRAINER_FILE).is_file():
+        folder = checkpoint.resolve_folder(path, None)
+    trainer_state = checkpoint.read_trainer_state(folder)
+    found = {}
+    for name in names:
+        if name not in trainer_state["players"]:
+            have = ", ".join(sorted(trainer_state["players"]))
+            raise CheckpointError(f"train.init_from: {folder} has no player {name!r} (it has {have})")
+        weights, _ = checkpoint.player_weights(folder, trainer_state, name, use_ema=False)
+        found[name] = (weights, trainer_state.get(f"{name}_ema"))
+    return found
+
+
+def load_initial(net: torch.nn.Module, weights: dict, what: str) -> None:
+    """Load `weights` into `net`, refusing with the first key or shape that does not fit."""
+    mine = net.state_dict()
+    for key, value in weights.items():
+        if key not in mine:
+            raise CheckpointError(f"train.init_from: {what} has {key!r}, which this config's net has not")
+        if tuple(mine[key].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"train.init_from: {what}'s {key!r} is {tuple(value.shape)}, this net's {tuple(mine[key].shape)}"
+            )
+    missing = [k for k in mine if k not in weights]
+    if missing:
+        raise CheckpointError(f"train.init_from: {what} has no {missing[0]!r}, which this config's net needs")
+    net.load_state_dict(weights)
+
+
 def source_stats(run: "Run") -> dict[str, float]:
     """This rank's data counters: the one stream's as `data/skipped`, several as `data/A/skipped`."""
     if len(run.sources) == 1:

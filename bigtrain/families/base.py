@@ -83,7 +83,9 @@ class Net(Protocol):
     net: nn.Module  # plain module: frozen forwards, EMA, saving
     engine: nn.Module  # DDP wrapper, DeepSpeed engine, or the module itself
 
-    def differentiable_forward(self, *inputs: Any, anchor: bool = False) -> tuple[Tensor, Tensor]:
+    def differentiable_forward(
+        self, *inputs: Any, anchor: bool = False, **options: Any
+    ) -> tuple[Any, Optional[Tensor]]:
         """(outputs, anchor) of the player on `inputs` for a loss that differentiates through its
         input gradients (autograd.grad with create_graph, then the phase's backward: gradient
         penalties, path length), however the engine trains it; `anchor` (a zero to add to the
@@ -262,6 +264,21 @@ class Recipe:
             f"this family ({type(self).__name__}) samples from {', '.join(nets)}; standing statistics are for one G(z, "
             "y)"
         )
+
+    def style_mixing(
+        self,
+        nets: dict[str, nn.Module],
+        rows: int,
+        cols: int,
+        *,
+        seed: int,
+        truncation: Optional[float] = None,
+        device: torch.device | str = "cpu",
+        **options: Any,
+    ) -> Tensor:
+        """A style-mixing grid's images, (rows + 1) x (cols + 1) row by row; ValueError where the
+        family has no styles to mix."""
+        raise ValueError(f"this family ({type(self).__name__}) has no styles to mix")
 
     def interpolation(
         self,

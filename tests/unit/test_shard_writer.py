@@ -119,6 +119,9 @@ def test_round_trip_is_bit_exact_and_dataset_json_is_right(tmp_path: Path, kind:
     assert meta["num_samples"] == len(x) and meta["channels"] == x.shape[3] and meta["size"] == list(x.shape[1:3])
     assert meta["num_classes"] == (0 if y is None else len(meta["class_names"]))
     assert len(meta["shards"]) == -(-len(x) // 4)
+    if y is not None:  # samples per class, which the sources hand on as DataInfo.label_counts
+        assert sum(meta["class_counts"]) == len(x) and meta["class_counts"][0] == int((np.asarray(y) == 0).sum())
+        assert source_for(out, x.shape[1]).info.label_counts == tuple(meta["class_counts"])
 
     seen = {}
     for shard in meta["shards"]:

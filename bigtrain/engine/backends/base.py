@@ -74,8 +74,8 @@ class Backend:
         return EngineCaps(engine="DDP" if self.world_size > 1 else "one process")
 
     def differentiable_forward(
-        self, player: Player, *inputs: Any, anchor: bool = False
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        self, player: Player, *inputs: Any, anchor: bool = False, **options: Any
+    ) -> tuple[Any, Optional[torch.Tensor]]:
         """(outputs, anchor) of the player for a loss that differentiates through its input
         gradients (autograd.grad with create_graph, then the phase's backward).
 
@@ -85,6 +85,7 @@ class Backend:
         reuse the power iteration of the phase's own forward. With `anchor`, the engine first
         runs a forward of its own whose zero share the phase adds to its loss, so that DDP's
         reducer and DeepSpeed's bookkeeping see a phase that has no other forward of it.
+        `options` go to both forwards; a player returning several tensors anchors on its first.
         Refused where the engine cannot (ZeRO-3)."""
         if not self.supports_second_order(player):
             raise ConfigError(
@@ -92,12 +93,15 @@ class Backend:
                 f"{player.name}: a loss through its input gradients needs a second backward, which its engine cannot "
                 "do (ZeRO-3)",
             )
-        zero = player.engine(*inputs).float().sum() * 0.0 if anchor else None
+        zero = None
+        if anchor:
+            seen = player.engine(*inputs, **options)
+            zero = (seen[0] if isinstance(seen, (tuple, list)) else seen).float().sum() * 0.0
         net = player.net
         was_training = net.training
         net.eval()
         try:
-            out = net(*inputs)
+            out = net(*inputs, **options)
         finally:
             net.train(was_training)
         return out, zero

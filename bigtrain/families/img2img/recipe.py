@@ -135,7 +135,7 @@ class GeneratorPair(nn.Module):
     G step in one call (one DDP / DeepSpeed forward): the translations, the reconstructions and,
     with `identity`, G_AB(b) and G_BA(a)."""
 
-    joins_players = True  # `--dry-run` counts each generator too
+    counted_parts = ("G_AB", "G_BA")  # `--dry-run` counts each generator too
 
     def __init__(self, g_ab: nn.Module, g_ba: nn.Module):
         super().__init__()
