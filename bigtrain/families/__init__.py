@@ -19,7 +19,7 @@ from bigtrain import config_merge
 from bigtrain.config import Config
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
-from bigtrain.families import began, biggan, gan, gman, img2img, madgan, progan
+from bigtrain.families import began, biggan, gan, gman, img2img, madgan, progan, stylegan2
 from bigtrain.families.base import Family, Recipe
 from bigtrain.families.base import net_for as _net_for
 from bigtrain.families.registry import Registry
@@ -33,6 +33,7 @@ FAMILIES: dict[str, Family] = {
     "progan": progan.FAMILY,
     "biggan": biggan.FAMILY,
     "img2img": img2img.FAMILY,
+    "stylegan2": stylegan2.FAMILY,
 }
 ENTRY_POINT_GROUP = "bigtrain.families"  # [project.entry-points."bigtrain.families"] name = "package.module:FAMILY"
 

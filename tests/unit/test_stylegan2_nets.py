@@ -15,16 +15,8 @@ from omegaconf import OmegaConf
 import bigtrain.families.stylegan2.nets as nets
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
-from bigtrain.families.stylegan2.nets import (
-    FullyConnectedLayer,
-    Stylegan2DConfig,
-    Stylegan2Discriminator,
-    Stylegan2GConfig,
-    Stylegan2Generator,
-    bias_act,
-    minibatch_stddev,
-    modulated_conv2d,
-)
+from bigtrain.families.stylegan2.layers import FullyConnectedLayer, bias_act, minibatch_stddev, modulated_conv2d
+from bigtrain.families.stylegan2.nets import Stylegan2DConfig, Stylegan2Discriminator, Stylegan2GConfig, Stylegan2Generator
 from bigtrain.layers.resample import setup_filter
 
 # preset: (resolution, classes, G keys, D keys, (G, G.mapping, D) parameters of the reference's nets)
@@ -247,7 +239,7 @@ def test_mixed_precision(monkeypatch):
         torch.testing.assert_close(G(z, noise_mode="const"), full, rtol=0, atol=0)  # the nets own their precision
         assert D(full).dtype == torch.float32
     for half in (torch.float16, torch.bfloat16):
-        monkeypatch.setattr(nets, "_half_dtype", lambda device, half=half: half)
+        monkeypatch.setattr(nets, "half_dtype", lambda device, half=half: half)
         img = G(z, noise_mode="const")
         assert seen == {4: torch.float32, 8: torch.float32, 16: half, 32: half} and img.dtype == torch.float32
         torch.testing.assert_close(img, full, rtol=0.05, atol=0.05)

@@ -134,15 +134,25 @@ class AugmentPipe(nn.Module):
         for name, value in options.items():
             setattr(self, name, value)
         self.register_buffer("p", torch.tensor(float(p)))
+        self.p_value = float(p)  # p on the host: forward skips the pipe at 0 without reading the device
         # A constant, rebuilt with the pipe: no place in checkpoints.
         self.register_buffer("hz_geom", setup_filter(SYM6), persistent=False)
+
+    def set_p(self, value: float) -> None:
+        """Set p (the buffer the draws use, and its host copy)."""
+        self.p.fill_(float(value))
+        self.p_value = float(value)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.p_value = float(self.p)  # one read, when a checkpoint loads
 
     def forward(self, images: Tensor) -> Tensor:
         """Augment images [N, C, H, W] with this pipe's p, drawing from the default generator of their device."""
         if images.dim() != 4:
             raise ValueError(f"AugmentPipe needs images [N, C, H, W], got shape {tuple(images.shape)}")
-        # One host sync per call; it lets a pipe with p = 0 (ADA's start) cost nothing and change nothing.
-        if not float(self.p) > 0:
+        # p = 0 (ADA's start) costs nothing and changes nothing; the host copy decides, without a sync
+        if not self.p_value > 0:
             return images
         g_inv = self._geometric_matrix(images)
         if g_inv is not None:

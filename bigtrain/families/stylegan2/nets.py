@@ -35,21 +35,32 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bigtrain.config import _check_choice, _check_positive
 from bigtrain.data import DataInfo
 from bigtrain.errors import ConfigError
+from bigtrain.families.stylegan2.layers import (
+    HALF,
+    SQRT2,
+    SQRT_HALF,
+    Conv2dLayer,
+    FullyConnectedLayer,
+    bias_act,
+    fp16_resolution,
+    half_dtype,
+    minibatch_stddev,
+    modulated_conv2d,
+    normalize_2nd_moment,
+    one_hot,
+)
 from bigtrain.layers import image_resolution
-from bigtrain.layers.resample import conv2d_resample, downsample2d, setup_filter, upsample2d
+from bigtrain.layers.resample import downsample2d, setup_filter, upsample2d
 from bigtrain.netconfig import NetConfig
 
 ARCHITECTURES = ("orig", "skip", "resnet")
 NOISE_MODES = ("random", "const", "none")
 RESOLUTIONS = tuple(2**k for k in range(2, 14))
-SQRT2, SQRT_HALF = math.sqrt(2.0), math.sqrt(0.5)
-HALF = (torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -108,159 +119,12 @@ class Stylegan2DConfig(_Stylegan2Net):
     map: int = 8  # FC layers of the label mapping network (conditional D), lr multiplier 0.01, even for cifar
 
 
-# ---- ops -------------------------------------------------------------------------------------------------
-def normalize_2nd_moment(x: Tensor, eps: float = 1e-8) -> Tensor:
-    """x [N, F] scaled to unit mean square per row."""
-    return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
-
-
-def bias_act(x: Tensor, b: Tensor | None, act: str = "linear", gain: float = 1.0, clamp: float | None = None) -> Tensor:
-    """(x + b along dim 1) -> lrelu(0.2) or linear -> * gain -> clamped to [-clamp, clamp], in plain ops."""
-    if b is not None:
-        x = x + b.reshape([-1 if i == 1 else 1 for i in range(x.ndim)])
-    if act == "lrelu":
-        x = F.leaky_relu(x, 0.2)
-    if gain != 1:
-        x = x * gain
-    return x if clamp is None else x.clamp(-clamp, clamp)
-
-
-def modulated_conv2d(
-    x: Tensor,
-    weight: Tensor,
-    styles: Tensor,
-    noise: Optional[Tensor] = None,
-    up: int = 1,
-    f: Optional[Tensor] = None,
-    demodulate: bool = True,
-    fused: bool = True,
-) -> Tensor:
-    """StyleGAN2's modulated conv, 'same' padding, upsampling by `up` with FIR filter `f`: x [N, I, H, W],
-    weight [O, I, k, k], styles [N, I] (+ noise [N or 1, 1, H', W']) -> [N, O, H', W'].
-
-    Sample n's weight is weight * styles[n] over I, demodulated to unit norm per output channel.
-    `fused`: one grouped conv with the batch's per-sample weights; else the styles scale x before and
-    the demodulation the output after one shared conv (cheaper to train). The same values.
-    """
-    n, (_, in_ch, kh, kw) = x.shape[0], weight.shape
-    if x.dtype in HALF and demodulate:  # scale invariant after demodulation; keeps the products in fp16's range
-        weight = weight * (1 / math.sqrt(in_ch * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
-        styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
-    conv = dict(f=f, up=up, padding=kw // 2, flip_weight=up == 1)  # flip_weight: the reference's (faster) choice
-    w = dcoefs = None
-    if demodulate or fused:
-        w = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)  # [N, O, I, k, k]
-    if demodulate:
-        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [N, O]
-    if not fused:
-        x = conv2d_resample(x * styles.to(x.dtype).reshape(n, -1, 1, 1), weight.to(x.dtype), **conv)
-        if demodulate and noise is not None:
-            return torch.addcmul(noise.to(x.dtype), x, dcoefs.to(x.dtype).reshape(n, -1, 1, 1))
-        if demodulate:
-            return x * dcoefs.to(x.dtype).reshape(n, -1, 1, 1)
-        return x if noise is None else x + noise.to(x.dtype)
-    if demodulate:
-        w = w * dcoefs.reshape(n, -1, 1, 1, 1)
-    x = x.reshape(1, -1, *x.shape[2:])  # [1, N * I, H, W]: the samples as groups
-    x = conv2d_resample(x, w.reshape(-1, in_ch, kh, kw).to(x.dtype), groups=n, **conv)
-    x = x.reshape(n, -1, *x.shape[2:])  # [N, O, H', W']
-    return x if noise is None else (x + noise).to(x.dtype)
-
-
-def minibatch_stddev(x: Tensor, group_size: int, num_channels: int) -> Tensor:
-    """x [N, C, H, W] -> [N, C + F, H, W]: per group of G = min(group_size, N) samples (sample i in group
-    i mod N/G), the stddev of each feature, averaged over each of F channel groups and all positions.
-    In x's dtype: bigtrain.layers.MinibatchStddev computes in float32, which float64 checks cannot use."""
-    n, c, h, w = x.shape
-    g = min(group_size, n)
-    if n % g:
-        raise ValueError(f"minibatch stddev: batch {n} must be a multiple of the group size {g}")
-    y = x.reshape(g, -1, num_channels, c // num_channels, h, w)  # [G, n, F, c, H, W]
-    y = (y - y.mean(dim=0)).square().mean(dim=0).add(1e-8).sqrt()  # [n, F, c, H, W]
-    y = y.mean(dim=[2, 3, 4]).reshape(-1, num_channels, 1, 1).repeat(g, 1, h, w)  # [N, F, H, W]
-    return torch.cat([x, y], dim=1)
-
-
-def _half_dtype(device: torch.device) -> Optional[torch.dtype]:
-    """The dtype of the fp16 resolutions: None (full precision) off CUDA, bf16 inside a bf16 autocast."""
-    if device.type != "cuda":
-        return None
-    bf16 = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.bfloat16
-    return torch.bfloat16 if bf16 else torch.float16
-
-
-def _one_hot(y: Optional[Tensor], num_classes: int, dtype: torch.dtype) -> Optional[Tensor]:
-    """int64 labels [N] -> one-hot [N, K] for a conditional net; None for an unconditional one."""
-    if num_classes == 0:
-        if y is not None:
-            raise ValueError("this network is unconditional: pass no labels y")
-        return None
-    if y is None or y.dtype != torch.int64 or y.ndim != 1:
-        raise ValueError(f"this network is class-conditional ({num_classes} classes): pass labels y, int64 [N]")
-    return F.one_hot(y, num_classes).to(dtype)
-
-
 def _channels(net: _Stylegan2Net, resolution: int, side: str) -> dict[int, int]:
     """Channels per resolution 4 .. `resolution`: min(channel_base // r, channel_max)."""
     if net.channel_base < resolution:
         reason = f"gives no channels at {resolution}x{resolution}: it must be at least the resolution"
         raise ConfigError(f"model.{side}.channel_base", reason)
     return {2**k: min(net.channel_base // 2**k, net.channel_max) for k in range(2, resolution.bit_length())}
-
-
-def _fp16_resolution(resolution: int, num_fp16_res: int) -> int:
-    """The lowest of the top `num_fp16_res` resolutions; never 4x4."""
-    return max(2 ** (resolution.bit_length() - num_fp16_res), 8)
-
-
-# ---- layers ----------------------------------------------------------------------------------------------
-class FullyConnectedLayer(nn.Module):
-    """x [N, in] -> [N, out]: weight N(0, 1) / lr_mult scaled by lr_mult / sqrt(in), bias by lr_mult."""
-
-    def __init__(self, in_f: int, out_f: int, act: str = "linear", lr_mult: float = 1.0, bias_init: float = 0.0):
-        super().__init__()
-        self.act, self.weight_gain, self.bias_gain = act, lr_mult / math.sqrt(in_f), lr_mult
-        self.weight = nn.Parameter(torch.randn(out_f, in_f) / lr_mult)
-        self.bias = nn.Parameter(torch.full((out_f,), float(bias_init)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        w, b = self.weight.to(x.dtype) * self.weight_gain, self.bias.to(x.dtype)
-        if self.bias_gain != 1:
-            b = b * self.bias_gain
-        if self.act == "linear":
-            return torch.addmm(b.unsqueeze(0), x, w.t())
-        return bias_act(x.matmul(w.t()), b, self.act, gain=SQRT2)
-
-
-class Conv2dLayer(nn.Module):
-    """k x k 'same' conv (weight N(0, 1) scaled by 1 / sqrt(fan_in)), resampling by `up` or `down` with the
-    FIR filter of `taps`, + bias, act (* sqrt(2) for lrelu), * gain, clamp (* gain)."""
-
-    def __init__(
-        self,
-        in_ch: int,
-        out_ch: int,
-        kernel: int,
-        act: str = "linear",
-        clamp: Optional[float] = None,
-        bias: bool = True,
-        up: int = 1,
-        down: int = 1,
-        taps: Optional[List[float]] = None,
-    ):
-        super().__init__()
-        self.act, self.clamp, self.up, self.down = act, clamp, up, down
-        self.register_buffer("resample_filter", setup_filter(taps), persistent=False)
-        self.weight_gain, self.act_gain = 1 / math.sqrt(in_ch * kernel**2), SQRT2 if act == "lrelu" else 1.0
-        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
-        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
-
-    def forward(self, x: Tensor, gain: float = 1.0) -> Tensor:
-        w = (self.weight * self.weight_gain).to(x.dtype)
-        padding, f = self.weight.shape[-1] // 2, self.resample_filter
-        x = conv2d_resample(x, w, f, self.up, self.down, padding, flip_weight=self.up == 1)
-        b = None if self.bias is None else self.bias.to(x.dtype)
-        return bias_act(x, b, self.act, self.act_gain * gain, None if self.clamp is None else self.clamp * gain)
 
 
 class MappingNetwork(nn.Module):
@@ -299,7 +163,7 @@ class MappingNetwork(nn.Module):
         """w, moved towards `w_avg` by 1 - `truncation_psi` (0: the average) in the first `truncation_cutoff`
         ws (all when None); with `update_emas`, in training mode, w_avg moves towards the batch's mean w."""
         weight = self.fc0.weight
-        c = _one_hot(y, self.num_classes, weight.dtype)
+        c = one_hot(y, self.num_classes, weight.dtype)
         with torch.autocast(weight.device.type, enabled=False):
             parts = []
             if self.z_dim:
@@ -424,7 +288,7 @@ class SynthesisNetwork(nn.Module):
         super().__init__()
         self.w_dim, self.resolution = net.w_dim, resolution
         channels = _channels(net, resolution, "g")
-        fp16_res = _fp16_resolution(resolution, net.num_fp16_res)
+        fp16_res = fp16_resolution(resolution, net.num_fp16_res)
         self.block_resolutions = list(channels)
         self.num_ws = 0
         for res in self.block_resolutions:
@@ -440,7 +304,7 @@ class SynthesisNetwork(nn.Module):
             raise ValueError(f"ws must be [N, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode is one of {', '.join(NOISE_MODES)}, got {noise_mode!r}")
-        half = _half_dtype(ws.device)
+        half = half_dtype(ws.device)
         with torch.autocast(ws.device.type, enabled=False):
             ws = ws.to(self.b4.conv1.weight.dtype)
             x = img = None
@@ -455,6 +319,8 @@ class SynthesisNetwork(nn.Module):
 
 class Stylegan2Generator(nn.Module):
     """z [N, z_dim] (+ y int64 [N] when conditional) -> images [N, C, res, res]: synthesis(mapping(z, y))."""
+
+    counted_parts = ("mapping",)  # `--dry-run` counts the mapping network too (the reference's tables do)
 
     def __init__(self, net: Stylegan2GConfig, z_dim: int, num_classes: int, info: DataInfo):
         super().__init__()
@@ -475,10 +341,21 @@ class Stylegan2Generator(nn.Module):
         noise_mode: str = "random",
         update_emas: bool = False,
         fused_modconv: Optional[bool] = None,
-    ) -> Tensor:
-        """See MappingNetwork.forward and SynthesisNetwork.forward."""
+        mix_z: Optional[Tensor] = None,
+        mix_cutoff: Optional[Tensor] = None,
+        return_ws: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """See MappingNetwork.forward and SynthesisNetwork.forward. Style mixing: with `mix_z` [N, z_dim],
+        the layers of sample i from `mix_cutoff[i]` on (num_ws: none) take the styles of mix_z (whose
+        mapping moves no w_avg, as the reference's). `return_ws`: also the ws [N, num_ws, w_dim] the
+        synthesis got (path length differentiates the images w.r.t. them)."""
         ws = self.mapping(z, y, truncation_psi, truncation_cutoff, update_emas=update_emas)
-        return self.synthesis(ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
+        if mix_z is not None:
+            mixed = self.mapping(mix_z, y, truncation_psi, truncation_cutoff)
+            later = torch.arange(self.num_ws, device=ws.device)[None, :] >= mix_cutoff[:, None]  # [N, num_ws]
+            ws = torch.where(later[:, :, None], mixed, ws)
+        img = self.synthesis(ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
+        return (img, ws) if return_ws else img
 
 
 # ---- D ---------------------------------------------------------------------------------------------------
@@ -544,7 +421,7 @@ class Stylegan2Discriminator(nn.Module):
         self.resolution = image_resolution(info, "model.d.arch", "stylegan2", RESOLUTIONS)
         self.num_classes, self.img_channels = num_classes, info.shape[0]
         ch = _channels(net, self.resolution, "d")
-        fp16_res = _fp16_resolution(self.resolution, net.num_fp16_res)
+        fp16_res = fp16_resolution(self.resolution, net.num_fp16_res)
         self.block_resolutions = sorted(ch, reverse=True)[:-1]  # res .. 8
         for r in self.block_resolutions:
             in_ch = ch[r] if r < self.resolution else 0
@@ -558,8 +435,8 @@ class Stylegan2Discriminator(nn.Module):
         shape = (self.img_channels, self.resolution, self.resolution)
         if x.ndim != 4 or tuple(x.shape[1:]) != shape:
             raise ValueError(f"D takes images [N, {', '.join(map(str, shape))}], got {tuple(x.shape)}")
-        cmap = self.mapping(None, y) if self.num_classes else _one_hot(y, 0, x.dtype)
-        half = _half_dtype(x.device)
+        cmap = self.mapping(None, y) if self.num_classes else one_hot(y, 0, x.dtype)
+        half = half_dtype(x.device)
         with torch.autocast(x.device.type, enabled=False):
             h, img = None, x
             for res in self.block_resolutions:
