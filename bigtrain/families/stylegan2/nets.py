@@ -198,7 +198,9 @@ class SynthesisLayer(nn.Module):
         self.affine = FullyConnectedLayer(net.w_dim, in_ch, bias_init=1)
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, 3, 3))
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
-        self.noise_strength = nn.Parameter(torch.zeros([]))
+        # [1], where the reference's is 0-d: DeepSpeed broadcasts every parameter viewed as bytes,
+        # which a 0-d bf16 tensor refuses (a reference state dict loads after reshape(1))
+        self.noise_strength = nn.Parameter(torch.zeros([1]))
         self.bias = nn.Parameter(torch.zeros(out_ch))
 
     def forward(self, x: Tensor, w: Tensor, noise_mode: str, fused: bool, gain: float = 1.0) -> Tensor:
