@@ -18,7 +18,10 @@ from bigtrain.families import build_discriminator, build_generator, registry
 
 MODELS = registry().archs
 
-IMAGE_ARCHS = [arch for arch in MODELS if arch not in ("grid", "progan", "biggan", "biggan_deep", "cyclegan", "pix2pix")]  # grid: PacGAN's 2-D nets (tests/unit/test_grid25.py); progan: tests/unit/test_progan_nets.py; biggan(_deep): tests/unit/test_biggan(_deep).py; cyclegan, pix2pix (image to image, no z): tests/unit/test_img2img_nets.py
+# grid: PacGAN's 2-D nets (tests/unit/test_grid25.py); progan: tests/unit/test_progan_nets.py; biggan(_deep):
+# tests/unit/test_biggan(_deep).py; cyclegan, pix2pix (image to image, no z): tests/unit/test_img2img_nets.py;
+# stylegan2 (channel_base, not width; an unbounded output as the reference's): tests/unit/test_stylegan2_nets.py
+IMAGE_ARCHS = [arch for arch in MODELS if arch not in ("grid", "progan", "biggan", "biggan_deep", "cyclegan", "pix2pix", "stylegan2")]
 
 Z_DIM = 16
 WIDTH = 8
