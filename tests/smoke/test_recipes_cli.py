@@ -40,9 +40,9 @@ def _config(tmp_path: Path, name: str, case: dict) -> dict:
     return cfg
 
 
-# covered in the default run by their neighbours (mbstd_dcgan and madgan also by the default golden
-# cases learn_* and madgan_digits-acc1)
-SLOW = {"gman_max", "pacgan", "batchnorm_d", "mbstd_dcgan", "madgan"}
+# covered in the default run by their neighbours (mbstd_dcgan, madgan and gman_soft_mean also by the
+# default golden cases, schedule by tests/unit/test_resume_plan.py)
+SLOW = {"gman_max", "pacgan", "batchnorm_d", "mbstd_dcgan", "madgan", "gman_soft_mean", "schedule"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in CASES])

@@ -93,6 +93,8 @@ def test_both_sides_with_the_reference():
     assert built["D"]["epilogue_kwargs"]["mbstd_group_size"] == 32 and built["augment_pipe"] == "bgc"
 
 
+# slow (the default run's 15-minute budget; the skip without a path is in the default run)
+@pytest.mark.slow
 def test_the_reference_skipped_with_its_reason_where_the_path_holds_no_checkout(tmp_path):
     env = {**os.environ, REF_ENV: str(tmp_path)}
     (preset,) = _bench("--configs", "configs/stylegan2_digits.yaml", env=env)["presets"]

@@ -78,6 +78,8 @@ def test_channels_last_nets_and_batches(tmp_path):
     torch.testing.assert_close(weights(cl), weights(plain), rtol=0, atol=5e-3)
 
 
+# slow (the default run's 15-minute budget; torch.compile is for GPU runs)
+@pytest.mark.slow
 def test_compiled_players_train_as_the_eager_ones(tmp_path, data):
     eager = trainer(tmp_path, data, "eager", kimg=0.048)
     eager.train()
