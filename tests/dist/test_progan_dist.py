@@ -54,7 +54,9 @@ def test_a_micro_batch_that_changes_with_the_resolution_keeps_the_ranks_identica
 # the schedule of _cfg (growth.py, 16 images a step, 4 steps per phase): step 6 trains the fade
 # to 8x8 at alpha 0.25, steps 9-13 stabilise at 8x8, step 14 starts the fade to 16x16
 @pytest.mark.parametrize("resume_step, alphas, resolutions", [
-    (6, [0.5, 0.75, 1.0], [8, 8, 8]),  # mid-fade: the fade goes on, then 8x8 stabilises
+    # mid-fade (slow: the default run's budget; tests/unit/test_resume_plan.py resumes at every boundary of
+    # ProGAN's fades on one process, and the growth tests above run two)
+    pytest.param(6, [0.5, 0.75, 1.0], [8, 8, 8], id="mid-fade", marks=pytest.mark.slow),  # the fade goes on, then 8x8 stabilises
     pytest.param(10, [1.0, 1.0, 1.0, 0.25], [8, 8, 8, 16], id="mid-stabilise", marks=pytest.mark.slow),  # at 8x8, then the fade to 16x16 (slow run: ~33 s)
 ], ids=["mid-fade", "mid-stabilise"])
 def test_resume_on_two_processes_reproduces_the_uninterrupted_run(tmp_path, resume_step, alphas, resolutions):
