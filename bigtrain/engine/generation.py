@@ -30,9 +30,13 @@ class LoadedGeneration:
         """Samples for `indices` (see Recipe.generate for the options); CheckpointError when a
         sample is non-finite (nothing is written or scored from a diverged generator)."""
         x, y = self.recipe.generate(self.nets, indices, **options)
+        return self._finite(x), y
+
+    def _finite(self, x: Tensor) -> Tensor:
+        """x itself; CheckpointError when a floating x holds a non-finite value."""
         if x.is_floating_point() and not torch.isfinite(x).all():
             raise CheckpointError(f"{self.path}: {', '.join(self.nets)} produces non-finite output; refusing to use it")
-        return x, y
+        return x
 
     def standing_statistics(
         self,
@@ -70,9 +74,7 @@ class LoadedGeneration:
             )
         except ValueError as exc:
             raise BigtrainError(f"--interp: {self.path}: {exc}") from None
-        if not torch.isfinite(x).all():
-            raise CheckpointError(f"{self.path}: {', '.join(self.nets)} produces non-finite output; refusing to use it")
-        return x
+        return self._finite(x)
 
     def style_mixing(
         self,
@@ -91,9 +93,7 @@ class LoadedGeneration:
             )
         except ValueError as exc:
             raise BigtrainError(f"--mix: {self.path}: {exc}") from None
-        if not torch.isfinite(x).all():
-            raise CheckpointError(f"{self.path}: {', '.join(self.nets)} produces non-finite output; refusing to use it")
-        return x
+        return self._finite(x)
 
     def to(self, device: torch.device | str) -> "LoadedGeneration":
         for net in self.nets.values():
