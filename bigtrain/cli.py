@@ -358,6 +358,7 @@ def _tool_commands() -> list[tuple[str, str, Callable, Callable]]:
     from bigtrain.engine.backends import process_group
     from bigtrain.engine.generation import load_generation
     from bigtrain.eval import commands as ev
+    from bigtrain.importers import add_import_arguments, run_import
 
     return [
         (
@@ -395,6 +396,12 @@ def _tool_commands() -> list[tuple[str, str, Callable, Callable]]:
             "plain weights of a checkpoint (DeepSpeed partitions joined) for sample/eval",
             ex.add_export_arguments,
             ex.run_export,
+        ),
+        (
+            "import",
+            "a network trained by BigGAN-PyTorch, pytorch-CycleGAN-and-pix2pix or stylegan2-ada-pytorch -> a run",
+            add_import_arguments,
+            run_import,
         ),
     ]
 

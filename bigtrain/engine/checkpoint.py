@@ -317,3 +317,19 @@ def export(folder: Path, out: Path, engine_weights: Callable[[Path, dict], dict]
     torch.save(plain, tmp)
     os.replace(tmp, target)
     return target
+
+
+def write_imported(run_dir: Path, trainer_state: dict) -> Path:
+    """Write an imported network (`bigtrain import`) as the run's one checkpoint, step 0: a plain
+    trainer.pt (weights and EMA copies, no optimizer or rank state, like an export) and the `latest`
+    pointer. Returns the checkpoint folder; the folder must not exist yet."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    name = checkpoint_name(0)
+    final, tmp = ckpt_root / name, ckpt_root / f".tmp-{name}"
+    if final.exists():
+        raise CheckpointError(f"{final} already exists; refusing to overwrite it")
+    tmp.mkdir(parents=True, exist_ok=True)
+    torch.save(trainer_state, tmp / TRAINER_FILE)
+    os.replace(tmp, final)
+    _write_pointer(ckpt_root / LATEST, name)
+    return final

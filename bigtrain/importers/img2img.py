@@ -1,0 +1,106 @@
+"""junyanz/pytorch-CycleGAN-and-pix2pix's checkpoints: `<epoch>_net_<name>.pth`, each a plain state
+dict of one network (`torch.save(net.state_dict())`; `latest_net_G_A.pth` ...).
+
+Names: the ResNet G and the PatchGAN Ds are `model.i` -> `net.i` (`conv_block` -> `body` inside
+the residual blocks); the U-Net's nested blocks (`model.model.1.model.3.model...`) map level by
+level onto `down.i` / `up.i`. CycleGAN's G_A (A -> B) and G_B are bigtrain's G_AB and G_BA, both
+in the player G; the reference's D_A judges domain B (real B against G_A(A)), so it is bigtrain's
+D_B, and its D_B is our D_A. Two things of older or other settings are converted: instance-norm
+running statistics (saved by the reference before PyTorch 0.4, and dropped by its own loader) are
+dropped, and with `norm: none` the reference's convs have no bias, where bigtrain's have a zero one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from bigtrain.errors import BigtrainError
+from bigtrain.importers import Format, Part, load_state
+
+STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _read(paths: list[Path], names: dict[str, tuple[str, str]]) -> tuple[list[Part], dict]:
+    """Parts of `*_net_<name>.pth` files; `names`: the reference's name -> (player, prefix)."""
+    parts, seen = [], {}
+    for path in paths:
+        match = re.fullmatch(r"(?:.*_)?net_(.+)\.pth", path.name)
+        if not match or match.group(1) not in names:
+            known = ", ".join(f"latest_net_{n}.pth" for n in names)
+            raise BigtrainError(f"{path}: not a network file of this format (expected {known})")
+        if match.group(1) in seen:
+            raise BigtrainError(f"{path}: {match.group(1)} is given twice (also {seen[match.group(1)]})")
+        seen[match.group(1)] = path
+        player, prefix = names[match.group(1)]
+        parts.append(Part(player, str(path), load_state(path), prefix))
+    return parts, {}
+
+
+def _sequential(key: str, cfg) -> Optional[str]:
+    """ResNet G / PatchGAN D: model.i -> net.i, conv_block -> body."""
+    if not key.startswith("model."):
+        return "?" + key  # no place in bigtrain's net: fit() reports it
+    return "net." + key[len("model.") :].replace(".conv_block.", ".body.")
+
+
+def _unet(key: str, cfg) -> Optional[str]:
+    """U-Net level i: model.model. + 1.model. (level 1) + 3.model. per further level, then the
+    index of its Sequential: outermost [conv, sub, relu, convT, tanh], middle [lrelu, conv, norm,
+    sub, relu, convT, norm, (dropout)], innermost [lrelu, conv, relu, convT, norm]."""
+    n = cfg.model.g.downs
+    match = re.fullmatch(r"model\.model\.((?:1\.model\.)?(?:3\.model\.)*)(\d+)\.(.+)", key)
+    if not match:
+        return "?" + key
+    nested, index, leaf = match.group(1), int(match.group(2)), match.group(3)
+    level = nested.count("model.")
+    if level == 0:
+        table = {0: "down.0.0", 3: "up.0.1"}
+    elif level == n - 1:
+        table = {1: f"down.{level}.1", 3: f"up.{level}.1", 4: f"up.{level}.2"}
+    else:
+        table = {1: f"down.{level}.1", 2: f"down.{level}.2", 5: f"up.{level}.1", 6: f"up.{level}.2"}
+    return f"{table[index]}.{leaf}" if index in table else "?" + key
+
+
+def _adapt(part: Part, renamed: dict, expected: dict, cfg) -> dict:
+    net = cfg.model.g if part.player == "G" else cfg.model.d
+    out = {}
+    for name, (value, key) in renamed.items():
+        if net.norm == "instance" and name.endswith(STATISTICS) and name not in expected:
+            continue  # pre-0.4 instance norm's statistics: unused (the reference's loader drops them too)
+        out[name] = (value, key)
+    if net.norm == "none":  # the reference's convs have no bias without a norm layer; ours a zero one
+        for name, mine in expected.items():
+            if name.endswith(".bias") and name not in out and name[: -len("bias")] + "weight" in out:
+                out[name] = (torch.zeros_like(mine), name)
+    return out
+
+
+def _read_pix2pix(paths: list[Path]) -> tuple[list[Part], dict]:
+    return _read(paths, {"G": ("G", ""), "D": ("D", "")})
+
+
+def _read_cyclegan(paths: list[Path]) -> tuple[list[Part], dict]:
+    return _read(paths, {"G_A": ("G", "G_AB."), "G_B": ("G", "G_BA."), "D_A": ("D_B", ""), "D_B": ("D_A", "")})
+
+
+def _rename(key: str, cfg) -> Optional[str]:
+    """Either layout, told apart by the key (only the U-Net nests `model.model.`), in either recipe."""
+    if key.startswith("model.model.") and hasattr(cfg.model.g, "downs"):
+        return _unet(key, cfg)
+    return _sequential(key, cfg)
+
+
+CYCLEGAN = Format(
+    "cyclegan",
+    ("cyclegan",),
+    "latest_net_G_A.pth, latest_net_G_B.pth, latest_net_D_A.pth, latest_net_D_B.pth",
+    _read_cyclegan,
+    _rename,
+    _adapt,
+)
+PIX2PIX = Format("pix2pix", ("pix2pix",), "latest_net_G.pth, latest_net_D.pth", _read_pix2pix, _rename, _adapt)
