@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -54,7 +54,7 @@ class Format:
     read: Callable[[list[Path]], tuple[list[Part], dict]]
     rename: Callable[[str, object], Optional[str]]
     adapt: Callable[[Part, dict, dict, object], dict] = lambda part, renamed, expected, cfg: renamed
-    info: dict = field(default_factory=dict)
+    refuses: Callable[[object], Optional[str]] = lambda cfg: None  # why a config of its recipes does not fit
 
 
 def _formats() -> dict[str, Format]:
@@ -202,6 +202,8 @@ def import_run(fmt_name: str, paths: list[str], config: str, out: str, do_check:
         raise BigtrainError(
             f"{config}: recipe {cfg.recipe!r}, but {fmt.name} files hold {' or '.join(fmt.recipes)} nets"
         )
+    if fmt.refuses(cfg):
+        raise BigtrainError(f"{config}: {fmt.refuses(cfg)}")
     files = [Path(p) for p in paths]
     for path in files:
         if not path.exists():

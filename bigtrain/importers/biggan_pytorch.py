@@ -105,6 +105,19 @@ def _adapt(part: Part, renamed: dict, expected: dict, cfg) -> dict:
     return out
 
 
+def _refuses(cfg) -> Optional[str]:
+    if cfg.model.g.arch != "biggan" or cfg.model.d.arch != "biggan":
+        archs = f"{cfg.model.g.arch} / {cfg.model.d.arch}"
+        return f"the biggan-pytorch format reads BigGAN.py's nets (arch: biggan; BigGAN-deep not yet), not {archs}"
+    return None
+
+
 FORMAT = Format(
-    "biggan-pytorch", ("biggan",), "G.pth, G_ema.pth, D.pth (state_dict.pth: information)", _read, _rename, _adapt
+    "biggan-pytorch",
+    ("biggan",),
+    "G.pth, G_ema.pth, D.pth (state_dict.pth: information)",
+    _read,
+    _rename,
+    _adapt,
+    refuses=_refuses,
 )
