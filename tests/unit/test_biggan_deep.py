@@ -27,12 +27,11 @@ def test_parameter_counts_match_bigganpytorch(monkeypatch):
     monkeypatch.setattr(biggan_deep, "orthogonal_init", lambda net: None)  # counts do not depend on it; QR of 85 M weights takes ~15 s
     info = DataInfo("image", (3, 128, 128), 1000)
     G = BigganDeepGenerator(BigganDeepGConfig(), 128, 1000, info)  # ch 128, depth 2, z 128, shared 128
-    assert count(G) == 50_388_609
+    # BGP's G at every commit of BigGANdeep.py: its last conv goes to 3 channels (TF Hub's has 128, of
+    # which the image is the first 3; bigtrain had that until issue 27: 50,388,609)
+    assert count(G) == 50_244_484
+    assert G.out_conv.out_channels == 3
     assert count(BigganDeepDiscriminator(BigganDeepDConfig(), 128, 1000, info)) == 34_590_210
-    # BGP's last conv has 128 output channels (the image is the first 3); with 3 the count is the
-    # 50.24 M often quoted
-    assert G.out_conv.out_channels == 128
-    assert count(G) - count(G.out_conv) + (3 * 128 * 9 + 3) == 50_244_484
 
 
 @pytest.mark.parametrize("res", [32, 64, 128, 256, 512])
@@ -96,9 +95,12 @@ def test_the_whole_z_reaches_every_block():
     for hook in hooks:
         hook.remove()
     assert len(cbns) == 4 * 2 * 3  # 4 CBNs a block, 2 blocks a stage, 3 stages at 32 px
-    assert len(seen) == len(cbns) and all(c.shape == (2, 16 + 16) and torch.equal(c[:, :16], z) for c in seen)  # [z, embed(y)], unsplit
+    # [embed(y), z], unsplit: BGP's order (`torch.cat([y, z], 1)`)
+    embedded = G.shared(y)
+    assert len(seen) == len(cbns)
+    assert all(c.shape == (2, 16 + 16) and torch.equal(c[:, 16:], z) and torch.equal(c[:, :16], embedded) for c in seen)
     assert (z.grad.abs().sum(dim=0) > 0).all()
-    assert G.linear.in_features == 16 + 16  # the input layer reads [z, embed(y)] too
+    assert G.linear.in_features == 16 + 16  # the input layer reads [embed(y), z] too
 
 
 def test_g_skip_keeps_the_first_channels():

@@ -4,15 +4,15 @@ Where plain BigGAN (bigtrain/families/biggan/nets.py) has one wide residual bloc
 deep nets have `depth` (BGP's G_depth / D_depth, 2) bottleneck blocks per resolution, a stage:
 1x1 conv to a quarter of the channels, two 3x3 convs, 1x1 conv back out.
 
-G: z and the shared class embedding together, c = [z, embed(y)] (z_dim + shared_dim, 256), feed
+G: the shared class embedding and z together, c = [embed(y), z] (shared_dim + z_dim, 256), feed
 the input layer (an SN-linear map to a 4x4 map) and every conditional BN: z is not split into
 chunks. Each stage is `depth` blocks, the last one doubling the resolution and going to the
 stage's output channels; a block is CBN, ReLU, conv1x1 (to c_in / 4), CBN, ReLU, [2x nearest
 upsample], conv3x3, CBN, ReLU, conv3x3, CBN, ReLU, conv1x1 (to c_out), and its skip is x's first
 c_out channels (upsampled in the last block): no learned shortcut. Self-attention follows the
-stages whose output resolution is in `attention` -> BN, ReLU, conv3x3, tanh. As in BGP (and the
-TF Hub BigGAN-deep it reproduces) the last conv has 128 output channels and the image is its
-first C of them.
+stages whose output resolution is in `attention` -> BN, ReLU, conv3x3 (to the image's C channels),
+tanh. (The TF Hub BigGAN-deep's last conv has 128 output channels of which the image is the first 3;
+BGP's, at every commit, has 3, and so has this one.)
 D: a conv3x3 stem, then stages of `depth` blocks, the first one halving the resolution (except
 at the end of the 32 px ladder) and going to the stage's channels; a block is ReLU, conv1x1 (to
 c_out / 4), ReLU, conv3x3, ReLU, conv3x3, ReLU, [2x2 average pool], conv1x1 (to c_out), and its
@@ -58,7 +58,7 @@ class BigganDeepGConfig(_BigganNet):
     arch: str = "biggan_deep"  # this class's architecture
     width: int = 128  # channel multiple `ch` (BigGAN-PyTorch's G_ch): see bigtrain/families/biggan/deep.py
     depth: int = 2  # bottleneck residual blocks per resolution (BigGAN-PyTorch's G_depth)
-    shared_dim: int = 128  # size of the shared class embedding (no spectral norm); [z, it] feeds every conditional BN
+    shared_dim: int = 128  # size of the shared class embedding (no spectral norm); [it, z] feeds every conditional BN
     bn_eps: float = 1e-5  # batch norm epsilon (BigGAN-PyTorch --BN_eps 1e-5)
     cross_replica: bool = False  # G's batch-norm statistics over every process (SyncBN); G_ema uses its own
 
@@ -93,7 +93,6 @@ D_LADDERS = {
     128: DeepDLadder(d=(1, 2, 4, 8, 16, 16), down=(True,) * 5),
     256: DeepDLadder(d=(1, 2, 4, 8, 8, 16, 16), down=(True,) * 6),
 }
-RGB_PAD = 128  # output channels of G's last conv (BGP, as the TF Hub model): the image is the first C
 
 
 def _check_bottleneck(key: str, width: int, multiples: tuple[int, ...], res: int) -> None:
@@ -195,7 +194,7 @@ class BigganDeepGenerator(nn.Module):
         )
         self.attention = nn.ModuleList(SelfAttention(c) if a else nn.Identity() for c, a in zip(channels[1:], attend))
         self.out_bn = BigganBatchNorm(channels[-1], 0, net.bn_eps, net.cross_replica)
-        self.out_conv = conv(channels[-1], max(RGB_PAD, self.image_channels))
+        self.out_conv = conv(channels[-1], self.image_channels)
         _init(self, net, skip=self.shared)  # BGP: no SN on G's shared embedding
 
     embed = BigganGenerator.embed  # y -> the shared class embedding [N, shared_dim] (for class interpolation)
@@ -204,15 +203,14 @@ class BigganDeepGenerator(nn.Module):
         if class_embedding is None and self.shared is not None:
             class_embedding = self.embed(check_labels(y, self.num_classes))  # [N, shared_dim]
         c = (
-            z if class_embedding is None else torch.cat([z.to(class_embedding.dtype), class_embedding], 1)
-        )  # [N, cond_dim], BGP's order
+            z if class_embedding is None else torch.cat([class_embedding, z.to(class_embedding.dtype)], 1)
+        )  # [N, cond_dim]: [embed(y), z], BGP's order (`torch.cat([y, z], 1)` in BigGANdeep.py)
         h = self.linear(c).view(z.shape[0], self.ch0, 4, 4)
         for stage, attention in zip(self.blocks, self.attention):
             for block in stage:
                 h = block(h, c)
             h = attention(h)
-        h = self.out_conv(F.relu(self.out_bn(h)))  # [N, max(128, C), res, res]
-        return torch.tanh(h[:, : self.image_channels])  # [N, C, res, res]
+        return torch.tanh(self.out_conv(F.relu(self.out_bn(h))))  # [N, C, res, res]
 
 
 class BigganDeepDiscriminator(nn.Module):
