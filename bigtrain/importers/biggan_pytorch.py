@@ -1,12 +1,15 @@
 """ajbrock/BigGAN-PyTorch's weights (`utils.save_weights`): G.pth, G_ema.pth and D.pth, each a
 plain state dict (a name suffix such as G_ema_best0.pth is accepted), and state_dict.pth, whose
 iteration count is kept as information. Its BigGAN.py nets are bigtrain's `arch: biggan` at
-64-512 px.
+64-512 px, its BigGANdeep.py nets `arch: biggan_deep`.
 
-Names: `blocks.i.0.{conv1,conv2,conv_sc,bn1,bn2}` -> `blocks.i.{conv1,conv2,shortcut,bn1,bn2}`,
-`blocks.i.1` (self-attention) -> `attention.i` (its scalar gamma -> [1]), G's `output_layer.0/2`
--> `out_bn` / `out_conv`, BN's `stored_mean/var` -> `stats.running_mean/var` (the output BN's
-`gain/bias` -> `weight/shift`), D's `linear` / `embed` -> `head.linear` / `head.embed`.
+Names (BigGAN.py): `blocks.i.0.{conv1,conv2,conv_sc,bn1,bn2}` -> `blocks.i.{conv1,conv2,shortcut,
+bn1,bn2}`, `blocks.i.1` (self-attention) -> `attention.i`. BigGANdeep.py: G's `blocks.k.0` (k =
+stage x depth + block) -> `blocks.stage.block`, `blocks.k.1` -> `attention.stage`; D's
+`blocks.s.j` -> `blocks.s.j` (`conv_sc` -> `extra`), `blocks.s.depth` -> `attention.s`. Both:
+G's `output_layer.0/2` -> `out_bn` / `out_conv`, BN's `stored_mean/var` -> `stats.running_mean/var`
+(the output BN's `gain/bias` -> `weight/shift`), D's `linear` / `embed` -> `head.linear` /
+`head.embed`; attention's scalar gamma -> [1].
 
 Spectral norm: BGP keeps the raw weight W and one vector u0 per layer (sv0 only logs sigma) and in
 eval mode computes sigma from v = normalize(u0 W), u = normalize(v W^T); torch's parametrization
@@ -58,10 +61,7 @@ def _iteration(path: Path) -> Optional[int]:
     return int(state["itr"]) if isinstance(state, dict) and "itr" in state else None
 
 
-RENAMES = (  # applied in order to every key
-    (r"^blocks\.(\d+)\.0\.", r"blocks.\1."),
-    (r"^blocks\.(\d+)\.1\.", r"attention.\1."),
-    (r"^(blocks\.\d+)\.conv_sc\.", r"\1.shortcut."),
+RENAMES = (  # applied in order to every key (the blocks' names are the layout's: _blocks)
     (r"^output_layer\.0\.gain$", "out_bn.weight"),
     (r"^output_layer\.0\.bias$", "out_bn.shift"),
     (r"^output_layer\.0\.", "out_bn."),
@@ -78,10 +78,28 @@ def _rename(key: str, cfg) -> Optional[str]:
     return key
 
 
+def _blocks(name: str, player: str, cfg) -> str:
+    """BGP's `blocks.i.j.` -> bigtrain's blocks and attention. BigGAN.py: one list per resolution,
+    [block, attention?]. BigGANdeep.py's G: one list per block, `depth` per resolution, attention
+    after the stage's last block; its D: one list per resolution, [block x depth, attention?]."""
+    match = re.match(r"blocks\.(\d+)\.(\d+)\.(.*)", name)
+    if not match:
+        return name
+    i, j, rest = int(match.group(1)), int(match.group(2)), match.group(3)
+    net = cfg.model.g if player == "G" else cfg.model.d
+    if net.arch == "biggan":
+        return f"attention.{i}.{rest}" if j == 1 else f"blocks.{i}.{rest.replace('conv_sc.', 'shortcut.', 1)}"
+    if player == "G":
+        stage, block = divmod(i, net.depth)
+        return f"attention.{stage}.{rest}" if j == 1 else f"blocks.{stage}.{block}.{rest}"
+    return f"attention.{i}.{rest}" if j == net.depth else f"blocks.{i}.{j}.{rest.replace('conv_sc.', 'extra.', 1)}"
+
+
 def _adapt(part: Part, renamed: dict, expected: dict, cfg) -> dict:
     """D's head and spectral norm's vectors (see the module docstring)."""
     out = {}
     for name, (value, key) in renamed.items():
+        name = _blocks(name, part.player, cfg)
         if part.player == "D" and name.startswith(("linear.", "embed.")):
             name = "head." + name
         out[name] = (value, key)
@@ -106,9 +124,12 @@ def _adapt(part: Part, renamed: dict, expected: dict, cfg) -> dict:
 
 
 def _refuses(cfg) -> Optional[str]:
-    if cfg.model.g.arch != "biggan" or cfg.model.d.arch != "biggan":
-        archs = f"{cfg.model.g.arch} / {cfg.model.d.arch}"
-        return f"the biggan-pytorch format reads BigGAN.py's nets (arch: biggan; BigGAN-deep not yet), not {archs}"
+    archs = {cfg.model.g.arch, cfg.model.d.arch}
+    if len(archs) > 1 or not archs <= {"biggan", "biggan_deep"}:
+        return (
+            f"the biggan-pytorch format reads BigGAN.py's or BigGANdeep.py's nets (G and D both arch biggan or both "
+            f"biggan_deep), not {cfg.model.g.arch} / {cfg.model.d.arch}"
+        )
     return None
 
 

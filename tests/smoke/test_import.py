@@ -18,35 +18,39 @@ import yaml
 from tests.smoke.test_user_path import bigtrain, ok
 
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "import"
-FORMATS = ("biggan-pytorch", "cyclegan", "pix2pix", "stylegan2-ada")
+# fixture folders (tests/data/import/<folder>) -> the format that reads them
+FORMATS = {"biggan-pytorch": "biggan-pytorch", "biggan-pytorch-deep": "biggan-pytorch", "cyclegan": "cyclegan",
+           "pix2pix": "pix2pix", "stylegan2-ada": "stylegan2-ada"}
 
 
-def weight_files(fmt: str) -> list[str]:
-    return sorted(str(p) for p in (FIXTURES / fmt).iterdir() if p.name not in ("config.yaml", "reference_outputs.pt"))
+def weight_files(fixture: str) -> list[str]:
+    skip = ("config.yaml", "reference_outputs.pt")
+    return sorted(str(p) for p in (FIXTURES / fixture).iterdir() if p.name not in skip)
 
 
-def import_fixture(fmt: str, tmp_path: Path, *extra: str) -> dict:
+def import_fixture(fixture: str, tmp_path: Path, *extra: str) -> dict:
     run = tmp_path / "imported"
-    proc = ok(bigtrain("import", fmt, *weight_files(fmt), "--config", str(FIXTURES / fmt / "config.yaml"),
-                       "--out", str(run), *extra, cwd=tmp_path))
+    proc = ok(bigtrain("import", FORMATS[fixture], *weight_files(fixture), "--config",
+                       str(FIXTURES / fixture / "config.yaml"), "--out", str(run), *extra, cwd=tmp_path))
     return json.loads(proc.stdout)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_import_reproduces_the_reference_outputs(fmt, tmp_path):
-    summary = import_fixture(fmt, tmp_path, "--check")
-    reference = torch.load(FIXTURES / fmt / "reference_outputs.pt", weights_only=True)
+@pytest.mark.parametrize("fixture", FORMATS)
+def test_import_reproduces_the_reference_outputs(fixture, tmp_path):
+    fmt = FORMATS[fixture]
+    summary = import_fixture(fixture, tmp_path, "--check")
+    reference = torch.load(FIXTURES / fixture / "reference_outputs.pt", weights_only=True)
     assert set(summary["check"]) == set(reference)  # every stored network was compared
     assert max(summary["check"].values()) <= 1e-5
     folder = Path(summary["checkpoint"])
     state = torch.load(folder / "trainer.pt", weights_only=True)
     assert state["imported"]["format"] == fmt and state["counters"] == {"step": 0, "nimg": 0}
     assert (tmp_path / "imported" / "checkpoints" / "latest").read_text().strip() == folder.name
-    if fmt == "biggan-pytorch":
+    if fixture == "biggan-pytorch":
         assert summary["iteration"] == 1234  # state_dict.pth's itr, kept as information
 
 
-def _data(fmt: str, tmp_path: Path) -> list[str]:
+def _data(fixture: str, tmp_path: Path) -> list[str]:
     """Overrides pointing the fixture config at tiny random data of its shape."""
     rng = np.random.default_rng(0)
 
@@ -57,38 +61,39 @@ def _data(fmt: str, tmp_path: Path) -> list[str]:
         np.savez(tmp_path / name, **arrays)
         return str(tmp_path / name)
 
-    if fmt == "cyclegan":
+    if fixture == "cyclegan":
         return [f"data.streams.A.path={images('a.npz', (4, 16, 16, 3))}",
                 f"data.streams.B.path={images('b.npz', (4, 16, 16, 3))}"]
-    if fmt == "pix2pix":
+    if fixture == "pix2pix":
         return [f"data.path={images('pairs.npz', (4, 32, 64, 3))}"]
-    if fmt == "biggan-pytorch":
+    if fixture.startswith("biggan-pytorch"):
         return [f"data.path={images('data.npz', (8, 64, 64, 3), 5)}"]
     return [f"data.path={images('data.npz', (8, 16, 16, 3), 3)}"]
 
 
-@pytest.mark.parametrize("fmt", [
+@pytest.mark.parametrize("fixture", [
     "cyclegan",
     # each about 20 s; the import itself of these is covered in the default run by the test above
     pytest.param("biggan-pytorch", marks=pytest.mark.slow),
+    pytest.param("biggan-pytorch-deep", marks=pytest.mark.slow),
     pytest.param("pix2pix", marks=pytest.mark.slow),
     pytest.param("stylegan2-ada", marks=pytest.mark.slow),
 ])
-def test_imported_run_samples_and_trains(fmt, tmp_path):
-    summary = import_fixture(fmt, tmp_path)
+def test_imported_run_samples_and_trains(fixture, tmp_path):
+    summary = import_fixture(fixture, tmp_path)
     run = tmp_path / "imported"
-    overrides = _data(fmt, tmp_path)
-    if fmt in ("cyclegan", "pix2pix"):
+    overrides = _data(fixture, tmp_path)
+    if fixture in ("cyclegan", "pix2pix"):
         source = overrides[0].split("=", 1)[1]
         ok(bigtrain("translate", "--run", str(run), "--in", source, "--out", str(tmp_path / "t.npz"),
-                    *(["--paired"] if fmt == "pix2pix" else []), cwd=tmp_path))
+                    *(["--paired"] if fixture == "pix2pix" else []), cwd=tmp_path))
         assert np.load(tmp_path / "t.npz")["x"].shape[0] == 4
     else:
         ok(bigtrain("sample", "--run", str(run), "--num", "3", "--out", str(tmp_path / "s.npz"), cwd=tmp_path))
         assert np.load(tmp_path / "s.npz")["x"].shape[0] == 3
-    batch = 2 if fmt in ("cyclegan", "pix2pix") else 4
+    batch = 2 if fixture in ("cyclegan", "pix2pix") else 4
     kimg = 2 * batch / 1000  # two iterations
-    ok(bigtrain("train", str(FIXTURES / fmt / "config.yaml"), *overrides, f"train.init_from={run}",
+    ok(bigtrain("train", str(FIXTURES / fixture / "config.yaml"), *overrides, f"train.init_from={run}",
                 f"run.out_dir={tmp_path / 'runs'}", "run.name=tuned", f"train.total_kimg={kimg}",
                 f"log.every_kimg={kimg}", f"checkpoint.every_kimg={kimg}", f"log.samples_every_kimg={kimg}",
                 cwd=tmp_path))
