@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from tests.smoke.test_user_path import bigtrain, ok
+from tests.smoke.test_user_path import bigtrain, inception, ok
 
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "import"
 # fixture folders (tests/data/import/<folder>) -> the format that reads them
@@ -147,3 +147,15 @@ def test_a_pickle_that_names_code_is_refused_and_runs_nothing(tmp_path):
     assert "open, which is neither a tensor nor a network record" in proc.stderr
     assert "nothing in it was run" in proc.stderr
     assert not target.exists() and not run.exists()
+
+
+@pytest.mark.slow  # Inception on CPU, ~30 s; the imported checkpoint's reading is covered by sample/translate above
+def test_imported_run_evaluates_and_exports(tmp_path, weights):
+    import_fixture("stylegan2-ada", tmp_path)
+    run = tmp_path / "imported"
+    out = ok(bigtrain("eval", "--run", str(run), "--metrics", "is", "--num", "8", *inception(weights), cwd=tmp_path))
+    result = json.loads(out.stdout)
+    assert np.isfinite(result["is"]) and result["protocol"]["generated"]["num_images"] == 8
+    ok(bigtrain("export", "--run", str(run), "--out", str(tmp_path / "export"), cwd=tmp_path))
+    exported = torch.load(tmp_path / "export" / "trainer.pt", weights_only=True)
+    assert set(exported["players"]) == {"G", "D"} and exported["G_ema"] is not None
