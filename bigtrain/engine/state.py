@@ -185,6 +185,12 @@ def initial_weights(path: str, names: list[str]) -> dict[str, tuple[dict, Option
     trainer_state = checkpoint.read_trainer_state(folder)
     found = {}
     for name in names:
+        if name not in trainer_state["players"] and trainer_state.get("imported"):
+            # `bigtrain import` of files without this player (a released G without D): it starts afresh
+            warnings.warn(
+                f"train.init_from: {folder} holds no {name}; {name} starts from its initial weights", stacklevel=2
+            )
+            continue
         if name not in trainer_state["players"]:
             have = ", ".join(sorted(trainer_state["players"]))
             raise CheckpointError(f"train.init_from: {folder} has no player {name!r} (it has {have})")

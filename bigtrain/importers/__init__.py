@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -125,8 +126,12 @@ def _nets(cfg, info):
         return recipe, {spec.name: (spec.build(), spec.ema) for spec in recipe.players()}
 
 
-def convert(fmt: Format, parts: list[Part], cfg, nets: dict) -> dict[str, dict[str, torch.Tensor]]:
-    """Weights by player (and `<player>_ema`) from the parts; every player needs one."""
+def convert(
+    fmt: Format, parts: list[Part], cfg, nets: dict, sampled: tuple[str, ...]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Weights by player (and `<player>_ema`) from the parts. The `sampled` players need a file;
+    another player may be left out (released generators come without D), with a warning: a run
+    started from the import (train.init_from) initialises it afresh."""
     found: dict[str, dict[str, torch.Tensor]] = {}
     for part in parts:
         if part.player not in nets:
@@ -147,8 +152,18 @@ def convert(fmt: Format, parts: list[Part], cfg, nets: dict) -> dict[str, dict[s
             missing = [k for k in net.state_dict() if k not in found[key]]
             if missing:
                 raise BigtrainError(f"no file gives {key}'s {missing[0]!r} (the {fmt.name} format reads {fmt.files})")
-        if name not in found:
+        if name in found:
+            continue
+        if f"{name}_ema" in found:  # only the EMA copy was given (G_ema.pth alone): the raw weights start as it
+            found[name] = dict(found[f"{name}_ema"])
+        elif name in sampled:
             raise BigtrainError(f"no file holds player {name} (the {fmt.name} format reads {fmt.files})")
+        else:
+            warnings.warn(
+                f"no file holds player {name}: the run has none, and a run started from it (train.init_from) "
+                f"initialises {name} afresh",
+                stacklevel=2,
+            )
     return found
 
 
@@ -211,13 +226,13 @@ def import_run(fmt_name: str, paths: list[str], config: str, out: str, do_check:
     parts, info = fmt.read(files)
     data_info = assumed_info(cfg.data, cfg.model.num_classes)
     recipe, nets = _nets(cfg, data_info)
-    weights = convert(fmt, parts, cfg, nets)
-    for name, w in weights.items():
+    weights = convert(fmt, parts, cfg, nets, recipe.sampled)
+    for name, w in weights.items():  # every tensor in its place (fit checked them one by one)
         nets[name.removesuffix("_ema") if name not in nets else name][0].load_state_dict(w)
     diffs = check(nets, weights, files[0].parent / REFERENCE_OUTPUTS) if do_check else None
     imported = {"format": fmt.name, "files": [str(p) for p in files], **info}
     state = {
-        "players": {name: {"net": weights[name]} for name in nets},
+        "players": {name: {"net": weights[name]} for name in nets if name in weights},
         **{f"{name}_ema": weights.get(f"{name}_ema") for name, (_, ema) in nets.items() if ema},
         "recipe": {},
         "counters": {"step": 0, "nimg": 0},

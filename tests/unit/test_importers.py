@@ -31,8 +31,21 @@ def test_check_refuses_outputs_that_differ_and_writes_nothing(tmp_path):
     assert "check" not in summary and (tmp_path / "run" / "checkpoints" / "latest").is_file()
 
 
-def test_a_missing_player_file_is_named(tmp_path):
-    with pytest.raises(BigtrainError, match="no file holds player D .*latest_net_D.pth"):
-        folder = FIXTURES / "pix2pix"
-        import_run("pix2pix", [str(folder / "latest_net_G.pth")], str(folder / "config.yaml"), str(tmp_path / "run"))
-    assert not (tmp_path / "run").exists()
+def test_a_generator_alone_imports_and_a_new_run_initialises_d_afresh(tmp_path):
+    """Released pix2pix / CycleGAN models are generators only: the import warns and holds no D;
+    train.init_from then starts D from its initial weights. Without the generator it is refused."""
+    from bigtrain.engine import state
+
+    folder = FIXTURES / "pix2pix"
+    with pytest.raises(BigtrainError, match="no file holds player G .*latest_net_G.pth"):
+        import_run("pix2pix", [str(folder / "latest_net_D.pth")], str(folder / "config.yaml"), str(tmp_path / "d"))
+    assert not (tmp_path / "d").exists()
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="no file holds player D: .*initialises D afresh"):
+        summary = import_run("pix2pix", [str(folder / "latest_net_G.pth")], str(folder / "config.yaml"), str(run))
+    assert set(summary["players"]) == {"G"}
+    with pytest.warns(UserWarning, match="holds no D; D starts from its initial weights"):
+        initial = state.initial_weights(str(run), ["G", "D"])
+    assert set(initial) == {"G"}
+    reference = torch.load(folder / "latest_net_G.pth", weights_only=True)
+    assert torch.equal(initial["G"][0]["down.0.0.weight"], reference["model.model.0.weight"])
