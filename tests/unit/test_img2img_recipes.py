@@ -199,3 +199,93 @@ def test_bench_img2img_prints_json_for_both_recipes():
     assert [r["recipe"] for r in result["runs"]] == ["cyclegan", "pix2pix"] and result["batch"] == 1
     assert sorted(result["runs"][0]["params"]) == ["D_A", "D_B", "G_AB", "G_BA"] and sorted(result["runs"][1]["params"]) == ["D", "G"]
     assert all(r["img_per_s"] > 0 and r["peak_mem_mb"] > 0 and len(r["intervals_img_per_s"]) == 2 for r in result["runs"])
+
+
+@pytest.mark.parametrize("order", ["d_first", "g_first"])
+def test_pix2pix_steps_d_then_g_against_the_updated_d_as_the_reference(tmp_path, translation, order):
+    """The reference's Pix2Pix optimize_parameters: fake = G(a); D steps on it; G's adversarial loss
+    is then D's (the stepped D's) score of the same fake. `pix2pix.order=g_first` scores it with the D
+    of before D's step (bigtrain's order before issue 27). Checked against a hand-made step on copies
+    of the initial nets and the batch the run drew; G without dropout, so no random state enters."""
+    import copy
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from bigtrain.engine.loop import Trainer
+
+    cfg = load_config(CONFIGS / "pix2pix_digits.yaml", [
+        f"run.out_dir={tmp_path / 'runs'}", "run.name=order", f"data.path={translation['train_pairs']}",
+        f"pix2pix.eval_inputs={translation['test_pairs']}", "train.total_kimg=0.008", "log.progress_bar=false",
+        "model.g.width=4", "model.d.width=4", "model.g.dropout=false", f"pix2pix.order={order}"])
+    trainer = Trainer(cfg)
+    G0, D0 = (copy.deepcopy(trainer.players[name].net) for name in ("G", "D"))
+    seen = {}
+
+    def recorded(phase):
+        def compute(b):
+            losses, stats = phase.compute(b)
+            seen[phase.name] = (b.data.get("real", {}).get("x"), stats)
+            return losses, stats
+        return dataclasses.replace(phase, compute=compute)
+
+    trainer.recipe.phases = [recorded(phase) for phase in trainer.recipe.phases]
+    assert [phase.name for phase in trainer.recipe.phases] == (
+        ["D_main", "G_main"] if order == "d_first" else ["G_main", "D_main"])
+    trainer.train()
+    x = seen["D_main" if order == "d_first" else "G_main"][0]  # the one batch drawn [8, 2, 16, 16]
+    a, b = x[:, :1], x[:, 1:]
+    fake = G0(a)
+
+    def adversarial(D):  # G's loss term: D's patch map of (a, G(a)) pushed to 1
+        scores = D(torch.cat([a, fake], 1))
+        return float(F.binary_cross_entropy_with_logits(scores, torch.ones_like(scores)))
+
+    before = adversarial(D0)
+    d_loss = 0.5 * sum(
+        F.binary_cross_entropy_with_logits(s, torch.full_like(s, t))
+        for s, t in ((D0(torch.cat([a, b], 1)), 1.0), (D0(torch.cat([a, fake.detach()], 1)), 0.0)))
+    adam = torch.optim.Adam(D0.parameters(), lr=2e-4, betas=(0.5, 0.999), eps=1e-8)
+    d_loss.backward()
+    adam.step()
+    after = adversarial(D0)
+    assert abs(before - after) > 1e-3  # D's step moves the score: the test tells the orders apart
+    got = float(seen["G_main"][1]["loss/G_gan"])
+    assert got == pytest.approx(after if order == "d_first" else before, abs=1e-6)
+    assert float(seen["D_main"][1]["loss/D"]) == pytest.approx(float(d_loss), abs=1e-6)
+
+
+def test_pix2pix_d_first_runs_g_twice_alike_and_moves_its_statistics_once(tmp_path, translation):
+    """d_first runs G in the D phase (no gradient) and again in the G phase: both runs give the same
+    fakes, and G's batch-norm statistics move once per iteration, as in the reference's single
+    forward. (This G is too shallow for dropout; the next test replays dropout.)"""
+    from bigtrain.engine.loop import Trainer
+
+    cfg = load_config(CONFIGS / "pix2pix_digits.yaml", [
+        f"run.out_dir={tmp_path / 'runs'}", "run.name=twice", f"data.path={translation['train_pairs']}",
+        f"pix2pix.eval_inputs={translation['test_pairs']}", "train.total_kimg=0.016", "log.progress_bar=false",
+        "model.g.width=4", "model.d.width=4", "model.g.downs=4"])
+    trainer = Trainer(cfg)
+    G = trainer.players["G"].net
+    outputs = []
+    G.register_forward_hook(lambda module, args, out: outputs.append(out.detach().clone()) if module.training else None)
+    trainer.train()  # 2 iterations of 8 (sample grids and evaluation run G in eval mode)
+    assert len(outputs) == 4
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[2], outputs[3])
+    assert not torch.equal(outputs[1], outputs[2])
+    norms = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(int(m.num_batches_tracked) == 2 for m in norms)
+
+
+def test_a_replayed_random_state_draws_the_same_dropout_and_then_goes_on():
+    from bigtrain.families.img2img.replay import random_state, replayed
+
+    drop, x = torch.nn.Dropout(0.5), torch.ones(1000)
+    state = random_state(x.device)
+    first = drop(x)
+    after = torch.get_rng_state()
+    with replayed(state, x.device):
+        again = drop(x)
+    assert torch.equal(first, again)
+    assert torch.equal(torch.get_rng_state(), after)  # the run goes on as if nothing was replayed
+    assert not torch.equal(drop(x), first)

@@ -19,9 +19,17 @@ overflow. The discriminators' losses are separate, so they are two players, D_A 
 
 Order per iteration, as the reference's CycleGAN: the G phase forwards both generators once per
 accumulation round and steps G against the frozen discriminators; the D phase then scores the
-same reals and the same fakes (kept from the G phase, detached), so no generator runs twice. The
-reference's Pix2Pix steps D before G; here it follows the same G-then-D order, which keeps one G
-forward per iteration (G has batch norm and dropout, so a second forward would change both).
+same reals and the same fakes (kept from the G phase, detached), so no generator runs twice.
+
+Pix2Pix (`pix2pix.order: d_first`, the reference's optimize_parameters): G(a) once, D steps on it,
+then G steps with its adversarial loss from the updated D. A phase's gradient must come from a
+forward in that phase (DDP decides at forward time whether a backward reduces), so the G phase runs
+G again on the same inputs, replaying the D phase's random state (the same dropout masks); the D
+phase's run, without gradient, puts the normalisation layers' running statistics back, so they
+move once per iteration as the reference's. The two runs' fakes are equal bit for bit, at the cost
+of one more G forward.
+`g_first` is the order bigtrain had before (issue 27; G then D, one G forward): on one batch G's
+adversarial loss is measured against the D of before D's step (0.864 where the reference's is 0.698).
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from bigtrain.families.base import (
     has_batch_statistics,
     optim_for,
 )
+from bigtrain.families.img2img.replay import random_state, replayed, running_statistics_kept
 
 GAN_MODES = ("lsgan", "vanilla")
 
@@ -75,8 +84,10 @@ class Pix2pixOptions:
     gan_mode: str = "vanilla"  # vanilla (BCE) | lsgan (MSE)
     pool_size: int = 0  # past fakes D draws from (the reference's pix2pix: 0)
     eval_inputs: str = ""  # paired A|B images (npz, folder or shards) whose input halves eval and sample translate
+    order: str = "d_first"  # d_first: D steps, then G against the updated D (the reference's); g_first: G, then D
 
     def __post_init__(self) -> None:
+        _check_choice("pix2pix.order", self.order, ("d_first", "g_first"))
         _check_positive("pix2pix.lambda_l1", self.lambda_l1, allow_zero=True)
         _check_choice("pix2pix.direction", self.direction, ("AB", "BA"))
         _check_choice("pix2pix.gan_mode", self.gan_mode, GAN_MODES)
@@ -445,24 +456,45 @@ class Pix2pixRecipe(_Img2imgRecipe):
     def bind(self, players: dict[str, Net], reduce_mean: ReduceMean, micro_batch: int) -> None:
         self.G, self.D = players["G"], players["D"]
         self.separate = has_batch_statistics(self.D.net)
-        self.phases = [
-            Phase("G_main", ("G",), ("D",), self.g_main, streams=("real",)),
-            Phase("D_main", ("D",), ("G",), self.d_main),
-        ]
+        if self.options.order == "g_first":
+            self.phases = [
+                Phase("G_main", ("G",), ("D",), self.g_main, streams=("real",)),
+                Phase("D_main", ("D",), ("G",), self.d_main),
+            ]
+        else:
+            self.phases = [
+                Phase("D_main", ("D",), ("G",), self.d_first, streams=("real",)),
+                Phase("G_main", ("G",), ("D",), self.g_main),
+            ]
+
+    def d_first(self, b: Round) -> tuple[dict[str, Tensor], Stats]:
+        """D's step on G(a) before G's (order d_first): G's random state is kept for the G phase."""
+        real_a, real_b = self.split(b.data["real"]["x"])
+        state = random_state(real_a.device)
+        with torch.no_grad(), running_statistics_kept(self.G.net):  # they move in the G phase's run
+            fake_b = self.G.net(real_a)
+        self.kept.append((real_a, real_b, state))
+        return self.d_main(b, (real_a, real_b, fake_b))
 
     def g_main(self, b: Round) -> tuple[dict[str, Tensor], Stats]:
         o = self.options
-        real_a, real_b = self.split(b.data["real"]["x"])
-        fake_b = self.G.engine(real_a)
+        if o.order == "g_first":
+            real_a, real_b = self.split(b.data["real"]["x"])
+            fake_b = self.G.engine(real_a)
+        else:
+            real_a, real_b, state = self.kept.popleft()
+            with replayed(state, real_a.device):
+                fake_b = self.G.engine(real_a)  # [N, C, H, W], equal to the D phase's
         (scores,) = self._scores(self.D.net, [torch.cat([real_a, fake_b.to(real_a.dtype)], 1)])
         adv = gan_loss(scores, True, o.gan_mode)
         l1 = F.l1_loss(fake_b.float(), real_b.float())
         loss = adv + o.lambda_l1 * l1
-        self.kept.append((real_a, real_b, fake_b.detach()))
+        if o.order == "g_first":
+            self.kept.append((real_a, real_b, fake_b.detach()))
         return {"G": loss}, {"loss/G": loss.detach(), "loss/G_gan": adv.detach(), "loss/G_L1": l1.detach()}
 
-    def d_main(self, b: Round) -> tuple[dict[str, Tensor], Stats]:
-        real_a, real_b, fake_b = self.kept.popleft()
+    def d_main(self, b: Round, made: Optional[tuple[Tensor, Tensor, Tensor]] = None) -> tuple[dict[str, Tensor], Stats]:
+        real_a, real_b, fake_b = made if made is not None else self.kept.popleft()
         fake_ab = self.pools["pool"].query(torch.cat([real_a, fake_b.to(real_a.dtype)], 1))
         loss, stats = self._d_loss(self.D, torch.cat([real_a, real_b], 1), fake_ab, self.options.gan_mode)
         return {"D": loss}, stats
