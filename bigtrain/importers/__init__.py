@@ -23,6 +23,7 @@ import torch
 from bigtrain.errors import BigtrainError, CheckpointError
 
 REFERENCE_OUTPUTS = "reference_outputs.pt"  # beside the weights: what --check compares with
+UNMAPPED = "?"  # a format's rename marks a key of a layout it does not know with this prefix
 CHECK_TOLERANCE = 1e-5  # max |ours - reference| relative to max(1, max |reference|), fp32, eval mode
 
 
@@ -97,9 +98,10 @@ def fit(part: Part, fmt: Format, expected: dict[str, torch.Tensor], cfg) -> dict
             renamed[name] = (value.reshape(1), key)
     for name, (value, key) in renamed.items():
         if name not in expected:
+            where = "no bigtrain name" if name.startswith(UNMAPPED) else f"it would be {name!r}"
             raise CheckpointError(
                 f"{part.file}: {key!r} {tuple(value.shape)} has no place in the config's {part.what} "
-                f"(it would be {name!r}); is the config's net the one that was trained?"
+                f"({where}); is the config's net the one that was trained?"
             )
         if tuple(value.shape) != tuple(expected[name].shape):
             raise CheckpointError(

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from bigtrain.errors import BigtrainError
-from bigtrain.importers import Format, Part, load_state
+from bigtrain.importers import UNMAPPED, Format, Part, load_state
 
 STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -43,7 +43,7 @@ def _read(paths: list[Path], names: dict[str, tuple[str, str]]) -> tuple[list[Pa
 def _sequential(key: str, cfg) -> Optional[str]:
     """ResNet G / PatchGAN D: model.i -> net.i, conv_block -> body."""
     if not key.startswith("model."):
-        return "?" + key  # no place in bigtrain's net: fit() reports it
+        return UNMAPPED + key  # not the reference's layout: fit() reports it
     return "net." + key[len("model.") :].replace(".conv_block.", ".body.")
 
 
@@ -54,7 +54,7 @@ def _unet(key: str, cfg) -> Optional[str]:
     n = cfg.model.g.downs
     match = re.fullmatch(r"model\.model\.((?:1\.model\.)?(?:3\.model\.)*)(\d+)\.(.+)", key)
     if not match:
-        return "?" + key
+        return UNMAPPED + key
     nested, index, leaf = match.group(1), int(match.group(2)), match.group(3)
     level = nested.count("model.")
     if level == 0:
@@ -63,7 +63,7 @@ def _unet(key: str, cfg) -> Optional[str]:
         table = {1: f"down.{level}.1", 3: f"up.{level}.1", 4: f"up.{level}.2"}
     else:
         table = {1: f"down.{level}.1", 2: f"down.{level}.2", 5: f"up.{level}.1", 6: f"up.{level}.2"}
-    return f"{table[index]}.{leaf}" if index in table else "?" + key
+    return f"{table[index]}.{leaf}" if index in table else UNMAPPED + key
 
 
 def _adapt(part: Part, renamed: dict, expected: dict, cfg) -> dict:
