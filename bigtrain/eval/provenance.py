@@ -78,7 +78,7 @@ def data_sha256(path: Optional[str]) -> Optional[str]:
     """A data set's content hash, the same for the same files whatever reads them:
     - a make-shards set (its dataset.json, or a folder holding one): from the sha256 of every
       shard recorded there (nothing is read again);
-    - a file (.npz, one .tar): sha256 of its bytes;
+    - a file (.npz, one .tar): sha256 of its bytes (what `sha256sum FILE` prints);
     - a folder or a brace pattern: sha256 over every file's relative name and bytes, sorted.
     None for a URL or a path that is not here (a run evaluated on another machine)."""
     if not path or "://" in str(path):
@@ -105,7 +105,7 @@ def _data_sha256(path: str, stamp: Optional[int]) -> Optional[str]:
         if listed:
             return hashlib.sha256(json.dumps(listed).encode()).hexdigest()
     if p.is_file():
-        return _hash_files([(p.name, p)])
+        return _hash_files([(None, p)])
     if p.is_dir():
         return _hash_files([(str(f.relative_to(p)), f) for f in sorted(p.rglob("*")) if f.is_file()])
     if "{" in path:
@@ -117,12 +117,14 @@ def _data_sha256(path: str, stamp: Optional[int]) -> Optional[str]:
     return None
 
 
-def _hash_files(files: list[tuple[str, Path]]) -> Optional[str]:
+def _hash_files(files: list[tuple[Optional[str], Path]]) -> Optional[str]:
+    """sha256 over each file's name (where given: a folder's content includes its names) and bytes."""
     if not files:
         return None
     digest = hashlib.sha256()
     for name, f in files:
-        digest.update(name.encode() + b"\0")
+        if name is not None:
+            digest.update(name.encode() + b"\0")
         with open(f, "rb") as handle:
             while block := handle.read(_CHUNK):
                 digest.update(block)

@@ -246,7 +246,7 @@ def render(rows: list[dict], fmt: str) -> str:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(cols)
         for row in rows:
-            writer.writerow([_cell(row.get(c)) for c in cols])
+            writer.writerow([_cell(row.get(c), exact=True) for c in cols])
         return buffer.getvalue()
     head = {"run", "checkpoint", "kimg"}
     varying = [c for c in cols if c in head or len({_cell(r.get(c)) for r in rows}) > 1 or c not in PROTOCOL_COLUMNS]
@@ -265,11 +265,12 @@ def _same(rows: list[dict], column: str) -> bool:
     return len({_cell(r.get(column)) for r in rows}) == 1
 
 
-def _cell(value) -> str:
+def _cell(value, exact: bool = False) -> str:
+    """A value as a table shows it: floats to 6 significant digits, all of them when `exact` (CSV)."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return repr(value) if exact else f"{value:.6g}"
     if isinstance(value, (list, dict)):
         return json.dumps(value)
     return str(value)
