@@ -60,6 +60,31 @@ def _eval_all(run, weights, *extra) -> dict:
     return json.loads(ok(bigtrain(*args, *(extra or ("--num", str(EVAL_NUM))), cwd=run)).stdout)
 
 
+def test_report_and_plot_through_the_console_script(tmp_path):
+    """The default run's console-script path: two runs' records -> a markdown file and a PNG."""
+    from tests.unit.test_report import _result, _run
+
+    a = _run(tmp_path / "a", [_result(1.0, {"fid": 20.0}), _result(2.0, {"fid": 15.0})])
+    b = _run(tmp_path / "b", [_result(1.0, {"fid": 18.0}), _result(2.0, {"fid": 16.0})])
+    table, png = tmp_path / "t.md", tmp_path / "curves.png"
+    argv = ["report", str(a), str(b), "--out", str(table)] + (["--plot", str(png)] if _has_matplotlib() else [])
+    ok(bigtrain(*argv, cwd=tmp_path))
+    lines = table.read_text().splitlines()
+    assert lines[0].startswith("| run | checkpoint | kimg | fid |") and lines[2].startswith("| a | step-00002000 | 2 | 15 |")
+    assert "- selection: lowest fid of 2 evaluations in training" in lines
+    if _has_matplotlib():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _has_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+# slow (two trainings with periodic IS and the console script: ~1 min on 2 loaded cores); in the
+# default run: test_report_and_plot_through_the_console_script above and tests/unit/test_report.py
+@pytest.mark.slow
 def test_report_tables_two_real_runs_with_their_protocol(runs, tmp_path):
     tmp, data = runs
     a, b = tmp / "runs" / "a", tmp / "runs" / "b"
