@@ -85,7 +85,8 @@ class Evaluator:
         float images [N, C, H, W] in [-1, 1] for those sample indices, made with this
         evaluator's seed (and the `truncation` / `class_idx` recorded in the protocol); the
         Inception network always runs in fp32. Returns the metric values (`fid`, `is`,
-        `is_std`, `kid`, `kid_std`, as chosen), `protocol` and `warnings`; equal on every rank.
+        `is_std`, `kid`, `kid_std`, as chosen), `protocol` and `warnings`; equal on every rank (but
+        for `protocol.evaluation.seconds`, each rank's own).
         `inputs` (Recipe.generation_inputs) names the images a translating generator was given;
         `label_sampling` and `training` (bigtrain.eval.provenance) go into the generated side."""
         started = time.monotonic()
