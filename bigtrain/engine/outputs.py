@@ -111,7 +111,7 @@ def evaluate(run: "Run", tracker: Tracker, saved: Optional[Path], save_checkpoin
     """FID/IS/KID of the EMA copy (collective); a new best FID keeps its checkpoint as `best/`
     (`save_checkpoint()` writes one when this step has none yet)."""
     from bigtrain.eval.evaluate import log_record
-    from bigtrain.eval.provenance import code_version, hardware, label_sampling, training_record
+    from bigtrain.eval.provenance import TRAINING_MAX_BYTES, code_version, hardware, label_sampling, training_record
 
     use_ema = uses_ema(run, run.cfg.eval.use_ema)
     precision = contextlib.nullcontext if use_ema else run.backend.autocast
@@ -139,7 +139,10 @@ def evaluate(run: "Run", tracker: Tracker, saved: Optional[Path], save_checkpoin
                 processes=run.backend.world_size,
                 device=hardware(run.backend.device),
                 code=code_version(),
-            ),
+                max_bytes=TRAINING_MAX_BYTES,
+            )
+            if run.backend.is_main  # only rank 0's record is logged
+            else None,
         )
     record = {"step": run.counters.step, "kimg": round(run.counters.nimg / 1000, 3), **log_record(result)}
     tracker.write(record, run.counters.step)

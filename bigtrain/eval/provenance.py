@@ -27,6 +27,7 @@ import torch
 import bigtrain
 
 _CHUNK = 1 << 20  # bytes read per hash update
+TRAINING_MAX_BYTES = 1 << 30  # periodic evaluation hashes data sets up to 1 GiB (a make-shards set: any size)
 
 
 @functools.lru_cache(maxsize=1)
@@ -74,13 +75,15 @@ def label_sampling(num_classes: int, class_idx: Optional[int]) -> str:
     return f"uniform over {num_classes} classes"
 
 
-def data_sha256(path: Optional[str]) -> Optional[str]:
+def data_sha256(path: Optional[str], max_bytes: Optional[int] = None) -> Optional[str]:
     """A data set's content hash, the same for the same files whatever reads them:
     - a make-shards set (its dataset.json, or a folder holding one): from the sha256 of every
       shard recorded there (nothing is read again);
     - a file (.npz, one .tar): sha256 of its bytes (what `sha256sum FILE` prints);
     - a folder or a brace pattern: sha256 over every file's relative name and bytes, sorted.
-    None for a URL or a path that is not here (a run evaluated on another machine)."""
+    None for a URL or a path that is not here (a run evaluated on another machine), and where
+    the files to read hold more than `max_bytes` (training passes TRAINING_MAX_BYTES: a periodic
+    evaluation must not stall every rank while one reads a large image folder)."""
     if not path or "://" in str(path):
         return None
     p = Path(path)
@@ -90,11 +93,11 @@ def data_sha256(path: Optional[str]) -> Optional[str]:
         stamp = p.stat().st_mtime_ns if p.exists() else None
     except OSError:
         return None
-    return _data_sha256(str(p), stamp)
+    return _data_sha256(str(p), stamp, max_bytes)
 
 
 @functools.lru_cache(maxsize=16)
-def _data_sha256(path: str, stamp: Optional[int]) -> Optional[str]:
+def _data_sha256(path: str, stamp: Optional[int], max_bytes: Optional[int]) -> Optional[str]:
     p = Path(path)
     if p.name == "dataset.json":
         try:
@@ -105,21 +108,21 @@ def _data_sha256(path: str, stamp: Optional[int]) -> Optional[str]:
         if listed:
             return hashlib.sha256(json.dumps(listed).encode()).hexdigest()
     if p.is_file():
-        return _hash_files([(None, p)])
+        return _hash_files([(None, p)], max_bytes)
     if p.is_dir():
-        return _hash_files([(str(f.relative_to(p)), f) for f in sorted(p.rglob("*")) if f.is_file()])
+        return _hash_files([(str(f.relative_to(p)), f) for f in sorted(p.rglob("*")) if f.is_file()], max_bytes)
     if "{" in path:
         from braceexpand import braceexpand
 
         files = [Path(f) for f in braceexpand(path)]
         if files and all(f.is_file() for f in files):
-            return _hash_files([(f.name, f) for f in files])
+            return _hash_files([(f.name, f) for f in files], max_bytes)
     return None
 
 
-def _hash_files(files: list[tuple[Optional[str], Path]]) -> Optional[str]:
+def _hash_files(files: list[tuple[Optional[str], Path]], max_bytes: Optional[int]) -> Optional[str]:
     """sha256 over each file's name (where given: a folder's content includes its names) and bytes."""
-    if not files:
+    if not files or (max_bytes is not None and sum(f.stat().st_size for _, f in files) > max_bytes):
         return None
     digest = hashlib.sha256()
     for name, f in files:
@@ -139,15 +142,16 @@ def training_record(
     processes: Optional[int],
     device: Optional[str],
     code: Optional[str],
+    max_bytes: Optional[int] = None,
 ) -> dict:
     """What a generator's training was: its data set (path, resolution, x-flips, content hash),
     images seen, training wall-clock, processes and device, code version and config hash.
     `config` is the resolved config as a dict; None where a checkpoint does not say (older
-    checkpoints hold no wall-clock, device or code version)."""
+    checkpoints hold no wall-clock, device or code version). `max_bytes`: see data_sha256."""
     data = config.get("data") or {}
     return {
         "data": data.get("path"),
-        "data_sha256": data_sha256(data.get("path")),
+        "data_sha256": data_sha256(data.get("path"), max_bytes),
         "resolution": data.get("resolution"),
         "xflip": data.get("xflip"),
         "images_seen": int(nimg),

@@ -201,6 +201,8 @@ def test_data_sha256_of_each_kind_of_data_set(tmp_path):
     (shards / "dataset.json").write_text(json.dumps(listing))
     made = data_sha256(str(shards))
     assert made and made == data_sha256(str(shards / "dataset.json"))  # the folder or its dataset.json alike
+    assert data_sha256(str(shards), max_bytes=1) == made  # recorded sums: nothing to read, no limit
+    assert data_sha256(str(npz), max_bytes=npz.stat().st_size - 1) is None  # training reads no more than it may
     listing["shards"][1]["sha256"] = "3" * 64
     (shards / "dataset.json").write_text(json.dumps(listing))
     assert data_sha256(str(shards)) != made  # another shard content: another hash
