@@ -356,8 +356,10 @@ def _tool_commands() -> list[tuple[str, str, Callable, Callable]]:
     from bigtrain.data import shard_writer, toy
     from bigtrain.engine import export as ex
     from bigtrain.engine.backends import process_group
+    from bigtrain.engine.checkpoint import kept_checkpoints
     from bigtrain.engine.generation import load_generation
     from bigtrain.eval import commands as ev
+    from bigtrain.eval import report
     from bigtrain.importers import add_import_arguments, run_import
 
     return [
@@ -371,7 +373,7 @@ def _tool_commands() -> list[tuple[str, str, Callable, Callable]]:
             "eval",
             "FID / IS / KID of a run's checkpoint; prints one JSON object",
             ev.add_eval_arguments,
-            lambda args: ev.run_eval(args, load_generation, process_group),
+            lambda args: ev.run_eval(args, load_generation, process_group, kept_checkpoints),
         ),
         (
             "fid",
@@ -384,6 +386,12 @@ def _tool_commands() -> list[tuple[str, str, Callable, Callable]]:
             "reference statistics (mu, sigma) of a data set for FID",
             ev.add_ref_stats_arguments,
             ev.run_ref_stats,
+        ),
+        (
+            "report",
+            "runs' evaluations as one table (md, csv, json) with their protocol; --plot: metrics against kimg",
+            report.add_report_arguments,
+            report.run_report,
         ),
         (
             "make-toy",

@@ -70,3 +70,25 @@ def weights(tmp_path_factory) -> Path:
         torch.manual_seed(0)
         torch.save(InceptionV3().state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def sharp_weights(tmp_path_factory, weights):
+    """The random Inception net with class logits that depend on the image: with random weights
+    the pool features of every image are nearly the same vector, so every image gets the same
+    class distribution and IS = 1 exactly. Here the logit weights are made orthogonal to that
+    common vector and scaled up, so a wrong number can show."""
+    import torch
+
+    from bigtrain.eval.inception import InceptionV3
+
+    net = InceptionV3()
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    with torch.no_grad():
+        pool, _ = net.eval()(torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))
+        common = pool.mean(0) / pool.mean(0).norm()
+        w = net.fc.weight
+        w.sub_(torch.outer(w @ common, common)).mul_(1000)
+    path = tmp_path_factory.mktemp("inception") / "sharp-inception.pth"
+    torch.save(net.state_dict(), path)
+    return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
@@ -65,6 +66,8 @@ class Run:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        # training wall-clock: this session's, plus what the checkpoint it resumes from had counted
+        self.started, self.wall_clock_before = time.monotonic(), 0.0
         self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
         self.ckpt_root = self.run_dir / "checkpoints"
         self.backend = build_backend(cfg.backend, cfg.train)
@@ -161,6 +164,10 @@ class Run:
         }
         self.plan: Optional[Plan] = None
         self.grid_cache: Optional[dict[str, torch.Tensor]] = None  # the grid's input samples, read on first use
+
+    def wall_clock_s(self) -> float:
+        """Seconds this run has trained, over every session (as its checkpoints count them)."""
+        return self.wall_clock_before + time.monotonic() - self.started
 
     def _lock_run_dir(self) -> Optional[RunLock]:
         """Rank 0 locks the run directory (a second run on it is refused; docs/design.md,

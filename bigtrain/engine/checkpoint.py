@@ -128,6 +128,13 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     return sorted(p for p in Path(ckpt_root).iterdir() if p.is_dir() and p.name.startswith("step-"))
 
 
+def kept_checkpoints(run_dir: Path) -> list[Path]:
+    """Every checkpoint a run keeps: its step folders, oldest first, then `best/` if any."""
+    root = Path(run_dir) / "checkpoints"
+    best = root / BEST
+    return list_checkpoints(root) + ([best] if (best / TRAINER_FILE).is_file() else [])
+
+
 def _prune(ckpt_root: Path, keep_last: int) -> None:
     for old in list_checkpoints(ckpt_root)[:-keep_last]:
         shutil.rmtree(old)

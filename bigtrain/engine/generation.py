@@ -3,7 +3,7 @@ in the checkpoint's config rebuilds the players it samples from and says how the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -13,6 +13,7 @@ from bigtrain.data import DataInfo
 from bigtrain.engine import checkpoint
 from bigtrain.engine.guard import first_nonfinite
 from bigtrain.errors import BigtrainError, CheckpointError
+from bigtrain.eval.provenance import label_sampling, training_record
 from bigtrain.families.base import Recipe
 
 
@@ -25,6 +26,11 @@ class LoadedGeneration:
     kimg: float
     path: str  # the checkpoint folder
     ema: bool  # True when every sampled player holds its EMA weights
+    training: dict = field(default_factory=dict)  # provenance.training_record of the checkpoint
+
+    def label_sampling(self, class_idx: Optional[int]) -> str:
+        """How `generate` draws labels with this `class_idx` (the protocol's label_sampling)."""
+        return label_sampling(self.num_classes, class_idx)
 
     def generate(self, indices, **options) -> tuple[Tensor, Optional[Tensor]]:
         """Samples for `indices` (see Recipe.generate for the options); CheckpointError when a
@@ -128,4 +134,13 @@ def load_generation(run_dir: Optional[str], folder: Optional[str] = None, use_em
         nets[spec.name] = net.eval()
         from_ema.append(ema)
     num_classes = cfg.model.num_classes if recipe.conditional_sampling else 0
-    return LoadedGeneration(recipe, nets, num_classes, info, state["counters"]["nimg"] / 1000, str(path), all(from_ema))
+    training = training_record(
+        state["config"],
+        nimg=state["counters"]["nimg"],
+        wall_clock_s=state.get("wall_clock_s"),
+        processes=checkpoint.written_by(path, state),
+        device=state.get("device"),
+        code=state.get("code_version"),
+    )
+    nimg = state["counters"]["nimg"]
+    return LoadedGeneration(recipe, nets, num_classes, info, nimg / 1000, str(path), all(from_ema), training)

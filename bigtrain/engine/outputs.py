@@ -111,6 +111,7 @@ def evaluate(run: "Run", tracker: Tracker, saved: Optional[Path], save_checkpoin
     """FID/IS/KID of the EMA copy (collective); a new best FID keeps its checkpoint as `best/`
     (`save_checkpoint()` writes one when this step has none yet)."""
     from bigtrain.eval.evaluate import log_record
+    from bigtrain.eval.provenance import TRAINING_MAX_BYTES, code_version, hardware, label_sampling, training_record
 
     use_ema = uses_ema(run, run.cfg.eval.use_ema)
     precision = contextlib.nullcontext if use_ema else run.backend.autocast
@@ -130,6 +131,18 @@ def evaluate(run: "Run", tracker: Tracker, saved: Optional[Path], save_checkpoin
             kimg=run.counters.nimg / 1000,
             checkpoint=str(saved) if saved else None,
             inputs=run.recipe.generation_inputs(),
+            label_sampling=label_sampling(run.cfg.model.num_classes if run.recipe.conditional_sampling else 0, None),
+            training=training_record(
+                config_mod.to_dict(run.cfg),
+                nimg=run.counters.nimg,
+                wall_clock_s=run.wall_clock_s(),
+                processes=run.backend.world_size,
+                device=hardware(run.backend.device),
+                code=code_version(),
+                max_bytes=TRAINING_MAX_BYTES,
+            )
+            if run.backend.is_main  # only rank 0's record is logged
+            else None,
         )
     record = {"step": run.counters.step, "kimg": round(run.counters.nimg / 1000, 3), **log_record(result)}
     tracker.write(record, run.counters.step)

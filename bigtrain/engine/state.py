@@ -20,6 +20,7 @@ from bigtrain import config as config_mod
 from bigtrain.engine import checkpoint
 from bigtrain.engine.guard import first_nonfinite
 from bigtrain.errors import CheckpointError, TrainingDiverged
+from bigtrain.eval.provenance import code_version, hardware
 from bigtrain.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -57,6 +58,9 @@ def save_checkpoint(run: "Run") -> Path:
             "recipe": run.recipe.state_dict(),
             "counters": {"step": c.step, "nimg": c.nimg},
             "world_size": backend.world_size,
+            "wall_clock_s": run.wall_clock_s(),  # provenance of its numbers (docs/design.md, "Protocol")
+            "device": hardware(backend.device),
+            "code_version": code_version(),
             "health": dict(run.health.totals),
             "config": config_mod.to_dict(run.cfg),
             "data_info": run.info.to_dict(),
@@ -123,6 +127,7 @@ def restore(run: "Run", folder: Path, trainer_state: dict, rank_state: dict) -> 
         data_pos=dict(rank_state["data_pos"]),
     )
     run.health.totals.update(trainer_state.get("health") or {})
+    run.wall_clock_before = float(trainer_state.get("wall_clock_s") or 0.0)
     try:
         run.latent_gen.set_state(rank_state["latent_gen"])
     except RuntimeError as exc:  # a CUDA generator's state does not fit a CPU one, and back

@@ -9,7 +9,10 @@
     images.py      one pass over every image of a data set (npz, image folder, shards)
     ref_stats.py   reference statistics files (pytorch-fid / TTUR / StudioGAN layout + metadata)
     protocol.py    protocol records and the comparability warnings
+    provenance.py  code version, config and data set hashes, hardware, training records
     commands.py    `bigtrain eval`, `bigtrain fid`, `bigtrain ref-stats`
+    sweep.py       `bigtrain eval --all-checkpoints`: stored, resumable checkpoint scores
+    report.py      `bigtrain report`: runs' evaluations as one table;  plot.py  its --plot
 
 The README (Evaluation) explains how these numbers relate to published ones.
 """

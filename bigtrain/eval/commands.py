@@ -9,6 +9,7 @@ each. Bad input raises BigtrainError (the CLI prints one line and exits 2).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import warnings
@@ -72,6 +73,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sample i depends only on (seed, i)")
     add_standing_arguments(p)
     _add_inception_arguments(p)
+    from bigtrain.eval.sweep import add_sweep_arguments
+
+    add_sweep_arguments(p)
 
 
 def add_standing_arguments(p: argparse.ArgumentParser) -> None:
@@ -110,11 +114,32 @@ def truncations(text: Optional[str]) -> list[Optional[float]]:
     return values
 
 
-def run_eval(args: argparse.Namespace, load_generation: Callable, process_group: Callable) -> int:
+def run_eval(
+    args: argparse.Namespace,
+    load_generation: Callable,
+    process_group: Callable,
+    list_checkpoints: Optional[Callable] = None,
+) -> int:
     """`bigtrain eval`; `load_generation(run, checkpoint, use_ema)` gives the checkpoint's
     generator (bigtrain.engine.generation) and `process_group()` the (rank, world size, local
     rank) of the processes torchrun started (bigtrain.engine.backends), both passed in so that
-    eval imports no engine or distributed code."""
+    eval imports no engine or distributed code. With --all-checkpoints, bigtrain.eval.sweep
+    scores each of `list_checkpoints(run)` (bigtrain.engine.checkpoint.kept_checkpoints)."""
+    if getattr(args, "all_checkpoints", False):
+        from bigtrain.eval.sweep import run_all_checkpoints
+
+        if list_checkpoints is None:
+            raise BigtrainError("--all-checkpoints: no way to list the run's checkpoints was given")
+        one = functools.partial(evaluation, load_generation=load_generation, process_group=process_group)
+        return run_all_checkpoints(args, one, list_checkpoints, process_group)
+    result = evaluation(args, load_generation, process_group)
+    if result is not None:
+        _emit(result)
+    return 0
+
+
+def evaluation(args: argparse.Namespace, load_generation: Callable, process_group: Callable) -> Optional[dict]:
+    """The one JSON object `bigtrain eval` prints (on rank 0; None on the other ranks)."""
     from bigtrain.eval.evaluate import Evaluator
     from bigtrain.eval.ref_stats import load_ref_stats
 
@@ -167,22 +192,18 @@ def run_eval(args: argparse.Namespace, load_generation: Callable, process_group:
                 kimg=loaded.kimg,
                 checkpoint=loaded.path,
                 inputs=loaded.recipe.generation_inputs(),
+                label_sampling=loaded.label_sampling(args.class_idx),
+                training=loaded.training,
             )
             if args.standing_stats:
                 result["standing_stats"] = {"batches": args.standing_stats, "batch_size": args.standing_batch_size}
             results.append(result)
-        if rank == 0:
-            if len(results) == 1:
-                _emit(results[0])
-            else:  # one object: the curve, one evaluation per psi (warnings printed once each)
-                notes = sorted({w for r in results for w in r.get("warnings", [])})
-                _emit(
-                    {
-                        "truncation_curve": [{k: v for k, v in r.items() if k != "warnings"} for r in results],
-                        "warnings": notes,
-                    }
-                )
-    return 0
+    if rank != 0:
+        return None
+    if len(results) == 1:
+        return results[0]
+    notes = sorted({w for r in results for w in r.get("warnings", [])})  # one object: one evaluation per psi
+    return {"truncation_curve": [{k: v for k, v in r.items() if k != "warnings"} for r in results], "warnings": notes}
 
 
 def _run_ref_stats(checkpoint_folder: str) -> Optional[str]:

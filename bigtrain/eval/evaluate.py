@@ -10,6 +10,7 @@ samples. This package knows no model family and imports nothing from the engine.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from bigtrain.errors import BigtrainError
 from bigtrain.eval.metrics import MetricSet, rank_share
 from bigtrain.eval.protocol import compare, side
+from bigtrain.eval.provenance import code_version, hardware
 from bigtrain.eval.ref_stats import RefStats, load_ref_stats
 
 
@@ -61,6 +63,7 @@ class Evaluator:
         longest = -(-num_samples // world_size)  # shares differ by at most one sample
         self.num_batches = -(-longest // batch_size)
         self.device = device
+        self.world_size = world_size
         self.seed = seed
         self.batch_size = batch_size
 
@@ -75,13 +78,18 @@ class Evaluator:
         kimg: Optional[float] = None,
         checkpoint: Optional[str] = None,
         inputs: Optional[dict] = None,
+        label_sampling: Optional[str] = None,
+        training: Optional[dict] = None,
     ) -> dict:
         """Evaluate a generator (collective: every rank calls it). `generate(indices)` returns
         float images [N, C, H, W] in [-1, 1] for those sample indices, made with this
         evaluator's seed (and the `truncation` / `class_idx` recorded in the protocol); the
         Inception network always runs in fp32. Returns the metric values (`fid`, `is`,
-        `is_std`, `kid`, `kid_std`, as chosen), `protocol` and `warnings`; equal on every rank.
-        `inputs` (Recipe.generation_inputs) names the images a translating generator was given."""
+        `is_std`, `kid`, `kid_std`, as chosen), `protocol` and `warnings`; equal on every rank (but
+        for `protocol.evaluation.seconds`, each rank's own).
+        `inputs` (Recipe.generation_inputs) names the images a translating generator was given;
+        `label_sampling` and `training` (bigtrain.eval.provenance) go into the generated side."""
+        started = time.monotonic()
         self.metrics.reset()
         resolution = None
         for b in range(self.num_batches):
@@ -108,10 +116,18 @@ class Evaluator:
             class_idx=class_idx,
             ema=ema,
             kimg=kimg,
+            code_version=code_version(),
+            label_sampling=label_sampling,
+            training=training,
             **({"inputs": inputs} if inputs else {}),
         )
         reference = self.reference.meta if self.reference is not None else None
-        protocol = {"generated": generated, "reference": reference, **self.metrics.settings()}
+        evaluation = {
+            "processes": self.world_size,
+            "device": hardware(self.device),
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        protocol = {"generated": generated, "reference": reference, "evaluation": evaluation, **self.metrics.settings()}
         return {**values, "protocol": protocol, "warnings": compare(generated, reference, "generated", "reference")}
 
 

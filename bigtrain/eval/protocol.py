@@ -9,7 +9,13 @@ file), all with the same keys:
     resize_filter    how images were brought to that resolution first (none | area | bilinear)
     split            data split the user declared (train, test, ...), if any
     network, resize, weights_sha256, standard_weights   the Inception side (inception.protocol())
-Generated sides add seed, truncation, class, ema, kimg and checkpoint, and, for a generator
+    xflip            whether the set holds x-flipped copies of its images (bigtrain never flips a
+                     reference; None for generated sides and other tools' files)
+    content_sha256   the data set's content hash (provenance.data_sha256)
+    code_version     the code that computed the record (provenance.code_version)
+Generated sides add seed, truncation, class, ema, kimg and checkpoint, `label_sampling` (how
+fake labels were drawn) and `training` (provenance.training_record: the data set the generator
+learned, images seen, wall-clock, processes, device, code version, config hash), and, for a generator
 that translates images (CycleGAN, Pix2Pix), `inputs`: the direction, the images' source, their
 count and sha256 (Recipe.generation_inputs).
 A statistics file made by another tool (pytorch-fid, TTUR, StudioGAN) has only `mu` and `sigma`:
@@ -22,7 +28,7 @@ from typing import Optional
 
 SIDE_KEYS = (
     "source", "kind", "num_images", "image_resolution", "resize_filter", "split",
-    "network", "resize", "weights_sha256", "standard_weights",
+    "network", "resize", "weights_sha256", "standard_weights", "xflip", "content_sha256", "code_version",
 )  # fmt: skip
 
 
@@ -82,10 +88,31 @@ def compare(a: dict, b: Optional[dict], a_name: str = "A", b_name: str = "B") ->
             f"{a_name} translates the images of {b_name}'s source ({b['source']}): score translations against the "
             "target domain's statistics"
         )
+    found += _provenance_mismatches(a, b, a_name, b_name)
     ra, rb = a.get("image_resolution"), b.get("image_resolution")
     if ra and rb and list(ra) != list(rb):
         found.append(
             f"{a_name} has {_res(ra)} images and {b_name} {_res(rb)}: they reach Inception at different "
             "resolutions (resize both to one resolution, e.g. with --resolution)"
         )
+    return found
+
+
+def _provenance_mismatches(a: dict, b: dict, a_name: str, b_name: str) -> list[str]:
+    """Warnings for the provenance fields two sides both carry and disagree on: x-flips of two
+    data sets, and a reference computed from other data than the generator learned, unless it
+    declares a split (a held-out split is other data on purpose)."""
+    found = []
+    if a.get("xflip") is not None and b.get("xflip") is not None and a["xflip"] != b["xflip"]:
+        flipped, plain = (a_name, b_name) if a["xflip"] else (b_name, a_name)
+        found.append(f"{flipped} holds x-flipped copies of its images and {plain} does not")
+    for gen, gen_name, ref, ref_name in ((a, a_name, b, b_name), (b, b_name, a, a_name)):
+        trained = (gen.get("training") or {}).get("data_sha256")
+        content = ref.get("content_sha256")
+        if trained and content and trained != content and not ref.get("split"):
+            found.append(
+                f"{ref_name} was computed from other data (content sha256 {content[:12]}...) than {gen_name}'s "
+                f"generator learned ({gen['training'].get('data')}, {trained[:12]}...); if it is a held-out split, "
+                "say so with ref-stats --split"
+            )
     return found

@@ -24,6 +24,7 @@ from bigtrain.errors import DataError
 from bigtrain.eval.images import ImageSet
 from bigtrain.eval.metrics import fid_stats, new_fid
 from bigtrain.eval.protocol import side, unknown_side
+from bigtrain.eval.provenance import code_version, data_sha256
 
 
 @dataclass
@@ -127,6 +128,9 @@ def compute_ref_stats(
         image_resolution=images.image_resolution,
         resize_filter=images.resize_filter,
         split=split,
+        xflip=False,  # bigtrain reads each image once, never mirrored
+        content_sha256=data_sha256(images.path),
+        code_version=code_version(),
         made_by=f"bigtrain {bigtrain.__version__}",
     )
     features = torch.cat(kept).numpy() if keep_features else None

@@ -272,3 +272,26 @@ def test_sweep_task_trains_its_value_and_eval_script_scores_the_run(tmp_path, fa
     assert job.returncode == 0, err[-3000:]
     result = json.loads((run / "eval-4242.json").read_text())
     assert result["is"] > 0 and result["protocol"]["generated"]["num_images"] == 4
+
+
+def test_eval_script_as_a_job_array_scores_its_part_of_the_checkpoints(tmp_path, fake_slurm):
+    """`sbatch --array=2-5 slurm/eval.sbatch RUN ...`: task 3 is the array's second (SLURM_ARRAY_TASK_MIN
+    2) of 4, so it runs `bigtrain eval --all-checkpoints --part 1/4` and writes its JSON to
+    RUN/eval-<array job>_<task>.json; outside an array the script evaluates one checkpoint as before."""
+    env, log = fake_slurm
+    env = _without_torchrun(tmp_path, env)
+    run = tmp_path / "run"
+    run.mkdir()
+    array = {"SLURM_ARRAY_JOB_ID": "4240", "SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "2",
+             "SLURM_ARRAY_TASK_COUNT": "4"}
+    job = _sbatch("eval.sbatch", [str(run), "--metrics", "fid", "--num", "8"], env, **array)
+    out, err = job.communicate(timeout=120)
+    assert job.returncode == 0, err[-3000:]
+    job = _sbatch("eval.sbatch", [str(run), "--num", "8"], env)
+    out, err = job.communicate(timeout=120)
+    assert job.returncode == 0, err[-3000:]
+    in_array, alone = _torchrun_options(log)
+    assert in_array["module"] == ["bigtrain", "eval", "--run", str(run), "--all-checkpoints", "--part", "1/4",
+                                  "--metrics", "fid", "--num", "8"]
+    assert alone["module"] == ["bigtrain", "eval", "--run", str(run), "--num", "8"]
+    assert (run / "eval-4240_3.json").is_file() and (run / "eval-4242.json").is_file()
