@@ -1,0 +1,237 @@
+"""The GPU acceptance run: every CUDA-only claim of bigtrain checked in one call (issue 28).
+
+    python3 bench/gpu/accept.py --out DIR            # on the GPU machine (the README's "Checking on a GPU")
+    python bench/gpu/accept.py --cpu-dry-run --out DIR  # here: the same script at toy sizes on the CPU
+
+First it installs what the GPU machine lacks (the wheels bench/gpu/prepare_wheels.py put in .whl/, then
+this checkout, both with --no-deps into one folder that goes first on the path); then it runs every
+check of CHECKS in its own forked process under its own time budget (and the run's whole budget), and
+writes DIR/accept.json (bench/gpu/README.md documents it) after each check, and DIR/accept.log (every
+check's output). A check that fails, raises, dies or runs out of time is recorded as such and the next
+one runs. Exit status: 0 when no check failed or erred, else 1.
+
+Why a fork per check: each check gets a fresh CUDA context, process group, sync-debug mode and
+allocator peak, and a check that hangs (a collective, a compiler) can be killed at its budget, while
+torch and bigtrain are imported once (the parent never touches CUDA, so forking is safe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # bench.gpu from this checkout (no torch import until the install is done)
+
+from bench.gpu.common import STATUSES, Ctx, result  # noqa: E402
+
+SCHEMA = "bigtrain-gpu-accept/1"
+RUN_BUDGET_S = {"gpu": 430, "cpu": 240}  # the whole run's checks (install excluded): see README.md's sizing
+MIN_START_S = 8  # a check is not started with less time than this left in the run's budget
+
+
+def install(wheels: Path, site: Path, log) -> dict:
+    """pip-install the carried wheels and this checkout (both --no-deps, no index) into `site`."""
+    started = time.monotonic()
+    found = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir"]
+    steps = []
+    if found:
+        steps.append(pip + ["--upgrade", "--target", str(site), *map(str, found)])
+    # the project itself (its console script, its entry points); no build isolation: nothing can be fetched there
+    steps.append(pip + ["--no-build-isolation", "--upgrade", "--target", str(site), str(REPO)])
+    for cmd in steps:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            return result("error", {"wheels": [w.name for w in found]}, f"pip exited with {proc.returncode}: {cmd}")
+    figures = {"wheels": [w.name for w in found], "site": str(site), "seconds": round(time.monotonic() - started, 1)}
+    if not found:
+        return result("skip", figures, f"no wheels in {wheels} (run bench/gpu/prepare_wheels.py here first)")
+    return result("pass", figures)
+
+
+def run_child(check, ctx, path: Path, log_path: Path) -> None:
+    """The forked process of one check: its own process group (so a timeout kills what it started),
+    its output into the log, its record into `path`."""
+    os.setsid()
+    with open(log_path, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    sys.stdout = os.fdopen(1, "w", buffering=1)
+    sys.stderr = os.fdopen(2, "w", buffering=1)
+    try:
+        record = check.run(ctx)
+    except Exception as exc:  # recorded, never raised: the next check runs
+        traceback.print_exc()
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno} ({frames[-1].name})" if frames else None
+        text = str(exc).strip().splitlines()
+        record = result("error", {}, f"{type(exc).__name__}: {text[0] if text else ''}")
+        record["raised_at"] = where
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, default=str))
+    tmp.replace(path)
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def run_check(check, ctx, timeout: float, log_path: Path) -> dict:
+    """Run one check in a forked process for at most `timeout` seconds; its record."""
+    path = ctx.out / "checks" / f"{check.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    proc = multiprocessing.get_context("fork").Process(target=run_child, args=(check, ctx, path, log_path))
+    proc.start()
+    proc.join(timeout)
+    if proc.is_alive():
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the check's own group: its torchrun, compilers, workers
+        except ProcessLookupError:
+            pass
+        proc.join()
+        return result("error", {}, f"timed out after {timeout:.0f} s (its budget)")
+    if path.is_file():
+        return json.loads(path.read_text())
+    return result("error", {}, f"the check's process died with exit code {proc.exitcode} and left no record")
+
+
+def machine() -> dict:
+    """What ran it, read without touching CUDA (the parent must stay fork-safe)."""
+    import torch
+
+    def version(name: str) -> str | None:
+        from importlib import metadata
+
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    smi = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+    ) if _which("nvidia-smi") else None  # fmt: skip
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return {
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "gpus": [line.strip() for line in smi.stdout.splitlines() if line.strip()] if smi else [],
+        "cpu_count": os.cpu_count(),
+        "packages": {n: version(n) for n in ("accelerate", "deepspeed", "torchmetrics", "webdataset", "omegaconf")},
+        "commit": commit.stdout.strip() or None,
+    }
+
+
+def _which(program: str) -> bool:
+    return any((Path(d) / program).is_file() for d in os.environ.get("PATH", "").split(os.pathsep) if d)
+
+
+def write_report(path: Path, report: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1, default=str))
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT"), help="output folder (default: $OUT)")
+    parser.add_argument("--cpu-dry-run", action="store_true", help="the same checks at toy sizes on the CPU")
+    parser.add_argument("--only", default="", help="comma-separated check names (default: all)")
+    parser.add_argument("--budget", type=float, default=0, help="seconds for all checks (default: 430 GPU, 240 dry)")
+    parser.add_argument("--wheels", default=str(REPO / ".whl"), help="the wheels to install first")
+    parser.add_argument("--site", default=str(Path(tempfile.gettempdir()) / "bigtrain-site"))
+    parser.add_argument("--no-install", action="store_true", help="use the installed packages as they are")
+    args = parser.parse_args(argv)
+    if not args.out:
+        parser.error("--out is required where $OUT is not set")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    log_path, json_path = out / "accept.log", out / "accept.json"
+    mode = "cpu-dry-run" if args.cpu_dry_run else "gpu"
+    started, t0 = datetime.datetime.now(datetime.timezone.utc), time.monotonic()
+
+    with open(log_path, "a") as log:
+        log.write(f"== bigtrain GPU acceptance ({mode}), {started.isoformat()}\n")
+        if args.cpu_dry_run or args.no_install:
+            setup = result("skip", {}, "uses this machine's environment (--cpu-dry-run or --no-install)")
+        else:
+            setup = install(Path(args.wheels), Path(args.site), log)
+    if setup["status"] != "skip" or "site" in setup["figures"]:
+        sys.path.insert(0, args.site)
+    # children started by a check (torchrun, the console script) import this checkout, then the installed wheels
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), args.site, os.environ.get("PYTHONPATH", "")]).rstrip(":")
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # is_available() without a CUDA context: fork-safe
+    if args.cpu_dry_run:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the dry run's point: the CPU forms, also on a GPU machine
+
+    from bench.gpu.checks import CHECKS  # after the install: they import torch, bigtrain, deepspeed lazily
+
+    wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = sorted(set(wanted) - {c.name for c in CHECKS})
+    if unknown:
+        parser.error(f"--only: no check named {', '.join(unknown)}; the checks: {', '.join(c.name for c in CHECKS)}")
+    checks = [c for c in CHECKS if not wanted or c.name in wanted]
+    budget = args.budget or RUN_BUDGET_S["cpu" if args.cpu_dry_run else "gpu"]
+    report = {
+        "schema": SCHEMA,
+        "mode": mode,
+        "started": started.isoformat(),
+        "budget_s": budget,
+        "machine": machine(),
+        "install": setup,
+        "checks": [],
+    }
+    write_report(json_path, report)
+    deadline = time.monotonic() + budget
+    with tempfile.TemporaryDirectory(prefix="bigtrain-accept-") as tmp:
+        for check in checks:
+            ctx = Ctx(dry=args.cpu_dry_run, out=out, tmp=Path(tmp) / check.name)
+            ctx.tmp.mkdir(parents=True)
+            left = deadline - time.monotonic()
+            cap = check.budget(ctx)
+            check_start = time.monotonic()
+            if left < MIN_START_S:
+                record = result("skip", {}, f"not run: the run's budget of {budget:.0f} s was spent")
+            else:
+                with open(log_path, "a") as log:
+                    log.write(f"\n== {check.name} (budget {min(cap, left):.0f} s)\n")
+                record = run_check(check, ctx, min(cap, left), log_path)
+            entry = {
+                "name": check.name,
+                "claim": check.claim,
+                **record,
+                "seconds": round(time.monotonic() - check_start, 1),
+                "budget_s": round(min(cap, max(left, 0)), 1),
+            }
+            report["checks"].append(entry)
+            write_report(json_path, report)
+            print(f"{check.name:32s} {entry['status']:5s} {entry['seconds']:7.1f} s  {entry.get('reason', '')}")
+            sys.stdout.flush()
+    report["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    report["wall_s"] = round(time.monotonic() - t0, 1)
+    report["summary"] = {s: sum(c["status"] == s for c in report["checks"]) for s in STATUSES}
+    write_report(json_path, report)
+    print(json.dumps({"json": str(json_path), "log": str(log_path), **report["summary"], "wall_s": report["wall_s"]}))
+    return 1 if report["summary"]["fail"] or report["summary"]["error"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
