@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import multiprocessing
 import os
@@ -34,7 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # bench.gpu from this checkout (no torch import until the install is done)
 
-from bench.gpu.common import STATUSES, Ctx, result  # noqa: E402
+from bench.gpu.checks import CHECKS  # noqa: E402
+from bench.gpu.common import STATUSES, Ctx, describe, module_of, result  # noqa: E402
 
 SCHEMA = "bigtrain-gpu-accept/1"
 RUN_BUDGET_S = {"gpu": 430, "cpu": 240}  # the whole run's checks (install excluded): see README.md's sizing
@@ -77,10 +79,8 @@ def run_child(check, ctx, path: Path, log_path: Path) -> None:
     except Exception as exc:  # recorded, never raised: the next check runs
         traceback.print_exc()
         frames = traceback.extract_tb(exc.__traceback__)
-        where = f"{frames[-1].filename}:{frames[-1].lineno} ({frames[-1].name})" if frames else None
-        text = str(exc).strip().splitlines()
-        record = result("error", {}, f"{type(exc).__name__}: {text[0] if text else ''}")
-        record["raised_at"] = where
+        record = result("error", {}, describe(exc))
+        record["raised_at"] = f"{frames[-1].filename}:{frames[-1].lineno} ({frames[-1].name})" if frames else None
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, default=str))
     tmp.replace(path)
@@ -88,12 +88,12 @@ def run_child(check, ctx, path: Path, log_path: Path) -> None:
     sys.stderr.flush()
 
 
-def run_check(check, ctx, timeout: float, log_path: Path) -> dict:
-    """Run one check in a forked process for at most `timeout` seconds; its record."""
+def run_check(check, ctx, timeout: float, log_path: Path, start_method: str) -> dict:
+    """Run one check in a child process for at most `timeout` seconds; its record."""
     path = ctx.out / "checks" / f"{check.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    proc = multiprocessing.get_context("fork").Process(target=run_child, args=(check, ctx, path, log_path))
+    ctx.partial = path.with_suffix(".partial.json")
+    proc = multiprocessing.get_context(start_method).Process(target=run_child, args=(check, ctx, path, log_path))
     proc.start()
     proc.join(timeout)
     if proc.is_alive():
@@ -102,7 +102,8 @@ def run_check(check, ctx, timeout: float, log_path: Path) -> dict:
         except ProcessLookupError:
             pass
         proc.join()
-        return result("error", {}, f"timed out after {timeout:.0f} s (its budget)")
+        so_far = json.loads(ctx.partial.read_text()) if ctx.partial.is_file() else {}
+        return result("error", so_far, f"timed out after {timeout:.0f} s (its budget); figures: what it had measured")
     if path.is_file():
         return json.loads(path.read_text())
     return result("error", {}, f"the check's process died with exit code {proc.exitcode} and left no record")
@@ -163,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out}: exists and is not a folder")
+    if (out / "accept.json").exists():
+        parser.error(f"--out {out}: holds a previous run's accept.json; give an empty or new folder")
+    wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = sorted(set(wanted) - {c.name for c in CHECKS})
+    if unknown:
+        parser.error(f"--only: no check named {', '.join(unknown)}; the checks: {', '.join(c.name for c in CHECKS)}")
+    checks = [c for c in CHECKS if not wanted or c.name in wanted]
     out.mkdir(parents=True, exist_ok=True)
     log_path, json_path = out / "accept.log", out / "accept.json"
     mode = "cpu-dry-run" if args.cpu_dry_run else "gpu"
@@ -174,21 +182,24 @@ def main(argv: list[str] | None = None) -> int:
             setup = result("skip", {}, "uses this machine's environment (--cpu-dry-run or --no-install)")
         else:
             setup = install(Path(args.wheels), Path(args.site), log)
-    if setup["status"] != "skip" or "site" in setup["figures"]:
-        sys.path.insert(0, args.site)
+    if "site" in setup["figures"]:
+        sys.path[:0] = [str(REPO), args.site]  # this checkout first, then what was installed
     # children started by a check (torchrun, the console script) import this checkout, then the installed wheels
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), args.site, os.environ.get("PYTHONPATH", "")]).rstrip(":")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), args.site, os.environ.get("PYTHONPATH")) if p)
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # is_available() without a CUDA context: fork-safe
     if args.cpu_dry_run:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the dry run's point: the CPU forms, also on a GPU machine
+    broken = {}  # a module that does not import (a wheel missing): its checks are recorded as errors
+    for module in sorted({module_of(c.fn) for c in checks}):  # imported once, here; every fork inherits them
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            traceback.print_exc()
+            broken[module] = f"{module} does not import: {describe(exc)}"
+    import torch
 
-    from bench.gpu.checks import CHECKS  # after the install: they import torch, bigtrain, deepspeed lazily
-
-    wanted = [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = sorted(set(wanted) - {c.name for c in CHECKS})
-    if unknown:
-        parser.error(f"--only: no check named {', '.join(unknown)}; the checks: {', '.join(c.name for c in CHECKS)}")
-    checks = [c for c in CHECKS if not wanted or c.name in wanted]
+    # a CUDA context in this process would be unusable in forked children: start fresh interpreters instead
+    start_method = "spawn" if torch.cuda.is_initialized() else "fork"
     budget = args.budget or RUN_BUDGET_S["cpu" if args.cpu_dry_run else "gpu"]
     report = {
         "schema": SCHEMA,
@@ -197,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget_s": budget,
         "machine": machine(),
         "install": setup,
+        "start_method": start_method,
         "checks": [],
     }
     write_report(json_path, report)
@@ -208,12 +220,14 @@ def main(argv: list[str] | None = None) -> int:
             left = deadline - time.monotonic()
             cap = check.budget(ctx)
             check_start = time.monotonic()
-            if left < MIN_START_S:
+            if module_of(check.fn) in broken:
+                record = result("error", {}, broken[module_of(check.fn)])
+            elif left < MIN_START_S:
                 record = result("skip", {}, f"not run: the run's budget of {budget:.0f} s was spent")
             else:
                 with open(log_path, "a") as log:
                     log.write(f"\n== {check.name} (budget {min(cap, left):.0f} s)\n")
-                record = run_check(check, ctx, min(cap, left), log_path)
+                record = run_check(check, ctx, min(cap, left), log_path, start_method)
             entry = {
                 "name": check.name,
                 "claim": check.claim,

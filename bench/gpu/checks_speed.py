@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from bench import biggan, img2img, progan, stylegan2  # noqa: E402
 from bench import eval as bench_eval  # noqa: E402
-from bench.gpu.common import Ctx, Skip, result  # noqa: E402
+from bench.gpu.common import Ctx, Skip, describe, result  # noqa: E402
 
 BGP_ITERATIONS, BGP_BATCH, BGP_GPUS = 150_000, 2048, 8  # BigGAN-PyTorch's ImageNet 128 run (bench/biggan.py)
 FID_TOLERANCE = 1e-3
@@ -60,6 +60,7 @@ def biggan_runs(ctx: Ctx, variants: dict[str, list[str]]) -> dict[str, dict]:
         keep = ("img_per_s", "iteration_s", "peak_mem_mb", "params", "global_batch", "error", "raised_at",
                 "from_bigtrain", "channels_last", "compile", "weights_updated", "intervals")  # fmt: skip
         runs[name] = {k: r[k] for k in keep if k in r}
+        ctx.progress({"runs": runs})
     return runs
 
 
@@ -115,7 +116,8 @@ def throughput_progan(ctx: Ctx) -> dict:
             levels.append(progan.level(args, res, data, ctx.tmp / "runs"))
         except Exception as exc:  # recorded per level; the next level runs
             traceback.print_exc()
-            errors[str(res)] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            errors[str(res)] = describe(exc)
+        ctx.progress({"levels": levels, "errors": errors})
     figures = progan.report(args, levels)
     runs = {str(lv["resolution"]): lv for lv in levels} | {r: {"error": e} for r, e in errors.items()}
     return measured(runs, {k: v for k, v in figures.items() if k != "levels"})
@@ -131,7 +133,7 @@ def throughput_cyclegan(ctx: Ctx) -> dict:
         run = img2img.bench(args, "cyclegan", ctx.tmp, 1)
     except Exception as exc:
         traceback.print_exc()
-        run = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+        run = {"error": describe(exc)}
     return measured({"cyclegan": run}, {"reference": "junyanz/pytorch-CycleGAN-and-pix2pix: batch 1, one GPU"})
 
 
@@ -152,7 +154,7 @@ def throughput_stylegan2(ctx: Ctx) -> dict:
         run = stylegan2.bigtrain_side(args, stylegan2.overrides(args, base, data, ctx.tmp / "runs", "sg2"))
     except Exception as exc:
         traceback.print_exc()
-        run = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+        run = {"error": describe(exc)}
     published = stylegan2.PUBLISHED
     if "s_per_kimg" in run:
         run["gpu_s_per_kimg"] = run["s_per_kimg"]

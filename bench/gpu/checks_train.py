@@ -155,6 +155,34 @@ def precision_check(backend: str, precision: str):
     return check
 
 
+def cuda_device(ctx: Ctx) -> dict:
+    """The device, its CUDA, NCCL and bf16, and DeepSpeed's view of it (the carried wheel imports)."""
+    if ctx.dry:
+        raise Skip("needs CUDA: the dry run hides every GPU")
+    if not torch.cuda.is_available():
+        return result("fail", {"torch_cuda": torch.version.cuda}, "torch sees no CUDA device")
+    props = torch.cuda.get_device_properties(0)
+    figures = {
+        "name": props.name, "capability": f"{props.major}.{props.minor}",
+        "memory_gb": round(props.total_memory / 2**30, 1),
+        "count": torch.cuda.device_count(), "torch_cuda": torch.version.cuda, "bf16": torch.cuda.is_bf16_supported(),
+        "nccl": ".".join(map(str, torch.cuda.nccl.version())), "cudnn": torch.backends.cudnn.version(),
+    }  # fmt: skip
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    figures["deepspeed"] = deepspeed.__version__
+    figures["deepspeed_accelerator"] = get_accelerator().device_name()
+    ok = figures["deepspeed_accelerator"] == "cuda"
+    return result("pass" if ok else "fail", figures, None if ok else "DeepSpeed does not see CUDA")
+
+
+fp16_accelerate = precision_check("accelerate", "fp16")
+fp16_deepspeed_zero2 = precision_check("deepspeed", "fp16")
+bf16_accelerate = precision_check("accelerate", "bf16")
+bf16_deepspeed_zero2 = precision_check("deepspeed", "bf16")
+
+
 def snapshot(trainer: Trainer) -> dict[str, torch.Tensor]:
     """Every player's weights and optimizer state and every EMA copy, on the CPU, by name."""
     out = {}
@@ -183,6 +211,8 @@ def group_of_one() -> None:
     """A process group of this one process (NCCL on CUDA, gloo on a CPU), as torchrun would set it up."""
     if "WORLD_SIZE" in os.environ:
         return
+    if not torch.cuda.is_available():
+        os.environ["ACCELERATE_USE_CPU"] = "1"  # Accelerate's gloo group (else it starts a group of no backend)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

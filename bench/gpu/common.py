@@ -4,8 +4,10 @@ torch: the runner reads it before it installs anything."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 STATUSES = ("pass", "fail", "error", "skip")
 
@@ -20,6 +22,12 @@ def result(status: str, figures: dict | None = None, reason: str | None = None) 
     return out
 
 
+def describe(exc: BaseException) -> str:
+    """An exception in one line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
 class Skip(Exception):
     """Raised by a check that cannot run here; its message is the reason."""
 
@@ -31,6 +39,7 @@ class Ctx:
     dry: bool
     out: Path
     tmp: Path
+    partial: Path | None = None  # where `progress` leaves the figures so far, read if the check runs out of time
 
     @property
     def device(self) -> str:
@@ -40,14 +49,28 @@ class Ctx:
         """The GPU run's size or the dry run's."""
         return cpu if self.dry else gpu
 
+    def progress(self, figures: dict) -> None:
+        """Leave the figures measured so far: a check killed at its budget keeps them in its record."""
+        if self.partial is not None:
+            tmp = self.partial.with_suffix(".tmp")
+            tmp.write_text(json.dumps(figures, default=str))
+            tmp.replace(self.partial)
+
+
+def module_of(fn: str) -> str:
+    """The module of a check's "module:function": a module of bench/gpu/, or any dotted module path."""
+    module = fn.split(":")[0]
+    return module if "." in module else f"bench.gpu.{module}"
+
 
 @dataclasses.dataclass
 class Check:
-    """One claim, the function that checks it (ctx -> record) and its time budgets in seconds."""
+    """One claim, the function that checks it ("module:function", ctx -> record; `module_of`) and its
+    time budgets in seconds."""
 
     name: str
     claim: str
-    fn: Callable[[Ctx], dict]
+    fn: str
     gpu_s: float
     cpu_s: float
 
@@ -55,7 +78,8 @@ class Check:
         return ctx.size(self.gpu_s, self.cpu_s)
 
     def run(self, ctx: Ctx) -> dict:
+        check = getattr(importlib.import_module(module_of(self.fn)), self.fn.split(":")[1])
         try:
-            return self.fn(ctx)
+            return check(ctx)
         except Skip as why:
             return result("skip", {}, str(why))
