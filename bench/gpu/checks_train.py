@@ -47,7 +47,12 @@ def biggan_run(ctx: Ctx, name: str, iters: int, *, micro: int, precision: str = 
     data = ctx.tmp / f"data{args.resolution}-rank{os.environ.get('RANK', '0')}.npz"  # torchrun: one per rank
     if not data.is_file():
         write_images_npz(data, n=max(32, 2 * micro), res=args.resolution, channels=3, classes=10, layout="nhwc")
-    return [*biggan.overrides(args, 1, data, ctx.tmp / "runs", 1, iters), f"run.name={name}", *extra]
+    return [*biggan.overrides(args, world(), data, ctx.tmp / "runs", 1, iters), f"run.name={name}", *extra]
+
+
+def world() -> int:
+    """The processes of this run: torchrun's WORLD_SIZE (a group of one sets it too), else 1."""
+    return int(os.environ.get("WORLD_SIZE", 1))
 
 
 def losses(run_dir: Path) -> list[dict]:
@@ -226,12 +231,13 @@ def resume_exact(ctx: Ctx) -> dict:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic mode needs it
     torch.backends.cudnn.benchmark = False
     k, micro = ctx.size(4, 2), ctx.size(16, 2)
-    runs = {}
+    runs, starts = {}, {}
 
     def train(name: str, iters: int, resume: bool) -> Trainer:
-        extra = ("model.g.cross_replica=true", f"checkpoint.every_kimg={k * micro / 1000}")
+        extra = ("model.g.cross_replica=true", f"checkpoint.every_kimg={k * micro * world() / 1000}")
         extra += ("train.resume=auto",) if resume else ()
         trainer = Trainer(load_config(biggan.CONFIG, biggan_run(ctx, name, iters, micro=micro, extra=extra)))
+        starts[name] = trainer.counters.step
         trainer.train()
         trainer.release()
         return trainer
@@ -248,7 +254,7 @@ def resume_exact(ctx: Ctx) -> dict:
         torch.use_deterministic_algorithms(True, warn_only=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            runs["full"] = train("full", 2 * k, False)
+            runs["full"] = train("full-warn-only", 2 * k, False)  # a fresh folder: the first one is half-written
         warned |= {str(w.message).splitlines()[0] for w in caught if "deterministic" in str(w.message)}
     train("resumed", k, False)
     runs["resumed"] = train("resumed", 2 * k, True)
@@ -268,11 +274,14 @@ def resume_exact(ctx: Ctx) -> dict:
         "processes": backend.world_size,
         "cross_replica_bn": "model.g.cross_replica=true: " + (
             "a sum over the processes" if backend.world_size > 1 else "one process: plain batch norm"),
-        "iterations": f"{2 * k} straight vs {k} + resume + {k}, micro-batch {micro}",
+        "iterations": f"{2 * k} straight vs {k} + resume + {k}, micro-batch {micro} per process",
         "deterministic_algorithms": deterministic, "nondeterministic_ops": sorted(warned),
         "tensors_compared": len(a), "tensors_unequal": len(unequal), "unequal_first": unequal[:10],
         "max_abs_diff": max(diff.values(), default=0.0), "losses_equal": la == lb,
+        "resumed_at_step": starts["resumed"],
     }  # fmt: skip
+    if starts["resumed"] != k:
+        return result("fail", figures, f"the second run of 'resumed' started at step {starts['resumed']}, not {k}")
     exact = not unequal and la == lb
     if exact:
         return result("pass", figures)

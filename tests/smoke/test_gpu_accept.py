@@ -46,6 +46,7 @@ def test_cpu_dry_run_runs_every_check_and_writes_the_documented_json(tmp_path):
     assert not at["G"]["skipped"] and at["G"]["weights_moved"]
     resume = checks["resume_exact"]["figures"]
     assert resume["process_group"] == "gloo" and resume["tensors_unequal"] == 0 and resume["tensors_compared"] > 100
+    assert resume["resumed_at_step"] == 2 and resume["losses_equal"]  # the second run did resume, at K
     syncs = checks["host_syncs"]
     assert syncs["status"] == "skip" and syncs["figures"]["iterations_run"] == 4  # its harness drove the Trainer
     for name in ("throughput_biggan", "biggan_layouts", "throughput_progan", "throughput_cyclegan",
