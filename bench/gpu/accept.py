@@ -24,6 +24,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,7 +77,7 @@ def run_child(check, ctx, path: Path, log_path: Path) -> None:
     sys.stderr = os.fdopen(2, "w", buffering=1)
     try:
         record = check.run(ctx)
-    except Exception as exc:  # recorded, never raised: the next check runs
+    except (Exception, SystemExit) as exc:  # recorded, never raised: the next check runs (benches exit on misuse)
         traceback.print_exc()
         frames = traceback.extract_tb(exc.__traceback__)
         record = result("error", {}, describe(exc))
@@ -102,7 +103,9 @@ def run_check(check, ctx, timeout: float, log_path: Path, start_method: str) -> 
         except ProcessLookupError:
             pass
         proc.join()
-        so_far = json.loads(ctx.partial.read_text()) if ctx.partial.is_file() else {}
+        if not ctx.partial.is_file():
+            return result("error", {}, f"timed out after {timeout:.0f} s (its budget)")
+        so_far = json.loads(ctx.partial.read_text())
         return result("error", so_far, f"timed out after {timeout:.0f} s (its budget); figures: what it had measured")
     if path.is_file():
         return json.loads(path.read_text())
@@ -121,26 +124,24 @@ def machine() -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    smi = subprocess.run(
-        ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-        capture_output=True,
-        text=True,
-    ) if _which("nvidia-smi") else None  # fmt: skip
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    def read(*cmd: str) -> str:
+        """A command's output, "" where the program is missing or fails (no .git in a copied tree)."""
+        if shutil.which(cmd[0]) is None:
+            return ""
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    smi = read("nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader")
     return {
         "host": platform.node(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
-        "gpus": [line.strip() for line in smi.stdout.splitlines() if line.strip()] if smi else [],
+        "gpus": [line.strip() for line in smi.splitlines() if line.strip()],
         "cpu_count": os.cpu_count(),
         "packages": {n: version(n) for n in ("accelerate", "deepspeed", "torchmetrics", "webdataset", "omegaconf")},
-        "commit": commit.stdout.strip() or None,
+        "commit": read("git", "-C", str(REPO), "rev-parse", "HEAD") or None,
     }
-
-
-def _which(program: str) -> bool:
-    return any((Path(d) / program).is_file() for d in os.environ.get("PATH", "").split(os.pathsep) if d)
 
 
 def write_report(path: Path, report: dict) -> None:

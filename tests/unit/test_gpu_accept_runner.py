@@ -1,4 +1,4 @@
-"""bench/gpu/accept.py's runner: a check that runs out of time, raises or dies is recorded as an error
+"""bench/gpu/accept.py's runner: a check that runs out of time, raises, exits or dies is recorded as an error
 (with the figures it had measured, for a timeout) and the run goes on; bad options are refused before
 anything is written; prepare_wheels.py carries everything the GPU machine lacks (issue 28). The whole
 dry run is tests/smoke/test_gpu_accept.py."""
@@ -32,6 +32,10 @@ def raiser(ctx: Ctx) -> dict:
     raise ValueError("a broken check\nsecond line")
 
 
+def exiter(ctx: Ctx) -> dict:
+    raise SystemExit("only 1 log interval(s): raise --intervals")  # what bench/common.py raises
+
+
 def dier(ctx: Ctx) -> dict:
     os._exit(3)
 
@@ -55,6 +59,8 @@ def test_timeout_raise_and_death_are_errors_and_the_next_check_runs(tmp_path):
     raised = run(tmp_path, "raiser", 30)
     assert raised["status"] == "error" and raised["reason"] == "ValueError: a broken check"
     assert "test_gpu_accept_runner.py" in raised["raised_at"]
+    exited = run(tmp_path, "exiter", 30)
+    assert exited["status"] == "error" and exited["reason"] == "SystemExit: only 1 log interval(s): raise --intervals"
     died = run(tmp_path, "dier", 30)
     assert died["status"] == "error" and "exit code 3" in died["reason"]
     assert run(tmp_path, "passer", 30) == {"status": "pass", "figures": {"value": 2}}
