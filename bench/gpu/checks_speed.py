@@ -144,8 +144,8 @@ def throughput_stylegan2(ctx: Ctx) -> dict:
     """StyleGAN2 paper256 (configs/stylegan2_256.yaml: batch 64) on one GPU: s/kimg beside the reference's
     published V100 figures (one V100 at 256 px; 8 V100s for paper256, as GPU-seconds a kimg)."""
     argv = ctx.size(["--configs", "configs/stylegan2_256.yaml", "--resolution", "256", "--channel-base", "16384",
-                     "--channel-max", "512", "--batch", "64", "--micro-batch", "32", "--kimg", "3.072",
-                     "--intervals", "3", "--device", "cuda"],
+                     "--channel-max", "512", "--batch", "64", "--micro-batch", "32", "--kimg", "2.048",
+                     "--intervals", "2", "--device", "cuda"],
                     ["--configs", "configs/stylegan2_digits.yaml", "--resolution", "16", "--channel-base", "256",
                      "--channel-max", "16", "--batch", "4", "--kimg", "0.016", "--intervals", "2"])  # fmt: skip
     args = stylegan2.build_parser().parse_args(argv)
