@@ -7,7 +7,7 @@ GPU) and what one level of the paper's CelebA-HQ schedule (800 kimg of fade + 80
 stabilisation) would take at that rate, then the implied total. Prints one JSON object.
 
     python bench/progan.py [--resolutions 4,8,16,32,64,128,256] [--kimg 0.5] [--fmap-base 1024] [--fmap-max 64] \
-        [--batch 16]
+        [--batch 16] [--images 256]
 
 The defaults are a CPU-sized net (fmap_base 1024, fmap_max 64); the paper's is fmap_base 8192,
 fmap_max 512 (pass them on a GPU machine: --fmap-base 8192 --fmap-max 512 --resolutions ...,1024).

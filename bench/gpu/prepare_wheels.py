@@ -27,9 +27,11 @@ from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-# what the GPU machine lacks: bigtrain's own needs, then theirs that it lacks too
+# what the GPU machine lacks: bigtrain's own needs, then theirs that it lacks too; typing-extensions is
+# there, but pydantic 2.14 asks for >= 4.16, newer than that image may hold (the requirement check
+# below compares names only, not versions)
 CARRIED = (
-    "deepspeed", "hjson", "pydantic", "pydantic-core", "annotated-types", "typing-inspection",
+    "deepspeed", "hjson", "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions",
     "webdataset", "braceexpand", "omegaconf",
 )  # fmt: skip
 # what its image holds, of what the carried wheels and bigtrain ask for (KINDS.md's package list)
