@@ -41,10 +41,6 @@ class Ctx:
     tmp: Path
     partial: Path | None = None  # where `progress` leaves the figures so far, read if the check runs out of time
 
-    @property
-    def device(self) -> str:
-        return "cpu" if self.dry else "cuda"
-
     def size(self, gpu: Any, cpu: Any) -> Any:
         """The GPU run's size or the dry run's."""
         return cpu if self.dry else gpu
