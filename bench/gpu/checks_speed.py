@@ -127,17 +127,22 @@ def throughput_progan(ctx: Ctx) -> dict:
 
 
 def throughput_cyclegan(ctx: Ctx) -> dict:
-    """CycleGAN at 256 px, batch 1, the reference's nets (ngf = ndf = 64): img/s and peak memory."""
+    """CycleGAN at 256 px, batch 1, the reference's nets (ngf = ndf = 64), fp32 and bf16: img/s and
+    peak memory (the dry run: fp32 only)."""
     argv = ctx.size(["--width", "64", "--resolution", "256", "--iters", "40", "--intervals", "4"],
                     ["--width", "4", "--resolution", "32", "--iters", "4", "--intervals", "2"])  # fmt: skip
-    args = img2img.build_parser().parse_args(["--recipes", "cyclegan", "--batch", "1", *argv])
-    reset_peak()
-    try:
-        run = img2img.bench(args, "cyclegan", ctx.tmp, 1)
-    except Exception as exc:
-        traceback.print_exc()
-        run = {"error": describe(exc)}
-    return measured({"cyclegan": run}, {"reference": "junyanz/pytorch-CycleGAN-and-pix2pix: batch 1, one GPU"})
+    runs = {}
+    for precision in ctx.size(("fp32", "bf16"), ("fp32",)):
+        args = img2img.build_parser().parse_args(["--recipes", "cyclegan", "--batch", "1", "--precision", precision,
+                                                  *argv])  # fmt: skip
+        (ctx.tmp / precision).mkdir()
+        reset_peak()
+        try:
+            runs[f"cyclegan_{precision}"] = img2img.bench(args, "cyclegan", ctx.tmp / precision, 1)
+        except Exception as exc:
+            traceback.print_exc()
+            runs[f"cyclegan_{precision}"] = {"error": describe(exc)}
+    return measured(runs, {"reference": "junyanz/pytorch-CycleGAN-and-pix2pix: batch 1, one GPU, fp32"})
 
 
 def throughput_stylegan2(ctx: Ctx) -> dict:
