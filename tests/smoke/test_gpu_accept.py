@@ -49,6 +49,7 @@ def test_cpu_dry_run_runs_every_check_and_writes_the_documented_json(tmp_path):
     assert resume["resumed_at_step"] == 2 and resume["losses_equal"]  # the second run did resume, at K
     syncs = checks["host_syncs"]
     assert syncs["status"] == "skip" and syncs["figures"]["iterations_run"] == 4  # its harness drove the Trainer
+    assert syncs["figures"]["iterations_counted"] == 2  # and watched the two after warm-up
     for name in ("throughput_biggan", "biggan_layouts", "throughput_progan", "throughput_cyclegan",
                  "throughput_stylegan2"):  # fmt: skip
         runs = checks[name]["figures"]["runs"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,26 @@ def test_carried_wheels_leave_no_requirement_unmet():
     needs |= {n: prepare_wheels.requirements(metadata.requires(n) or []) for n in prepare_wheels.CARRIED}
     assert "omegaconf" in needs["bigtrain"] and "pydantic" in needs["deepspeed"]
     assert {who: sorted(names - have) for who, names in needs.items() if names - have} == {}
+
+
+def test_sync_watch_counts_each_sync_report_where_it_was_caused():
+    """The host-sync check's counter (its torch mode setter replaced: a CPU has no sync debug mode)."""
+    from bench.gpu.checks_train import SyncWatch
+
+    modes = []
+
+    def syncs_here():
+        warnings.warn("called a synchronizing CUDA operation")  # torch's report of a sync
+
+    with warnings.catch_warnings(record=True) as seen:
+        with SyncWatch(set_mode=modes.append) as watch:
+            for _ in range(3):
+                syncs_here()
+            warnings.warn("not a sync", DeprecationWarning)  # passed on, not counted
+    assert [str(w.message) for w in seen] == ["not a sync"]
+    with SyncWatch(set_mode=modes.append) as again:
+        syncs_here()
+    assert modes == ["warn", "default", "warn", "default"]
+    (where, count), = watch.places.items()
+    assert count == 3 and where.startswith("tests/unit/test_gpu_accept_runner.py:") and "(syncs_here)" in where
+    assert again.places == {where: 1}
