@@ -120,3 +120,22 @@ def test_sync_watch_counts_each_sync_report_where_it_was_caused():
     (where, count), = watch.places.items()
     assert count == 3 and where.startswith("tests/unit/test_gpu_accept_runner.py:") and "(syncs_here)" in where
     assert again.places == {where: 1}
+
+
+def test_fp16_check_fails_when_g_and_d_share_one_scaler(tmp_path, monkeypatch):
+    """The fp16 check at its dry-run size, against a backend whose players share one GradScaler (as
+    Accelerate's own fp16 would): D's overflow then halves G's scale, which the check must refuse."""
+    import bigtrain.engine.backends.accelerate as accelerate
+    from bench.gpu import checks_train
+
+    make_player, shared = accelerate.AccelerateBackend.make_player, {}
+
+    def sharing(self, name, *args, **kwargs):
+        player = make_player(self, name, *args, **kwargs)
+        player.scaler = shared.setdefault("scaler", player.scaler)
+        return player
+
+    monkeypatch.setattr(accelerate.AccelerateBackend, "make_player", sharing)
+    record = checks_train.fp16_accelerate(Ctx(dry=True, out=tmp_path, tmp=tmp_path))
+    assert record["status"] == "fail" and "G's scale went" in record["reason"], record.get("reason")
+    assert record["figures"]["overflow_at_step"] is not None
