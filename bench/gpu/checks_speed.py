@@ -7,6 +7,7 @@ CPU. Throughput checks have no threshold: "pass" means every run was measured. S
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import sys
 import time
@@ -29,8 +30,12 @@ SG2_1XV100_256_S_PER_KIMG = (21.6, 24.2)
 FID_TOLERANCE = 1e-3
 
 
-def reset_peak() -> None:
+def release_memory() -> None:
+    """Before a run: what earlier runs left (a failed one's Trainer lives in reference cycles) freed, and
+    the allocator's peak restarted, so each run's peak memory is its own."""
+    gc.collect()
     if torch.cuda.is_available():
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
 
@@ -52,14 +57,12 @@ def biggan_runs(ctx: Ctx, variants: dict[str, list[str]]) -> dict[str, dict]:
         args = biggan.parse_args(argv)
         tmp = ctx.tmp / name
         tmp.mkdir(parents=True)
-        reset_peak()
+        release_memory()
         try:
             r = biggan.run(args, 1, tmp)
         except Exception as exc:  # e.g. out of memory at micro-batch 128 in fp32: recorded, the next runs
             traceback.print_exc()
             r = biggan.failure(args, 1, exc)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
         keep = ("img_per_s", "iteration_s", "peak_mem_mb", "params", "global_batch", "error", "raised_at",
                 "from_bigtrain", "channels_last", "compile", "weights_updated", "intervals")  # fmt: skip
         runs[name] = {k: r[k] for k in keep if k in r}
@@ -114,7 +117,7 @@ def throughput_progan(ctx: Ctx) -> dict:
     data = progan.write_data(args, ctx.tmp / "d.npz")
     levels, errors = [], {}
     for res in args.resolution_list:
-        reset_peak()
+        release_memory()
         try:
             levels.append(progan.level(args, res, data, ctx.tmp / "runs"))
         except Exception as exc:  # recorded per level; the next level runs
@@ -136,7 +139,7 @@ def throughput_cyclegan(ctx: Ctx) -> dict:
         args = img2img.build_parser().parse_args(["--recipes", "cyclegan", "--batch", "1", "--precision", precision,
                                                   *argv])  # fmt: skip
         (ctx.tmp / precision).mkdir()
-        reset_peak()
+        release_memory()
         try:
             runs[f"cyclegan_{precision}"] = img2img.bench(args, "cyclegan", ctx.tmp / precision, 1)
         except Exception as exc:
@@ -157,7 +160,7 @@ def throughput_stylegan2(ctx: Ctx) -> dict:
     args.preset = str(REPO / args.configs)
     base = stylegan2.load_config(args.preset, [])
     data = stylegan2.write_data(ctx.tmp / "d.npz", args.resolution, base.data.channels or 3, base.model.num_classes)
-    reset_peak()
+    release_memory()
     try:
         run = stylegan2.bigtrain_side(args, stylegan2.overrides(args, base, data, ctx.tmp / "runs", "sg2"))
     except Exception as exc:
