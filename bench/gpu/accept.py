@@ -67,9 +67,10 @@ def install(wheels: Path, site: Path, log) -> dict:
 
 
 def run_child(check, ctx, path: Path, log_path: Path) -> None:
-    """The forked process of one check: its own process group (so a timeout kills what it started),
-    its output into the log, its record into `path`."""
-    os.setsid()
+    """The forked process of one check: its own process group (so a timeout kills what it started; not a
+    session of its own, which would outlive a killed parent on the device machine), its output into
+    the log, its record into `path`."""
+    os.setpgid(0, 0)
     with open(log_path, "a") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
