@@ -101,8 +101,8 @@ def run_check(check, ctx, timeout: float, log_path: Path, start_method: str) -> 
     if proc.is_alive():
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # the check's own group: its torchrun, compilers, workers
-        except ProcessLookupError:
-            pass
+        except ProcessLookupError:  # its group not made yet
+            proc.kill()
         proc.join()
         if not ctx.partial.is_file():
             return result("error", {}, f"timed out after {timeout:.0f} s (its budget)")
