@@ -319,7 +319,8 @@ def run(args, world: int, tmp: Path) -> dict:
     return result
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This benchmark's options (bench/gpu/ parses its runs' options with it too)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolution", type=int, default=32, choices=sorted(LADDERS))
     parser.add_argument("--width", type=int, default=16, help="channel multiple ch (BigGAN: 96)")
@@ -365,11 +366,22 @@ def main() -> None:
     )
     parser.add_argument("--channels-last", action="store_true", help="G and D in torch.channels_last")
     parser.add_argument("--compile", action="store_true", help="torch.compile G and D")
-    args = parser.parse_args()
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options of one run, checked and completed (z_dim, the attention list) as `run` reads them."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.intervals < 2:
         parser.error("--intervals must be at least 2 (the first is warm-up)")
     args.z_dim = args.z_dim or z_dim_for(args.resolution)
     args.attention_list = {"auto": "null", "none": "[]"}.get(args.attention) or f"[{args.attention}]"
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:  # torchrun: one folder for all ranks (the run directory is shared), each rank its own data file
         tag = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT", "0")

@@ -121,7 +121,8 @@ def bench(args, recipe: str, tmp: Path, world: int) -> dict | None:
     return result
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This benchmark's options (bench/gpu/ parses its runs' options with it too)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default="cyclegan,pix2pix")
     parser.add_argument("--width", type=int, default=8, help="ngf = ndf (the reference: 64)")
@@ -133,6 +134,11 @@ def main() -> None:
     parser.add_argument("--intervals", type=int, default=4, help="log intervals (the first is dropped as warm-up)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--backend", default="accelerate", choices=("accelerate", "deepspeed"))
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     world = int(os.environ.get("WORLD_SIZE", 1))
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]

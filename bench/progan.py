@@ -7,7 +7,7 @@ GPU) and what one level of the paper's CelebA-HQ schedule (800 kimg of fade + 80
 stabilisation) would take at that rate, then the implied total. Prints one JSON object.
 
     python bench/progan.py [--resolutions 4,8,16,32,64,128,256] [--kimg 0.5] [--fmap-base 1024] [--fmap-max 64] \
-        [--batch 16]
+        [--batch 16] [--images 256]
 
 The defaults are a CPU-sized net (fmap_base 1024, fmap_max 64); the paper's is fmap_base 8192,
 fmap_max 512 (pass them on a GPU machine: --fmap-base 8192 --fmap-max 512 --resolutions ...,1024).
@@ -78,40 +78,49 @@ def level(args, res: int, data: Path, out: Path) -> dict:
     }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """This benchmark's options (bench/gpu/ parses its runs' options with it too); `max_res` added."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolutions", default="4,8,16,32,64,128,256")
     parser.add_argument("--kimg", type=float, default=0.5, help="images (thousands) per level")
     parser.add_argument("--fmap-base", type=int, default=1024)
     parser.add_argument("--fmap-max", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
-    args = parser.parse_args()
-    resolutions = [int(r) for r in args.resolutions.split(",")]
-    args.max_res = max(resolutions)
+    parser.add_argument("--images", type=int, default=256, help="random images in the data file")
+    args = parser.parse_args(argv)
+    args.resolution_list = [int(r) for r in args.resolutions.split(",")]
+    args.max_res = max(args.resolution_list)
+    return args
+
+
+def write_data(args, path: Path) -> Path:
+    """`--images` random uint8 images at the largest resolution (the recipe resizes them per level)."""
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.integers(0, 256, size=(args.images, args.max_res, args.max_res, 3), dtype=np.uint8))
+    return path
+
+
+def report(args, levels: list[dict]) -> dict:
+    """The JSON object of the measured levels."""
+    return {
+        "bench": "progan",
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "threads": torch.get_num_threads(),
+        "nets": f"progan fmap_base {args.fmap_base}, fmap_max {args.fmap_max}, z 128, data "
+        f"{args.max_res}x{args.max_res}x3; WGAN-GP; batch {args.batch}; 1 process",
+        "levels": levels,
+        "paper_schedule_hours_at_these_rates": round(sum(lv["paper_level_hours_at_this_rate"] for lv in levels), 1),
+        "note": "the paper trained CelebA-HQ 1024 (fmap_base 8192) in about 2 days on 8 V100s; these rates are "
+        "of the net and device above",
+    }
+
+
+def main() -> None:
+    args = parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        rng = np.random.default_rng(0)
-        data = tmp / "d.npz"
-        np.savez(data, x=rng.integers(0, 256, size=(256, args.max_res, args.max_res, 3), dtype=np.uint8))
-        levels = [level(args, res, data, tmp / "runs") for res in resolutions]
-    print(
-        json.dumps(
-            {
-                "bench": "progan",
-                "device": "cuda" if torch.cuda.is_available() else "cpu",
-                "threads": torch.get_num_threads(),
-                "nets": f"progan fmap_base {args.fmap_base}, fmap_max {args.fmap_max}, z 128, data "
-                "{args.max_res}x{args.max_res}x3; WGAN-GP; batch {args.batch}; 1 process",
-                "levels": levels,
-                "paper_schedule_hours_at_these_rates": round(
-                    sum(lv["paper_level_hours_at_this_rate"] for lv in levels), 1
-                ),
-                "note": "the paper trained CelebA-HQ 1024 (fmap_base 8192) in about 2 days on 8 V100s; these rates are "
-                "of the net and device above",
-            },
-            indent=1,
-        )
-    )
+        data = write_data(args, Path(tmp) / "d.npz")
+        levels = [level(args, res, data, Path(tmp) / "runs") for res in args.resolution_list]
+    print(json.dumps(report(args, levels), indent=1))
 
 
 if __name__ == "__main__":

@@ -423,7 +423,8 @@ def bench_preset(args, preset: str, tmp: Path) -> dict:
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This benchmark's options (bench/gpu/ parses its runs' options with it too)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated stylegan2 configs")
     parser.add_argument("--kimg", type=float, default=0.32, help="images (thousands) per side and preset")
@@ -440,6 +441,11 @@ def main() -> None:
     parser.add_argument("--preset", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.intervals < 2:
         parser.error("--intervals must be at least 2 (the first is warm-up)")
