@@ -39,8 +39,10 @@ def block_rows(num_columns: int, max_block_bytes: int = MAX_BLOCK_BYTES) -> int:
 
 
 def _distances(a: Tensor, b: Tensor, b_sq: Tensor) -> Tensor:
-    """Euclidean distances [len(a), len(b)] in float64 (|a|^2 + |b|^2 - 2 a.b, clamped at 0)."""
-    d2 = (a * a).sum(1, keepdim=True) + b_sq[None, :] - 2.0 * (a @ b.T)
+    """Euclidean distances [len(a), len(b)] in float64 (|a|^2 + |b|^2 - 2 a.b, clamped at 0),
+    in place in the one block the product allocates."""
+    d2 = (a @ b.T).mul_(-2.0)
+    d2.add_((a * a).sum(1, keepdim=True)).add_(b_sq[None, :])
     return d2.clamp_(min=0.0).sqrt_()
 
 
@@ -68,8 +70,8 @@ def compute_prdc(
     if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
         raise ValueError(f"features must be [N, D] with one D, got {tuple(real.shape)} and {tuple(fake.shape)}")
     ks = tuple(sorted({pr_k, dc_k}))
-    real_r, fake_r = knn_radii(real, ks, max_block_bytes), knn_radii(fake, ks, max_block_bytes)
-    r, f = real.double(), fake.double()
+    r, f = real.double(), fake.double()  # one float64 copy each, shared with knn_radii
+    real_r, fake_r = knn_radii(r, ks, max_block_bytes), knn_radii(f, ks, max_block_bytes)
     real_sq = (r * r).sum(1)
     precise = torch.zeros(len(f), dtype=torch.bool, device=f.device)
     density_hits = torch.zeros(len(f), dtype=torch.float64, device=f.device)
