@@ -251,6 +251,8 @@ def _check_split(split: Optional[str], reference, ref_path, run_ref) -> list[str
     from bigtrain.eval.intra_fid import reference_file
     from bigtrain.eval.ref_stats import load_ref_stats
 
+    if not ref_path:
+        raise BigtrainError(f"--split {split} needs the held-out statistics: pass them as --ref-stats")
     meta = (reference or load_ref_stats(reference_file(ref_path))).meta
     if meta.get("split") != split:
         raise BigtrainError(
