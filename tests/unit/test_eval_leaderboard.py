@@ -205,6 +205,9 @@ def test_split_checks_the_reference_it_scores_against(per_class, conditional, wo
     args = parser.parse_args([*base, "--ref-stats", str(per_class), "--split", "val"])
     with pytest.raises(BigtrainError, match=f"--split val: {per_class} holds statistics of split 'test'"):
         commands.run_eval(args, load_generation, process_group)
+    args = parser.parse_args(["--run", str(conditional), "--metrics", "is", "--split", "test"])  # no reference at all
+    with pytest.raises(BigtrainError, match="--split test needs the held-out statistics: pass them as --ref-stats"):
+        commands.run_eval(args, load_generation, process_group)
     own = make_run(work / "own", CLASSES, ref_stats=str(per_class / "all.npz"))  # best/ was chosen with it
     warned = run("eval", [*base, "--run", str(own), "--split", "test"], capsys)
     assert any("is the run's eval.ref_stats, which chose its best checkpoint" in w for w in warned["warnings"])
