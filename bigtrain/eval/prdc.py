@@ -59,6 +59,7 @@ def knn_radii(features: Tensor, ks: tuple[int, ...], max_block_bytes: int = MAX_
         nearest = block.topk(max(ks) + 1, dim=1, largest=False).values  # [rows, k+1], itself first
         for k in ks:
             radii[k].append(nearest[:, k])
+        del block  # before the next block is made: one block alive at a time
     return {k: torch.cat(v) for k, v in radii.items()}
 
 
@@ -84,6 +85,7 @@ def compute_prdc(
         density_hits[start : start + rows] = (d < real_r[dc_k][None, :]).sum(1)
         recalled |= (d < fake_r[pr_k][start : start + rows, None]).any(0)
         nearest_fake = torch.minimum(nearest_fake, d.min(0).values)
+        del d  # before the next block is made: one block alive at a time
     return {
         "precision": precise.double().mean().item(),
         "recall": recalled.double().mean().item(),
