@@ -76,7 +76,7 @@ def test_radii_are_exact_and_blocks_change_nothing() -> None:
 
 def test_blocks_keep_memory_linear_in_n() -> None:
     rows = block_rows(50_000)
-    assert rows * 50_000 * 8 <= MAX_BLOCK_BYTES and rows >= 100  # 50k x 50k: ~0.25 GB blocks, not 20 GB
+    assert rows * 50_000 * 8 <= MAX_BLOCK_BYTES and rows >= 100  # 50k x 50k: 0.13 GB blocks, not a 20 GB matrix
     assert block_rows(10**9) == 1
 
 
