@@ -99,12 +99,13 @@ class PRDC(Metric):
         if pr_k < 1 or dc_k < 1:
             raise ValueError(f"k must be >= 1, got pr_k={pr_k}, dc_k={dc_k}")
         self.pr_k, self.dc_k = pr_k, dc_k
-        self.register_buffer("real_features", real_features.double(), persistent=False)
+        # kept in their dtype: float32 features are compared as prdc compares them (bigtrain.eval.prdc)
+        self.register_buffer("real_features", real_features, persistent=False)
         self.add_state("fake_features", default=[], dist_reduce_fx="cat")
 
     def update(self, features: Tensor) -> None:
         """Fake features [B, D] of this rank."""
-        self.fake_features.append(features.double())
+        self.fake_features.append(features)
 
     def compute(self) -> dict[str, float]:
         fake = self.fake_features
@@ -178,7 +179,8 @@ class MetricSet:
                         f"{'/'.join(chosen)}: k = {pr_k} (precision, recall) and {dc_k} (density, coverage) must be "
                         f">= 1 and below the sample counts ({num_samples} generated, {len(ref.features)} reference)"
                     )
-                self.prdc = PRDC(torch.as_tensor(ref.features), pr_k=pr_k, dc_k=dc_k).to(self.device)
+                features = torch.as_tensor(ref.features, dtype=torch.float32)  # as Inception gives them
+                self.prdc = PRDC(features, pr_k=pr_k, dc_k=dc_k).to(self.device)
 
     @torch.no_grad()
     def update(self, pool: Tensor, logits: Tensor) -> None:
@@ -213,7 +215,7 @@ class MetricSet:
                 out["kid"], out["kid_std"] = float(mean), float(std)
             if self.prdc is not None:
                 self.prdc.reset()  # keeps the reference features (a buffer, not a state)
-                self.prdc.update(_cat(self._pool, self.rank))
+                self.prdc.update(_cat(self._pool, self.rank, torch.float32))  # Inception's dtype
                 out.update({k: v for k, v in self.prdc.compute().items() if k in self.names})
         return out
 
@@ -237,10 +239,10 @@ class MetricSet:
                 metric.reset()
 
 
-def _cat(parts: list[Tensor], rank: int) -> Tensor:
+def _cat(parts: list[Tensor], rank: int, dtype: torch.dtype = torch.float64) -> Tensor:
     if not parts:
         raise BigtrainError(f"rank {rank} evaluated no samples; use at least one sample per rank")
-    return torch.cat(parts).double()
+    return torch.cat(parts).to(dtype)
 
 
 def _need(reference: Optional["RefStats"], metric: str, fields: tuple[str, ...], num_features: int) -> "RefStats":
