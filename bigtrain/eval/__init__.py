@@ -1,10 +1,14 @@
-"""Evaluation: FID / IS / KID comparable with published numbers, inside distributed training.
+"""Evaluation: FID / IS / KID / PRDC comparable with published numbers, inside distributed training.
 
     inception.py   the TF "2015-12-05" FID Inception-v3 in plain torch (no torchvision), its
                    TF1 bilinear resize and normalisation; `load_inception`
+    resize.py      the `--resize` modes: legacy (TF1 bilinear) and clean (clean-fid's PIL bicubic)
     weights.py     finding / downloading / checking the standard weights file
     metrics.py     torchmetrics FID, IS, KID in float64 on precomputed features (`MetricSet`),
                    cross-rank sync, `rank_share`
+    prdc.py        precision, recall, density, coverage with exact k-NN radii in blocks
+    intra_fid.py   per-class reference statistics and intra-class FID
+    repeats.py     `eval --repeats K`: K evaluations as mean, std and values
     evaluate.py    `Evaluator` / `evaluate_generator`: N samples across ranks -> metrics + protocol
     images.py      one pass over every image of a data set (npz, image folder, shards)
     ref_stats.py   reference statistics files (pytorch-fid / TTUR / StudioGAN layout + metadata)

@@ -1,4 +1,4 @@
-"""Evaluating a generator: N samples across ranks -> Inception -> FID / IS / KID + protocol.
+"""Evaluating a generator: N samples across ranks -> Inception -> FID / IS / KID / PRDC + protocol.
 
 For periodic evaluation in training, build one `Evaluator` (it loads Inception and the reference
 once) and call it with a generation callable at every `eval.every_kimg`, on every rank at the
@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from bigtrain.errors import BigtrainError
-from bigtrain.eval.metrics import MetricSet, rank_share
+from bigtrain.eval.metrics import NEEDS_REFERENCE, MetricSet, rank_share
+from bigtrain.eval.prdc import DC_K, PR_K
 from bigtrain.eval.protocol import compare, side
 from bigtrain.eval.provenance import code_version, hardware
 from bigtrain.eval.ref_stats import RefStats, load_ref_stats
@@ -43,19 +44,24 @@ class Evaluator:
         device: torch.device | str = "cpu",
         seed: int = 0,
         batch_size: int = 64,
+        pr_k: int = PR_K,
+        dc_k: int = DC_K,
     ):
+        needs_reference = any(m in NEEDS_REFERENCE for m in metrics)
         self.metrics = MetricSet(
             metrics,
-            reference=reference if any(m in metrics for m in ("fid", "kid")) else None,
+            reference=reference if needs_reference else None,
             num_samples=num_samples,
             num_features=inception.num_features,
             rank=rank,
             world_size=world_size,
             device=device,
             seed=seed,
+            pr_k=pr_k,
+            dc_k=dc_k,
         )
         self.num_samples = num_samples
-        self.reference = reference if self.metrics.fid is not None or self.metrics.kid is not None else None
+        self.reference = reference if needs_reference else None
         self.inception = inception
         self.share = rank_share(num_samples, rank, world_size)
         # G runs this many batches on every rank: a generator partitioned across ranks (ZeRO-3)
@@ -80,6 +86,7 @@ class Evaluator:
         inputs: Optional[dict] = None,
         label_sampling: Optional[str] = None,
         training: Optional[dict] = None,
+        seed: Optional[int] = None,
     ) -> dict:
         """Evaluate a generator (collective: every rank calls it). `generate(indices)` returns
         float images [N, C, H, W] in [-1, 1] for those sample indices, made with this
@@ -88,8 +95,12 @@ class Evaluator:
         `is_std`, `kid`, `kid_std`, as chosen), `protocol` and `warnings`; equal on every rank (but
         for `protocol.evaluation.seconds`, each rank's own).
         `inputs` (Recipe.generation_inputs) names the images a translating generator was given;
-        `label_sampling` and `training` (bigtrain.eval.provenance) go into the generated side."""
+        `label_sampling` and `training` (bigtrain.eval.provenance) go into the generated side.
+        `seed`: the seed `generate` draws with, when not this evaluator's (`eval --repeats`); it
+        also seeds IS splits and KID subsets."""
         started = time.monotonic()
+        if seed is not None:
+            self.seed = self.metrics.seed = seed
         self.metrics.reset()
         resolution = None
         for b in range(self.num_batches):

@@ -6,7 +6,8 @@ differs from torchvision's Inception-v3 in four places, all to match TensorFlow:
 - the average pools inside Mixed_5*, Mixed_6b..e and Mixed_7b ignore zero padding;
 - Mixed_7c pools its pool branch with a max pool (a quirk of the TF graph);
 - the input is resized to 299x299 with TF1's bilinear resize (no half-pixel centres, no
-  antialiasing), not PyTorch's;
+  antialiasing), not PyTorch's (or, with `resize="clean"`, as clean-fid's clean mode does:
+  bigtrain.eval.resize);
 - pixels are normalised as (x - 128) / 128, as the graph's Sub/Mul ops do.
 The classifier has 1008 outputs. Its logits are taken without the bias, as the original IS
 code does (`pool3 @ W`), which is torch-fidelity's and torchmetrics' "logits_unbiased".
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bigtrain.eval.resize import RESIZE_MODES, clean_resize
 from bigtrain.eval.weights import WeightsError, WeightsFile, read_state_dict, resolve_weights
 from bigtrain.sampling import to_uint8
 
@@ -31,7 +33,7 @@ INPUT_SIZE = 299
 POOL_FEATURES = 2048
 NUM_LOGITS = 1008
 NETWORK = "tf-inception-v3-2015-12-05"
-RESIZE = "tf1-bilinear-299"  # the resize every protocol record names
+RESIZE = RESIZE_MODES["legacy"]  # the resize every protocol record names, unless made with resize="clean"
 
 
 def tf1_resize_bilinear(x: Tensor, size: int) -> Tensor:
@@ -189,13 +191,17 @@ class InceptionV3(nn.Module):
 
     Images are uint8 [N, C, H, W] (C = 1 or 3, any size) or floats in [-1, 1], which are first
     mapped to uint8 with rounding and clamping, as if saved to PNG. The network always runs with
-    its stored batch-norm statistics and without gradients.
+    its stored batch-norm statistics and without gradients. `resize` is "legacy" (TF1 bilinear) or
+    "clean" (bigtrain.eval.resize).
     """
 
     num_features = POOL_FEATURES  # torchmetrics reads this name
 
-    def __init__(self):
+    def __init__(self, resize: str = "legacy"):
         super().__init__()
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        self.resize = resize
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, 3, padding=1)
@@ -223,10 +229,17 @@ class InceptionV3(nn.Module):
             raise ValueError(f"expected images [N, 1 or 3, H, W], got shape {tuple(images.shape)}")
         if images.dtype != torch.uint8:
             images = to_uint8(images)
-        x = images.to(self.fc.weight.device, torch.float32)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)  # grayscale: the same plane in R, G and B
-        x = tf1_resize_bilinear(x, INPUT_SIZE)  # [N, 3, 299, 299]
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)  # grayscale: the same plane in R, G and B
+        if self.resize == "clean":
+            x = clean_resize(images, INPUT_SIZE).to(self.fc.weight.device)  # [N, 3, 299, 299]
+        else:
+            x = tf1_resize_bilinear(images.to(self.fc.weight.device, torch.float32), INPUT_SIZE)
+        return self.features_299(x)
+
+    @torch.no_grad()
+    def features_299(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(pool, logits) of float pixels [N, 3, 299, 299] in [0, 255], already resized."""
         x = (x - 128) / 128
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))  # [N, 64, 147, 147]
         x = F.max_pool2d(x, kernel_size=3, stride=2)  # [N, 64, 73, 73]
@@ -274,7 +287,7 @@ class InceptionV3(nn.Module):
         w = self.weights
         return {
             "network": NETWORK,
-            "resize": RESIZE,
+            "resize": RESIZE_MODES[self.resize],
             "weights_file": str(w.path) if w else None,
             "weights_sha256": w.sha256 if w else None,
             "standard_weights": bool(w and w.is_standard),
@@ -286,7 +299,9 @@ def _first(items: list[str], n: int = 3) -> str:
 
 
 def load_inception(
-    path: str | Path | None = None, *, device: torch.device | str = "cpu", download: bool = True
+    path: str | Path | None = None, *, device: torch.device | str = "cpu", download: bool = True,
+    resize: str = "legacy",
 ) -> InceptionV3:
-    """The FID network with its weights, found as `bigtrain.eval.weights.resolve_weights` says."""
-    return InceptionV3().load_weights(resolve_weights(path, download=download)).to(device)
+    """The FID network with its weights, found as `bigtrain.eval.weights.resolve_weights` says;
+    `resize`: "legacy" or "clean" (bigtrain.eval.resize)."""
+    return InceptionV3(resize).load_weights(resolve_weights(path, download=download)).to(device)

@@ -1,6 +1,6 @@
-"""FID, IS and KID through torchmetrics, in float64, inside one process or across ranks.
+"""FID, IS, KID and PRDC through torchmetrics, in float64, inside one process or across ranks.
 
-One Inception forward per batch serves all three metrics: the network's pool features and logits
+One Inception forward per batch serves every metric: the network's pool features and logits
 are handed to torchmetrics' metrics through a pass-through feature module (`Precomputed`), so
 torchmetrics does the statistics and the cross-rank synchronisation.
 
@@ -8,10 +8,11 @@ Distributed use (every rank builds the same MetricSet and calls `compute` togeth
 - rank r evaluates the contiguous share `rank_share(N, r, W)` of the N samples. torchmetrics
   gathers list states rank by rank, so contiguous shares reassemble the samples in the order one
   process would see them, and IS splits / KID subsets (seeded) come out the same;
-- IS and KID features are fed to torchmetrics in one update per rank at compute time: its sync
+- IS, KID and PRDC features are fed to torchmetrics in one update per rank at compute time: its sync
   gathers a list state element by element, which needs the same element count on every rank;
 - reference statistics enter FID's sums on rank 0 only (sums add up across ranks); reference
-  features for KID are split contiguously over the ranks like the samples.
+  features for KID are split contiguously over the ranks like the samples; PRDC needs every
+  reference feature on every rank (its k-NN radii are over the whole set; bigtrain.eval.prdc).
 """
 
 from __future__ import annotations
@@ -22,15 +23,19 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torchmetrics import Metric
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from bigtrain.errors import BigtrainError
+from bigtrain.eval.prdc import DC_K, PR_K, compute_prdc
+from bigtrain.eval.prdc import NAMES as PRDC_NAMES
 
 if TYPE_CHECKING:
     from bigtrain.eval.ref_stats import RefStats
 
+NEEDS_REFERENCE = ("fid", "kid", *PRDC_NAMES)  # the metrics that compare with a reference
 IS_SPLITS = 10  # as in the original IS code
 KID_SUBSETS = 100  # as in Binkowski et al. and torchmetrics
 KID_SUBSET_SIZE = 1000  # capped by the sample counts
@@ -83,6 +88,31 @@ def new_fid(num_features: int, device: torch.device | str = "cpu") -> FrechetInc
     return FrechetInceptionDistance(feature=Precomputed(num_features), reset_real_features=False).to(device)
 
 
+class PRDC(Metric):
+    """torchmetrics state for PRDC: the reference features (whole, on every rank) and the fake
+    features of each rank, gathered at compute time."""
+
+    full_state_update = False
+
+    def __init__(self, real_features: Tensor, *, pr_k: int = PR_K, dc_k: int = DC_K, **kwargs):
+        super().__init__(**kwargs)
+        if pr_k < 1 or dc_k < 1:
+            raise ValueError(f"k must be >= 1, got pr_k={pr_k}, dc_k={dc_k}")
+        self.pr_k, self.dc_k = pr_k, dc_k
+        # kept in their dtype: float32 features are compared as prdc compares them (bigtrain.eval.prdc)
+        self.register_buffer("real_features", real_features, persistent=False)
+        self.add_state("fake_features", default=[], dist_reduce_fx="cat")
+
+    def update(self, features: Tensor) -> None:
+        """Fake features [B, D] of this rank."""
+        self.fake_features.append(features)
+
+    def compute(self) -> dict[str, float]:
+        fake = self.fake_features
+        fake = torch.cat(fake) if isinstance(fake, list) else fake  # a tensor after the gather
+        return compute_prdc(self.real_features, fake, pr_k=self.pr_k, dc_k=self.dc_k)
+
+
 class MetricSet:
     """The chosen metrics of generated samples against a reference, for one rank.
 
@@ -102,6 +132,8 @@ class MetricSet:
         world_size: int = 1,
         device: torch.device | str = "cpu",
         seed: int = 0,
+        pr_k: int = PR_K,
+        dc_k: int = DC_K,
     ):
         unknown = [n for n in names if n not in METRICS]
         if unknown or not names:
@@ -115,7 +147,7 @@ class MetricSet:
         self.device = torch.device(device)
         self._pool: list[Tensor] = []
         self._logits: list[Tensor] = []
-        self.fid = self.inception_score = self.kid = None
+        self.fid = self.inception_score = self.kid = self.prdc = None
         with warnings.catch_warnings():  # IS/KID warn that they keep every feature: we know
             warnings.simplefilter("ignore", UserWarning)
             if "fid" in self.names:
@@ -138,20 +170,32 @@ class MetricSet:
                     reset_real_features=False,
                 ).to(self.device)
                 self.kid.update(torch.as_tensor(ref.features[np.asarray(share)], device=self.device), real=True)
+            chosen = [n for n in self.names if n in PRDC_NAMES]
+            if chosen:
+                ref = _need(reference, chosen[0], ("features",), num_features)
+                k = max(pr_k, dc_k)
+                if min(num_samples, len(ref.features)) <= k or min(pr_k, dc_k) < 1:
+                    raise BigtrainError(
+                        f"{'/'.join(chosen)}: k = {pr_k} (precision, recall) and {dc_k} (density, coverage) must be "
+                        f">= 1 and below the sample counts ({num_samples} generated, {len(ref.features)} reference)"
+                    )
+                features = torch.as_tensor(ref.features, dtype=torch.float32)  # as Inception gives them
+                self.prdc = PRDC(features, pr_k=pr_k, dc_k=dc_k).to(self.device)
 
     @torch.no_grad()
     def update(self, pool: Tensor, logits: Tensor) -> None:
         """Features of a batch of generated samples: pool [B, D], logits [B, K]."""
         if self.fid is not None:
             self.fid.update(pool.to(self.device), real=False)
-        if self.kid is not None:
+        if self.kid is not None or self.prdc is not None:
             self._pool.append(pool.to(self.device))
         if self.inception_score is not None:
             self._logits.append(logits.to(self.device))
 
     @torch.no_grad()
     def compute(self) -> dict[str, float]:
-        """{"fid", "is", "is_std", "kid", "kid_std"} (those chosen), equal on every rank."""
+        """{"fid", "is", "is_std", "kid", "kid_std", "precision", "recall", "density", "coverage"}
+        (those chosen), equal on every rank."""
         out: dict[str, float] = {}
         # IS and KID draw splits/subsets from torch's global generator: seed a private copy of it
         # so results are reproducible and the caller's random stream is left untouched.
@@ -169,6 +213,10 @@ class MetricSet:
                 self.kid.update(_cat(self._pool, self.rank), real=False)
                 mean, std = self.kid.compute()
                 out["kid"], out["kid_std"] = float(mean), float(std)
+            if self.prdc is not None:
+                self.prdc.reset()  # keeps the reference features (a buffer, not a state)
+                self.prdc.update(_cat(self._pool, self.rank, torch.float32))  # Inception's dtype
+                out.update({k: v for k, v in self.prdc.compute().items() if k in self.names})
         return out
 
     def settings(self) -> dict:
@@ -178,21 +226,23 @@ class MetricSet:
             out["is_splits"] = IS_SPLITS
         if self.kid is not None:
             out.update(kid_subsets=KID_SUBSETS, kid_subset_size=self.kid.subset_size, kid_degree=3)
+        if self.prdc is not None:  # the features are the pool features FID uses (the network's record)
+            out.update(prdc_features="pool", pr_k=self.prdc.pr_k, dc_k=self.prdc.dc_k)
         return out
 
     def reset(self) -> None:
         """Forget the generated samples (the reference stays)."""
         self._pool.clear()
         self._logits.clear()
-        for metric in (self.fid, self.inception_score, self.kid):
+        for metric in (self.fid, self.inception_score, self.kid, self.prdc):
             if metric is not None:
                 metric.reset()
 
 
-def _cat(parts: list[Tensor], rank: int) -> Tensor:
+def _cat(parts: list[Tensor], rank: int, dtype: torch.dtype = torch.float64) -> Tensor:
     if not parts:
         raise BigtrainError(f"rank {rank} evaluated no samples; use at least one sample per rank")
-    return torch.cat(parts).double()
+    return torch.cat(parts).to(dtype)
 
 
 def _need(reference: Optional["RefStats"], metric: str, fields: tuple[str, ...], num_features: int) -> "RefStats":
@@ -203,7 +253,7 @@ def _need(reference: Optional["RefStats"], metric: str, fields: tuple[str, ...],
     if any(getattr(reference, f) is None for f in fields):
         raise BigtrainError(
             f"{reference.path}: has no {'/'.join(fields)} for {metric.upper()}"
-            + ("; rebuild it with `bigtrain ref-stats --features`" if metric == "kid" else "")
+            + ("; rebuild it with `bigtrain ref-stats --features`" if "features" in fields else "")
         )
     if len(reference.mu) != num_features:
         raise BigtrainError(
@@ -218,4 +268,8 @@ METRICS = {
     "fid": "Frechet Inception Distance (pool features vs reference mu/sigma)",
     "is": "Inception Score (unbiased logits, 10 splits)",
     "kid": "Kernel Inception Distance (pool features vs reference features)",
+    "precision": f"improved precision, k = {PR_K} by default (pool features vs reference features)",
+    "recall": f"improved recall, k = {PR_K} by default (pool features vs reference features)",
+    "density": f"density, k = {DC_K} by default (pool features vs reference features)",
+    "coverage": f"coverage, k = {DC_K} by default (pool features vs reference features)",
 }

@@ -1,4 +1,4 @@
-"""Distributed evaluation: 2 processes on CPU (gloo) give the same FID / IS / KID as 1 process.
+"""Distributed evaluation: 2 processes on CPU (gloo) give the same FID / IS / KID / PRDC as 1 process.
 
 This file is also the worker that torchrun starts:
     python -m torch.distributed.run --nproc_per_node 2 tests/dist/test_eval_dist.py OUT_PREFIX
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 NUM_SAMPLES = 37
+PRDC = ("precision", "recall", "density", "coverage")
 BATCH = 6
 Z_DIM, NUM_CLASSES = 8, 3
 
@@ -67,16 +68,20 @@ def evaluate(rank: int, world_size: int) -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the same weights in every process
         G, features = TinyG(), SmallFeatures()
-    real = np.random.default_rng(0).normal(0.3, 0.2, size=(40, 16)).astype(np.float32)
+    from bigtrain.sampling import generate
+
+    # half of the reference is G's own (other seed), half elsewhere: PRDC is neither 0 nor 1
+    own = features(generate(G, z_dim=Z_DIM, num_classes=NUM_CLASSES, indices=list(range(20)), seed=99)[0])[0]
+    real = np.random.default_rng(0).normal(0.3, 0.2, size=(20, 16)).astype(np.float32)
+    real = np.concatenate([own.numpy(), real])
     mu, sigma = real.mean(0, dtype=np.float64), np.cov(real.astype(np.float64), rowvar=False)
     reference = RefStats("ref.npz", mu, sigma, real, {"num_images": 40})
-    from bigtrain.sampling import generate
 
     def images(indices):
         return generate(G, z_dim=Z_DIM, num_classes=NUM_CLASSES, indices=indices, seed=7, truncation=1.5, batch_size=BATCH)[0]
 
     return evaluate_generator(
-        images, num_samples=NUM_SAMPLES, metrics=["fid", "is", "kid"],
+        images, num_samples=NUM_SAMPLES, metrics=["fid", "is", "kid", *PRDC],
         ref_stats=reference, inception=features, seed=7, truncation=1.5, device="cpu", rank=rank,
         world_size=world_size, batch_size=BATCH,
     )  # fmt: skip
@@ -112,10 +117,11 @@ def test_two_processes_give_the_same_metrics_as_one(tmp_path) -> None:
     ranks = [json.loads((tmp_path / f"out.rank{r}.json").read_text()) for r in (0, 1)]
     single = evaluate(0, 1)
     assert ranks[0]["world_size"] == 2
-    for key in ("fid", "is", "is_std", "kid", "kid_std"):
+    for key in ("fid", "is", "is_std", "kid", "kid_std", *PRDC):
         assert ranks[0][key] == ranks[1][key], key  # every rank holds the synchronised result
         assert ranks[0][key] == pytest.approx(single[key], rel=1e-6, abs=1e-9), key
     assert single["fid"] > 0.1 and single["is"] > 1.01 and single["kid"] > 1e-4  # not trivially equal
+    assert single["precision"] > 0 and 0 < single["recall"] < 1 and 0 < single["coverage"] < 1, single  # not trivial
     # the same protocol, but for how the evaluation ran (its processes and seconds)
     assert {k: v for k, v in ranks[0]["protocol"].items() if k != "evaluation"} == {
         k: v for k, v in single["protocol"].items() if k != "evaluation"}

@@ -251,6 +251,41 @@ def test_ref_stats_eval_and_fid(run_dir, work, weights):
     assert fid["fid"] > 0 and fid["protocol"]["a"]["num_images"] == 8
 
 
+def test_leaderboard_eval_prdc_repeats_split_and_clean_resize(run_dir, work, weights):
+    refs = work / "refs-per-class"
+    clean = [*inception(weights), "--resize", "clean"]
+    made = ok(bigtrain("ref-stats", str(work / "d.npz"), str(refs), "--per-class", "--features", "--split", "test", "--num", "8", *clean, cwd=work))
+    assert json.loads(made.stdout)["class_num_images"] == [2, 2, 2, 2]
+    assert sorted(p.name for p in refs.iterdir()) == ["all.npz", "class-0000.npz", "class-0001.npz", "class-0002.npz", "class-0003.npz"]
+    out = ok(bigtrain("eval", "--run", str(run_dir), "--metrics", "precision,recall,density,coverage", "--num", "6", "--repeats", "2",
+                      "--ref-stats", str(refs), "--split", "test", *clean, cwd=work))
+    result = json.loads(out.stdout)
+    for name in ("precision", "recall", "density", "coverage"):
+        assert len(result["repeats"][name]["values"]) == 2 and result[name] == result["repeats"][name]["mean"], name
+    protocol = result["protocol"]
+    assert protocol["seeds"] == [0, 1] and protocol["split"] == "test" and (protocol["pr_k"], protocol["dc_k"]) == (3, 5)
+    assert protocol["generated"]["resize"] == protocol["reference"]["resize"] == "pil-bicubic-float-299"
+    assert not any("differ in resize" in w for w in result["warnings"])
+    # intra_fid's FID per class is tested against per-class `bigtrain fid` calls in the slow test below
+    wrong = bigtrain("eval", "--run", str(run_dir), "--metrics", "intra_fid", "--ref-stats", str(refs / "all.npz"), *clean, cwd=work)
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "ref-stats DATA OUT_DIR --per-class" in wrong.stderr
+
+
+@pytest.mark.slow  # eight 2048-d matrix roots; tests/unit/test_eval_leaderboard.py checks the same on 8-d features
+def test_intra_fid_is_the_mean_of_per_class_fid_commands(run_dir, work, weights):
+    refs = work / "refs-intra"
+    ok(bigtrain("ref-stats", str(work / "d.npz"), str(refs), "--per-class", *inception(weights), cwd=work))
+    result = json.loads(ok(bigtrain("eval", "--run", str(run_dir), "--metrics", "intra_fid", "--num", "16", "--seed", "2",
+                                    "--ref-stats", str(refs), *inception(weights), cwd=work)).stdout)
+    by_hand = []
+    for c in range(4):
+        samples = work / f"intra-{c}.npz"
+        ok(bigtrain("sample", "--run", str(run_dir), "--class", str(c), "--num", "4", "--seed", "2", "--out", str(samples), cwd=work))
+        by_hand.append(json.loads(ok(bigtrain("fid", str(samples), str(refs / f"class-{c:04d}.npz"), *inception(weights), cwd=work)).stdout)["fid"])
+    assert result["intra_fid_per_class"] == pytest.approx(by_hand, rel=1e-6)
+    assert result["intra_fid"] == pytest.approx(np.mean(by_hand), rel=1e-6)
+
+
 def test_export_writes_plain_weights(run_dir, work):
     out = work / "export"
     ok(bigtrain("export", "--run", str(run_dir), "--out", str(out), cwd=work))
