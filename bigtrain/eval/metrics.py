@@ -135,6 +135,9 @@ class MetricSet:
         pr_k: int = PR_K,
         dc_k: int = DC_K,
     ):
+        for name in names:
+            if name in NOT_PROVIDED:
+                raise BigtrainError(f"{name}: {NOT_PROVIDED[name]}")
         unknown = [n for n in names if n not in METRICS]
         if unknown or not names:
             raise BigtrainError(f"unknown metrics {unknown or list(names)}; choose from {', '.join(METRICS)}")
@@ -264,6 +267,11 @@ def _need(reference: Optional["RefStats"], metric: str, fields: tuple[str, ...],
     return reference
 
 
+NOT_PROVIDED = {  # metrics people ask for that bigtrain does not compute, and why
+    "ppl": "perceptual path length is not provided: it measures distances with LPIPS, whose VGG16 weights "
+    "bigtrain can neither ship nor download, and an LPIPS with other weights would give numbers that "
+    "compare with nothing published",
+}
 METRICS = {
     "fid": "Frechet Inception Distance (pool features vs reference mu/sigma)",
     "is": "Inception Score (unbiased logits, 10 splits)",

@@ -154,6 +154,15 @@ def test_intra_fid_is_refused_for_an_unconditional_run(per_class, work) -> None:
         commands.run_eval(args, load_generation, process_group)
 
 
+def test_perceptual_path_length_is_refused_with_the_reason(per_class, conditional) -> None:
+    """Issue 26: PPL needs LPIPS's VGG16 weights, which cannot be shipped or downloaded here: refused, not faked."""
+    parser = argparse.ArgumentParser()
+    commands.add_eval_arguments(parser)
+    args = parser.parse_args(["--run", str(conditional), "--metrics", "fid,ppl", "--ref-stats", str(per_class / "all.npz")])
+    with pytest.raises(BigtrainError, match="ppl: perceptual path length is not provided: .*LPIPS"):
+        commands.run_eval(args, load_generation, process_group)
+
+
 def test_intra_fid_needs_per_class_statistics(per_class, conditional) -> None:
     parser = argparse.ArgumentParser()
     commands.add_eval_arguments(parser)
