@@ -277,8 +277,8 @@ class CheckpointConfig:
 class EvalConfig:
     every_kimg: float = 0.0  # periodic evaluation interval; 0 = off
     num_samples: int = 10000  # generated images per evaluation (papers report 50k: compare like with like)
-    metrics: list[str] = field(default_factory=lambda: ["fid"])  # fid, is, kid
-    ref_stats: str = ""  # reference statistics npz (`bigtrain ref-stats`), needed for fid and kid
+    metrics: list[str] = field(default_factory=lambda: ["fid"])  # fid, is, kid, precision, recall, density, coverage
+    ref_stats: str = ""  # reference statistics npz (`bigtrain ref-stats`; --features for kid and the last four)
     inception_weights: str = ""  # FID Inception weights file; "" = $BIGTRAIN_INCEPTION_WEIGHTS, hub cache, download
     seed: int = 0  # evaluation latents and IS/KID subsets, fixed so evaluations compare
     batch_size: int = 64  # samples per G / Inception forward per rank
@@ -288,13 +288,16 @@ class EvalConfig:
         _check_positive("eval.every_kimg", self.every_kimg, allow_zero=True)
         _check_positive("eval.num_samples", self.num_samples)
         _check_positive("eval.batch_size", self.batch_size)
+        compared = ("fid", "kid", "precision", "recall", "density", "coverage")  # against the reference
         for metric in self.metrics:
-            _check_choice("eval.metrics", metric, ("fid", "is", "kid"))
+            _check_choice("eval.metrics", metric, ("is", *compared))
         if self.every_kimg > 0 and not self.metrics:
             raise ConfigError("eval.metrics", "is empty but eval.every_kimg > 0")
-        if self.every_kimg > 0 and not self.ref_stats and {"fid", "kid"} & set(self.metrics):
+        if self.every_kimg > 0 and not self.ref_stats and set(compared) & set(self.metrics):
             raise ConfigError(
-                "eval.ref_stats", "fid and kid need reference statistics (make them with `bigtrain ref-stats`)"
+                "eval.ref_stats",
+                f"{', '.join(m for m in self.metrics if m in compared)} need reference statistics (make them with "
+                "`bigtrain ref-stats`; --features for kid, precision, recall, density and coverage)",
             )
 
 

@@ -43,6 +43,31 @@ def test_bad_eval_config_is_refused(tmp_path):
     assert out.returncode == 2 and "eval.ref_stats" in out.stderr
     out = run_cli("train", str(cfg), "eval.metrics=[fid,lpips]")
     assert out.returncode == 2 and "eval.metrics" in out.stderr
+    out = run_cli("train", str(cfg), "eval.every_kimg=1", "eval.metrics=[is,precision,coverage]")
+    assert out.returncode == 2 and "precision, coverage need reference statistics" in out.stderr
+
+
+@pytest.mark.slow  # 2048-d Inception features of the reference and of each evaluation: ~1 min on 2 cores
+def test_periodic_precision_recall_density_coverage(tmp_path, weights):
+    """Issue 26: the PRDC metrics in eval.metrics, logged at each periodic evaluation, equal to what
+    `bigtrain eval` computes from the same checkpoint."""
+    data = write_images_npz(tmp_path / "d.npz", n=32, res=8)
+    stats = tmp_path / "stats.npz"
+    made = run_cli("ref-stats", str(data), str(stats), "--weights", str(weights), "--no-download", "--features")
+    assert made.returncode == 0, made.stderr[-2000:]
+    prdc = ["precision", "recall", "density", "coverage"]
+    cfg = tiny_config(tmp_path, data, train={"total_kimg": 0.064}, eval={"every_kimg": 0.032, "num_samples": 16, "metrics": prdc, "ref_stats": str(stats), "inception_weights": str(weights)},
+                      checkpoint={"every_kimg": 0.064})
+    out = run_cli("train", str(write_config(tmp_path / "c.yaml", cfg)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = _eval_rows(tmp_path / "runs" / "tiny")
+    assert [r["kimg"] for r in rows] == [0.032, 0.064]
+    assert all(0 <= r[f"eval/{m}"] for r in rows for m in prdc)
+    again = run_cli("eval", "--checkpoint", str(tmp_path / "runs" / "tiny" / "checkpoints" / "step-00000004"), "--metrics", ",".join(prdc), "--num", "16",
+                    "--ref-stats", str(stats), "--weights", str(weights), "--device", "cpu")
+    assert again.returncode == 0, again.stderr[-2000:]
+    for m in prdc:
+        assert json.loads(again.stdout)[m] == pytest.approx(rows[1][f"eval/{m}"], rel=1e-6), m
 
 
 @pytest.mark.slow  # a 2048-d FID takes 30-60 s on a 2-core CPU
