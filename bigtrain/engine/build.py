@@ -122,16 +122,17 @@ class Run:
         for spec in self.recipe.players():
             net = spec.build()
             if spec.name in initial:  # before any engine copies, casts or partitions the weights
-                state.load_initial(net, initial[spec.name][0], f"{cfg.train.init_from}'s {spec.name}")
+                weights, _, absent = initial[spec.name]
+                state.load_initial(net, weights, f"{cfg.train.init_from}'s {spec.name}", absent)
             net = net.to(backend.device)
             if cfg.train.channels_last:
                 net = net.to(memory_format=torch.channels_last)  # 4-d weights only; G_ema too
             if spec.ema:  # copied before the backend wraps it: an engine may cast or partition it
                 self.emas[spec.name] = EMA(net, cfg.ema)
-                ema_weights = initial.get(spec.name, (None, None))[1]
+                _, ema_weights, absent = initial.get(spec.name, (None, None, ()))
                 if ema_weights is not None:
                     state.load_initial(
-                        self.emas[spec.name].module, ema_weights, f"{cfg.train.init_from}'s {spec.name}_ema"
+                        self.emas[spec.name].module, ema_weights, f"{cfg.train.init_from}'s {spec.name}_ema", absent
                     )
             backend.attach_cross_replica(net)  # after the EMA copy: G_ema keeps its own statistics
             if spec.name in compiled:  # in place, after the EMA copy (it samples at any batch size, eagerly)

@@ -34,6 +34,9 @@ TRAINER_FILE = "trainer.pt"
 LATEST = "latest"
 BEST = "best"
 BEST_RECORD = "eval.json"
+# trainer.pt's {player: {sub-module: why}}: parts of a player it holds no weights for (`bigtrain import` of
+# one released generator of a pair); readers refuse to run them (engine/generation.py) or start them afresh
+ABSENT = "absent"
 
 
 def checkpoint_name(step: int) -> str:
@@ -294,6 +297,12 @@ def player_weights(folder: Path, state: dict, name: str, use_ema: bool) -> tuple
         f"{folder}: {name}'s raw weights are in DeepSpeed's engine files; run `bigtrain export --checkpoint {folder}` "
         "first (the EMA copy, the default, needs no export)"
     )
+
+
+def absent_parts(state: dict, name: str) -> dict[str, str]:
+    """Sub-modules of player `name` whose weights the checkpoint does not hold, each with the reason
+    (a CycleGAN import of one direction: G's other generator); {} when it holds every weight."""
+    return dict((state.get(ABSENT) or {}).get(name, {}))
 
 
 def export_folder(folder: Path) -> Path:

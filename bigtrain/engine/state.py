@@ -180,10 +180,13 @@ def _other_world(run: "Run", folder: Path, written: int, trainer_state: dict, ra
     return state
 
 
-def initial_weights(path: str, names: list[str]) -> dict[str, tuple[dict, Optional[dict]]]:
-    """(weights, EMA weights or None) by player, from a run directory (its latest checkpoint) or a
-    checkpoint folder (or an export of one), for `train.init_from`: the nets start from them while
-    the counters, optimizers and recipe state start afresh (train.resume continues a run instead)."""
+def initial_weights(path: str, names: list[str]) -> dict[str, tuple[dict, Optional[dict], tuple[str, ...]]]:
+    """(weights, EMA weights or None, sub-modules it holds no weights for) by player, from a run
+    directory (its latest checkpoint) or a checkpoint folder (or an export of one), for
+    `train.init_from`: the nets start from them while the counters, optimizers and recipe state
+    start afresh (train.resume continues a run instead). A player or sub-module that an import did
+    not give (a released G without D; one direction of CycleGAN's G) starts from its initial
+    weights, with a warning."""
     folder = Path(path)
     if (folder / "checkpoints").is_dir() or not (folder / checkpoint.TRAINER_FILE).is_file():
         folder = checkpoint.resolve_folder(path, None)
@@ -200,12 +203,18 @@ def initial_weights(path: str, names: list[str]) -> dict[str, tuple[dict, Option
             have = ", ".join(sorted(trainer_state["players"]))
             raise CheckpointError(f"train.init_from: {folder} has no player {name!r} (it has {have})")
         weights, _ = checkpoint.player_weights(folder, trainer_state, name, use_ema=False)
-        found[name] = (weights, trainer_state.get(f"{name}_ema"))
+        absent = checkpoint.absent_parts(trainer_state, name)
+        for part, why in absent.items():
+            warnings.warn(
+                f"train.init_from: {folder} {why}; {name}.{part} starts from its initial weights", stacklevel=2
+            )
+        found[name] = (weights, trainer_state.get(f"{name}_ema"), tuple(absent))
     return found
 
 
-def load_initial(net: torch.nn.Module, weights: dict, what: str) -> None:
-    """Load `weights` into `net`, refusing with the first key or shape that does not fit."""
+def load_initial(net: torch.nn.Module, weights: dict, what: str, absent: tuple[str, ...] = ()) -> None:
+    """Load `weights` into `net`, refusing with the first key or shape that does not fit; the
+    `absent` sub-modules, which `weights` lack, keep their initial weights."""
     mine = net.state_dict()
     for key, value in weights.items():
         if key not in mine:
@@ -214,10 +223,10 @@ def load_initial(net: torch.nn.Module, weights: dict, what: str) -> None:
             raise CheckpointError(
                 f"train.init_from: {what}'s {key!r} is {tuple(value.shape)}, this net's {tuple(mine[key].shape)}"
             )
-    missing = [k for k in mine if k not in weights]
+    missing = [k for k in mine if k not in weights and not k.startswith(tuple(f"{part}." for part in absent))]
     if missing:
         raise CheckpointError(f"train.init_from: {what} has no {missing[0]!r}, which this config's net needs")
-    net.load_state_dict(weights)
+    net.load_state_dict(weights, strict=False)  # every key checked above
 
 
 def source_stats(run: "Run") -> dict[str, float]:

@@ -30,13 +30,16 @@ CHECK_TOLERANCE = 1e-5  # max |ours - reference| relative to max(1, max |referen
 @dataclass
 class Part:
     """The tensors of one reference network, and where they go: player `player` (its EMA copy
-    when `ema`), under `prefix` inside it (CycleGAN's G_AB. and G_BA. of the one player G)."""
+    when `ema`), under `prefix` inside it (CycleGAN's G_AB. and G_BA. of the one player G). A part
+    with `absent` (why) stands for a sub-network no file gives (the other direction of a released
+    CycleGAN generator): the checkpoint records it (checkpoint.ABSENT), and no reader runs it."""
 
     player: str
     file: str
     tensors: dict[str, torch.Tensor]
     prefix: str = ""
     ema: bool = False
+    absent: str = ""
 
     @property
     def what(self) -> str:
@@ -57,6 +60,9 @@ class Format:
     rename: Callable[[str, object], Optional[str]]
     adapt: Callable[[Part, dict, dict, object], dict] = lambda part, renamed, expected, cfg: renamed
     refuses: Callable[[object], Optional[str]] = lambda cfg: None  # why a config of its recipes does not fit
+    # --direction (one generator of a pair): read(paths, direction) then reads its files, and direct(cfg,
+    # direction) makes the config translate that direction in sample and eval; None: the format takes none
+    direct: Optional[Callable[[object, str], None]] = None
 
 
 def _formats() -> dict[str, Format]:
@@ -130,12 +136,17 @@ def _nets(cfg, info):
 
 def convert(
     fmt: Format, parts: list[Part], cfg, nets: dict, sampled: tuple[str, ...]
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Weights by player (and `<player>_ema`) from the parts. The `sampled` players need a file;
-    another player may be left out (released generators come without D), with a warning: a run
-    started from the import (train.init_from) initialises it afresh."""
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, str]]]:
+    """Weights by player (and `<player>_ema`) from the parts, and the sub-modules by player that the
+    `absent` parts stand for (sub-module -> why). The `sampled` players need a file; another player may
+    be left out (released generators come without D), with a warning: a run started from the import
+    (train.init_from) initialises it afresh."""
     found: dict[str, dict[str, torch.Tensor]] = {}
+    absent: dict[str, dict[str, str]] = {}
     for part in parts:
+        if part.absent:
+            absent.setdefault(part.player, {})[part.prefix[:-1]] = part.absent
+            continue
         if part.player not in nets:
             raise BigtrainError(f"{part.file}: holds {part.what}, which config's recipe has no player for")
         net, ema = nets[part.player]
@@ -151,7 +162,8 @@ def convert(
         for key in (name, f"{name}_ema"):
             if key not in found:
                 continue
-            missing = [k for k in net.state_dict() if k not in found[key]]
+            gaps = tuple(f"{sub}." for sub in absent.get(name, {}))
+            missing = [k for k in net.state_dict() if k not in found[key] and not k.startswith(gaps)]
             if missing:
                 raise BigtrainError(f"no file gives {key}'s {missing[0]!r} (the {fmt.name} format reads {fmt.files})")
         if name in found:
@@ -166,13 +178,15 @@ def convert(
                 f"initialises {name} afresh",
                 stacklevel=2,
             )
-    return found
+    return found, absent
 
 
-def check(nets: dict, weights: dict, reference: Path) -> dict[str, float]:
+def check(nets: dict, weights: dict, absent: dict, reference: Path) -> dict[str, float]:
     """Max |ours - reference| of every output stored in `reference` (reference_outputs.pt: entry
     "<player>[_ema][.<part>]" -> inputs, kwargs, output), the nets in eval mode; BigtrainError above
-    CHECK_TOLERANCE (relative to max(1, max |reference|))."""
+    CHECK_TOLERANCE (relative to max(1, max |reference|)), or for an entry of an `absent` sub-module."""
+    from bigtrain.engine.generation import load_present
+
     if not reference.is_file():
         raise BigtrainError(f"--check: {reference} not found (the reference outputs to compare with)")
     entries = torch.load(reference, map_location="cpu", weights_only=True)
@@ -182,8 +196,7 @@ def check(nets: dict, weights: dict, reference: Path) -> dict[str, float]:
         player = head[: -len("_ema")] if head.endswith("_ema") and head not in nets else head
         if player not in nets or head not in weights:
             raise BigtrainError(f"--check: {reference}: {entry!r} names no imported network")
-        net = nets[player][0]
-        net.load_state_dict(weights[head])
+        net = load_present(nets[player][0], weights[head], absent.get(player, {}), "the import")
         module = net.get_submodule(part) if part else net
         with torch.no_grad():
             out = module.eval()(*record["inputs"], **record.get("kwargs", {}))
@@ -199,18 +212,27 @@ def check(nets: dict, weights: dict, reference: Path) -> dict[str, float]:
     return diffs
 
 
-def import_run(fmt_name: str, paths: list[str], config: str, out: str, do_check: bool = False) -> dict:
+def import_run(
+    fmt_name: str, paths: list[str], config: str, out: str, do_check: bool = False, direction: Optional[str] = None
+) -> dict:
     """Import `paths` of format `fmt_name` with the nets of `config` into run directory `out`;
-    returns a summary (players, information, --check's differences)."""
+    `direction` (AB | BA) says which a single generator of a pair maps. Returns a summary (players,
+    information, --check's differences)."""
     from bigtrain.config import to_dict, to_yaml
     from bigtrain.data import assumed_info
     from bigtrain.engine import checkpoint
+    from bigtrain.engine.generation import load_present
     from bigtrain.families import load_config
 
     formats = _formats()
     if fmt_name not in formats:
         raise BigtrainError(f"unknown import format {fmt_name!r}; formats: {', '.join(sorted(formats))}")
     fmt = formats[fmt_name]
+    if direction is not None and fmt.direct is None:
+        raise BigtrainError(
+            f"--direction is for one generator of a pair (cyclegan's latest_net_G.pth); the {fmt.name} format takes "
+            "none"
+        )
     run_dir = Path(out)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise BigtrainError(f"{run_dir} exists and is not an empty folder; refusing to write into it")
@@ -225,13 +247,16 @@ def import_run(fmt_name: str, paths: list[str], config: str, out: str, do_check:
     for path in files:
         if not path.exists():
             raise BigtrainError(f"{path}: file not found")
-    parts, info = fmt.read(files)
+    parts, info = fmt.read(files, direction) if fmt.direct else fmt.read(files)
+    if direction is not None:
+        fmt.direct(cfg, direction)
     data_info = assumed_info(cfg.data, cfg.model.num_classes)
     recipe, nets = _nets(cfg, data_info)
-    weights = convert(fmt, parts, cfg, nets, recipe.sampled)
+    weights, absent = convert(fmt, parts, cfg, nets, recipe.sampled)
     for name, w in weights.items():  # every tensor in its place (fit checked them one by one)
-        nets[name.removesuffix("_ema") if name not in nets else name][0].load_state_dict(w)
-    diffs = check(nets, weights, files[0].parent / REFERENCE_OUTPUTS) if do_check else None
+        player = name.removesuffix("_ema") if name not in nets else name
+        load_present(nets[player][0], w, absent.get(player, {}), "the import")
+    diffs = check(nets, weights, absent, files[0].parent / REFERENCE_OUTPUTS) if do_check else None
     imported = {"format": fmt.name, "files": [str(p) for p in files], **info}
     state = {
         "players": {name: {"net": weights[name]} for name in nets if name in weights},
@@ -243,6 +268,7 @@ def import_run(fmt_name: str, paths: list[str], config: str, out: str, do_check:
         "config": to_dict(cfg),
         "data_info": data_info.to_dict(),
         "imported": imported,
+        checkpoint.ABSENT: absent,
     }
     folder = checkpoint.write_imported(run_dir, state)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -265,12 +291,18 @@ def add_import_arguments(p) -> None:
     )
     p.add_argument("--out", required=True, help="the run directory to write (must not exist, or be empty)")
     p.add_argument(
+        "--direction",
+        choices=("AB", "BA"),
+        default=None,
+        help="cyclegan's one released generator (latest_net_G.pth): AB if it maps domain A to B, BA if B to A",
+    )
+    p.add_argument(
         "--check", action="store_true", help=f"compare outputs with {REFERENCE_OUTPUTS} beside the first file"
     )
 
 
 def run_import(args) -> int:
     """The `import` command: prints one JSON object (run directory, players, --check's differences)."""
-    summary = import_run(args.format, args.files, args.config, args.out, args.check)
+    summary = import_run(args.format, args.files, args.config, args.out, args.check, args.direction)
     print(json.dumps(summary))
     return 0

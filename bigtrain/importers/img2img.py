@@ -5,7 +5,10 @@ Names: the ResNet G and the PatchGAN Ds are `model.i` -> `net.i` (`conv_block` -
 the residual blocks); the U-Net's nested blocks (`model.model.1.model.3.model...`) map level by
 level onto `down.i` / `up.i`. CycleGAN's G_A (A -> B) and G_B are bigtrain's G_AB and G_BA, both
 in the player G; the reference's D_A judges domain B (real B against G_A(A)), so it is bigtrain's
-D_B, and its D_B is our D_A. Two things of older or other settings are converted: instance-norm
+D_B, and its D_B is our D_A. The reference's released CycleGAN models are one generator each
+(`latest_net_G.pth`, which its test model loads), of one direction: `--direction AB|BA` puts it in
+G_AB or G_BA, and the other generator is recorded as absent (checkpoint.ABSENT), never random
+weights that could translate. Two things of older or other settings are converted: instance-norm
 running statistics (saved by the reference before PyTorch 0.4, and dropped by its own loader) are
 dropped, and with `norm: none` the reference's convs have no bias, where bigtrain's have a zero one.
 """
@@ -84,8 +87,36 @@ def _read_pix2pix(paths: list[Path]) -> tuple[list[Part], dict]:
     return _read(paths, {"G": ("G", ""), "D": ("D", "")})
 
 
-def _read_cyclegan(paths: list[Path]) -> tuple[list[Part], dict]:
-    return _read(paths, {"G_A": ("G", "G_AB."), "G_B": ("G", "G_BA."), "D_A": ("D_B", ""), "D_B": ("D_A", "")})
+def _read_cyclegan(paths: list[Path], direction: Optional[str] = None) -> tuple[list[Part], dict]:
+    """G_A, G_B, D_A, D_B; or one generator `*_net_G.pth` of `direction` (AB | BA), the other absent."""
+    names = {"G_A": ("G", "G_AB."), "G_B": ("G", "G_BA."), "D_A": ("D_B", ""), "D_B": ("D_A", "")}
+    single = [p for p in paths if re.fullmatch(r"(?:.*_)?net_G\.pth", p.name)]
+    pair = [p for p in paths if re.fullmatch(r"(?:.*_)?net_G_[AB]\.pth", p.name)]
+    if single and direction is None:
+        raise BigtrainError(
+            f"{single[0]}: one generator, of one direction (a released CycleGAN model); say which with --direction AB "
+            "(it maps domain A to B) or --direction BA"
+        )
+    if direction is not None and (pair or not single):
+        raise BigtrainError(
+            f"--direction {direction}: is for one generator file (latest_net_G.pth); "
+            + (f"{pair[0]} is one of a pair (G_A maps A to B, G_B B to A)" if pair else "none is given")
+        )
+    if direction is None:
+        return _read(paths, names)
+    other = direction[::-1]
+    parts, info = _read(paths, {**names, "G": ("G", f"G_{direction}.")})
+    why = (
+        f"holds no {other[0]} -> {other[1]} generator (G_{other}): it was imported from one generator, "
+        f"{direction[0]} -> {direction[1]} ({single[0].name}, --direction {direction})"
+    )
+    parts.append(Part("G", "", {}, f"G_{other}.", absent=why))
+    return parts, {**info, "direction": direction}
+
+
+def _direct(cfg, direction: str) -> None:
+    """An import of one direction: sample and eval translate that direction (the only one it has)."""
+    cfg.cyclegan.eval_direction = direction
 
 
 def _rename(key: str, cfg) -> Optional[str]:
@@ -98,9 +129,11 @@ def _rename(key: str, cfg) -> Optional[str]:
 CYCLEGAN = Format(
     "cyclegan",
     ("cyclegan",),
-    "latest_net_G_A.pth, latest_net_G_B.pth, latest_net_D_A.pth, latest_net_D_B.pth",
+    "latest_net_G_A.pth, latest_net_G_B.pth, latest_net_D_A.pth, latest_net_D_B.pth (or one latest_net_G.pth "
+    "with --direction)",
     _read_cyclegan,
     _rename,
     _adapt,
+    direct=_direct,
 )
 PIX2PIX = Format("pix2pix", ("pix2pix",), "latest_net_G.pth, latest_net_D.pth", _read_pix2pix, _rename, _adapt)

@@ -159,3 +159,70 @@ def test_imported_run_evaluates_and_exports(tmp_path, weights):
     ok(bigtrain("export", "--run", str(run), "--out", str(tmp_path / "export"), cwd=tmp_path))
     exported = torch.load(tmp_path / "export" / "trainer.pt", weights_only=True)
     assert set(exported["players"]) == {"G", "D"} and exported["G_ema"] is not None
+
+
+# ---- a released CycleGAN generator: one file, one direction -----------------------------------------
+
+SINGLE = FIXTURES / "cyclegan-g"  # latest_net_G.pth (the harness's G, as the released models are), inputs.npz
+
+
+def _import_single(tmp_path: Path, direction: str, *extra: str) -> tuple[Path, dict]:
+    """`bigtrain import cyclegan latest_net_G.pth --direction D`, with the fixture's inputs as eval_inputs."""
+    cfg = yaml.safe_load((SINGLE / "config.yaml").read_text())
+    cfg["cyclegan"] = {"eval_inputs": str(SINGLE / "inputs.npz")}
+    config = tmp_path / "single.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / f"imported-{direction}"
+    proc = ok(bigtrain("import", "cyclegan", str(SINGLE / "latest_net_G.pth"), "--direction", direction,
+                       "--config", str(config), "--out", str(run), *extra, cwd=tmp_path))
+    return run, json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("direction", ["AB", "BA"])
+def test_a_released_cyclegan_generator_translates_its_direction_and_refuses_the_other(direction, tmp_path):
+    """The file's G reproduces the reference's outputs in whichever direction it is imported (--check
+    to 1e-5; `translate` and `sample` to the uint8 level); the direction no file gave is refused, and
+    nothing is written (tests/unit/test_importers.py: the same for the BA import, in Python)."""
+    from bigtrain.sampling import to_uint8
+
+    run, summary = _import_single(tmp_path, direction, *(["--check"] if direction == "AB" else []))
+    assert summary["direction"] == direction
+    if direction == "AB":  # the reference's outputs are stored under G_AB's name (docs: tests/data/import/README.md)
+        assert set(summary["check"]) == {"G.G_AB"} and summary["check"]["G.G_AB"] <= 1e-5
+    expected = to_uint8(torch.load(SINGLE / "reference_outputs.pt", weights_only=True)["G.G_AB"]["output"])
+    expected = expected.permute(0, 2, 3, 1).numpy().astype(int)  # [N, H, W, C]
+    translated = tmp_path / "t.npz"
+    ok(bigtrain("translate", "--run", str(run), "--in", str(SINGLE / "inputs.npz"), "--out", str(translated),
+                "--direction", direction, cwd=tmp_path))
+    assert np.abs(np.load(translated)["x"].astype(int) - expected).max() <= 1  # fp32 vs uint8 rounding at most
+    if direction == "AB":
+        proc = bigtrain("translate", "--run", str(run), "--in", str(SINGLE / "inputs.npz"), "--out",
+                        str(tmp_path / "BA.npz"), "--direction", "BA", cwd=tmp_path)
+        assert proc.returncode == 2 and not (tmp_path / "BA.npz").exists()
+        assert "holds no B -> A generator (G_BA)" in proc.stderr and "refusing to run untrained weights" in proc.stderr
+    else:  # sample (and eval) translate the imported direction: the import set cyclegan.eval_direction
+        sampled = tmp_path / "s.npz"
+        ok(bigtrain("sample", "--run", str(run), "--num", "3", "--out", str(sampled), cwd=tmp_path))
+        assert np.abs(np.load(sampled)["x"].astype(int) - expected).max() <= 1
+
+
+@pytest.mark.slow  # ~12 s; in the default run tests/unit/test_importers.py starts the nets from such an import
+def test_a_run_from_one_direction_trains_the_other_from_scratch(tmp_path):
+    """train.init_from of a one-direction import: G_AB starts from the file, G_BA (and the Ds) from their
+    initial weights, each named in a warning."""
+    run, _ = _import_single(tmp_path, "AB")
+    data = _data("cyclegan", tmp_path)
+    kimg = 2 * 2 / 1000  # two iterations
+    proc = ok(bigtrain("train", str(SINGLE / "config.yaml"), *data, f"train.init_from={run}",
+                       f"run.out_dir={tmp_path / 'runs'}", "run.name=tuned", f"train.total_kimg={kimg}",
+                       f"log.every_kimg={kimg}", f"checkpoint.every_kimg={kimg}", f"log.samples_every_kimg={kimg}",
+                       cwd=tmp_path))
+    assert "holds no B -> A generator (G_BA)" in proc.stderr
+    assert "G.G_BA starts from its initial weights" in proc.stderr
+    tuned = torch.load(sorted((tmp_path / "runs" / "tuned" / "checkpoints").glob("step-*"))[-1] / "trainer.pt",
+                       weights_only=True)["players"]["G"]["net"]
+    reference = torch.load(SINGLE / "latest_net_G.pth", weights_only=True)
+    # two Adam steps at lr <= 2.5e-3: G_AB is the file's, moved by a few lr at most; G_BA (its own normal(0, 0.02)
+    # draw, as the file's weights) differs from the file's by far more
+    assert (tuned["G_AB.net.1.weight"] - reference["model.1.weight"]).abs().max() < 0.01
+    assert (tuned["G_BA.net.1.weight"] - reference["model.1.weight"]).abs().max() > 0.03

@@ -68,13 +68,15 @@ class CycleganOptions:
     lambda_identity: float = 0.5  # identity L1 weight, relative to lambda_a / lambda_b; 0 = off
     pool_size: int = 50  # past fakes each D draws from, per process; 0 = no pool
     gan_mode: str = "lsgan"  # lsgan (MSE) | vanilla (BCE)
-    eval_inputs: str = ""  # domain A images (npz, folder or shards) that eval and sample translate A -> B
+    eval_inputs: str = ""  # images (npz, folder, shards) of eval_direction's input domain, for eval and sample
+    eval_direction: str = "AB"  # AB: eval and sample translate A -> B (G_AB); BA: B -> A (G_BA)
 
     def __post_init__(self) -> None:
         for key in ("lambda_a", "lambda_b", "lambda_identity"):
             _check_positive(f"cyclegan.{key}", getattr(self, key), allow_zero=True)
         _check_positive("cyclegan.pool_size", self.pool_size, allow_zero=True)
         _check_choice("cyclegan.gan_mode", self.gan_mode, GAN_MODES)
+        _check_choice("cyclegan.eval_direction", self.eval_direction, ("AB", "BA"))
 
 
 @dataclass
@@ -324,6 +326,7 @@ class CycleganRecipe(_Img2imgRecipe):
     def __init__(self, cfg: Config, info: DataInfo):
         super().__init__(cfg, info)
         self.options: CycleganOptions = cfg.cyclegan
+        self.direction = self.options.eval_direction
         self.pools = {"pool_A": ImagePool(self.options.pool_size), "pool_B": ImagePool(self.options.pool_size)}
 
     def check_streams(self, infos: dict[str, DataInfo]) -> None:
