@@ -226,3 +226,16 @@ def test_a_run_from_one_direction_trains_the_other_from_scratch(tmp_path):
     # draw, as the file's weights) differs from the file's by far more
     assert (tuned["G_AB.net.1.weight"] - reference["model.1.weight"]).abs().max() < 0.01
     assert (tuned["G_BA.net.1.weight"] - reference["model.1.weight"]).abs().max() > 0.03
+
+
+@pytest.mark.slow  # Inception on CPU, ~10 s; the default run translates and samples such an import (above)
+def test_a_one_direction_import_evaluates_that_direction_and_its_export_still_refuses_the_other(tmp_path, weights):
+    run, _ = _import_single(tmp_path, "BA")
+    out = ok(bigtrain("eval", "--run", str(run), "--metrics", "is", "--num", "6", *inception(weights), cwd=tmp_path))
+    result = json.loads(out.stdout)
+    assert np.isfinite(result["is"]) and result["protocol"]["generated"]["inputs"]["direction"] == "BA"
+    ok(bigtrain("export", "--run", str(run), "--out", str(tmp_path / "export"), cwd=tmp_path))
+    proc = bigtrain("translate", "--checkpoint", str(tmp_path / "export"), "--in", str(SINGLE / "inputs.npz"),
+                    "--out", str(tmp_path / "AB.npz"), "--direction", "AB", cwd=tmp_path)
+    assert proc.returncode == 2 and "holds no A -> B generator (G_AB)" in proc.stderr
+    assert not (tmp_path / "AB.npz").exists()
