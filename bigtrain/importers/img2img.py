@@ -16,6 +16,7 @@ dropped, and with `norm: none` the reference's convs have no bias, where bigtrai
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -116,7 +117,15 @@ def _read_cyclegan(paths: list[Path], direction: Optional[str] = None) -> tuple[
 
 def _direct(cfg, direction: str) -> None:
     """An import of one direction: sample and eval translate that direction (the only one it has)."""
-    cfg.cyclegan.eval_direction = direction
+    options = cfg.cyclegan
+    if options.eval_direction != direction and options.eval_inputs:
+        warnings.warn(
+            f"cyclegan.eval_direction is now {direction}, the imported direction (the config says "
+            f"{options.eval_direction}): sample and eval translate cyclegan.eval_inputs ({options.eval_inputs}), "
+            f"which must then be domain {direction[0]} images",
+            stacklevel=2,
+        )
+    options.eval_direction = direction
 
 
 def _rename(key: str, cfg) -> Optional[str]:

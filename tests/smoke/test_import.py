@@ -166,8 +166,9 @@ def test_imported_run_evaluates_and_exports(tmp_path, weights):
 SINGLE = FIXTURES / "cyclegan-g"  # latest_net_G.pth (the harness's G, as the released models are), inputs.npz
 
 
-def _import_single(tmp_path: Path, direction: str, *extra: str) -> tuple[Path, dict]:
-    """`bigtrain import cyclegan latest_net_G.pth --direction D`, with the fixture's inputs as eval_inputs."""
+def _import_single(tmp_path: Path, direction: str, *extra: str) -> tuple[Path, dict, str]:
+    """`bigtrain import cyclegan latest_net_G.pth --direction D`, with the fixture's inputs as eval_inputs:
+    (run, its summary, stderr)."""
     cfg = yaml.safe_load((SINGLE / "config.yaml").read_text())
     cfg["cyclegan"] = {"eval_inputs": str(SINGLE / "inputs.npz")}
     config = tmp_path / "single.yaml"
@@ -175,7 +176,7 @@ def _import_single(tmp_path: Path, direction: str, *extra: str) -> tuple[Path, d
     run = tmp_path / f"imported-{direction}"
     proc = ok(bigtrain("import", "cyclegan", str(SINGLE / "latest_net_G.pth"), "--direction", direction,
                        "--config", str(config), "--out", str(run), *extra, cwd=tmp_path))
-    return run, json.loads(proc.stdout)
+    return run, json.loads(proc.stdout), proc.stderr
 
 
 @pytest.mark.parametrize("direction", ["AB", "BA"])
@@ -185,8 +186,10 @@ def test_a_released_cyclegan_generator_translates_its_direction_and_refuses_the_
     nothing is written (tests/unit/test_importers.py: the same for the BA import, in Python)."""
     from bigtrain.sampling import to_uint8
 
-    run, summary = _import_single(tmp_path, direction, *(["--check"] if direction == "AB" else []))
+    run, summary, stderr = _import_single(tmp_path, direction, *(["--check"] if direction == "AB" else []))
     assert summary["direction"] == direction
+    # the config's eval_direction (AB, the default) changed with the import: its eval_inputs must fit
+    assert ("cyclegan.eval_direction is now BA" in stderr) == (direction == "BA")
     if direction == "AB":  # the reference's outputs are stored under G_AB's name (docs: tests/data/import/README.md)
         assert set(summary["check"]) == {"G.G_AB"} and summary["check"]["G.G_AB"] <= 1e-5
     expected = to_uint8(torch.load(SINGLE / "reference_outputs.pt", weights_only=True)["G.G_AB"]["output"])
@@ -210,7 +213,7 @@ def test_a_released_cyclegan_generator_translates_its_direction_and_refuses_the_
 def test_a_run_from_one_direction_trains_the_other_from_scratch(tmp_path):
     """train.init_from of a one-direction import: G_AB starts from the file, G_BA (and the Ds) from their
     initial weights, each named in a warning."""
-    run, _ = _import_single(tmp_path, "AB")
+    run, _, _ = _import_single(tmp_path, "AB")
     data = _data("cyclegan", tmp_path)
     kimg = 2 * 2 / 1000  # two iterations
     proc = ok(bigtrain("train", str(SINGLE / "config.yaml"), *data, f"train.init_from={run}",
@@ -230,7 +233,7 @@ def test_a_run_from_one_direction_trains_the_other_from_scratch(tmp_path):
 
 @pytest.mark.slow  # Inception on CPU, ~10 s; the default run translates and samples such an import (above)
 def test_a_one_direction_import_evaluates_that_direction_and_its_export_still_refuses_the_other(tmp_path, weights):
-    run, _ = _import_single(tmp_path, "BA")
+    run, _, _ = _import_single(tmp_path, "BA")
     out = ok(bigtrain("eval", "--run", str(run), "--metrics", "is", "--num", "6", *inception(weights), cwd=tmp_path))
     result = json.loads(out.stdout)
     assert np.isfinite(result["is"]) and result["protocol"]["generated"]["inputs"]["direction"] == "BA"
