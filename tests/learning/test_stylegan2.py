@@ -88,8 +88,8 @@ def test_ada_beats_noaug_on_50_digits(tmp_path: Path):
     checkpoint from 9 to 16 kimg (16 kimg: 0.464 against 0.514). This test's own run (2026-12-07,
     through the CLI, 1,551 s on the 2-core machine shared with a CI run): ADA 1.258 / 0.913 /
     0.683 / 0.604 / 0.555 (mean 0.803, p 0.04-0.09), noaug 1.297 / 1.247 / 0.859 / 0.665 / 0.636
-    (mean 0.941): ADA ahead at all five. (The two runs differ: the calibration drew samples from G
-    before training in the same process.) One seed, margins of 0.14-0.2: the test asserts only the
+    (mean 0.941): ADA ahead at all five. (The two runs' numbers differ: the calibration trained
+    in-process after drawing samples from G, the test through the CLI; not looked into further.) One seed, margins of 0.14-0.2: the test asserts only the
     order of the means."""
     import os
     import subprocess
