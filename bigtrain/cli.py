@@ -124,7 +124,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise BigtrainError(f"{out} already exists; refusing to overwrite it")
     if kind == "dir" and out.exists() and any(out.iterdir()):
         raise BigtrainError(f"{out} is a non-empty folder; refusing to write into it")
-    if args.num <= 0:
+    if args.mix and args.num is not None:
+        raise BigtrainError(f"--num does not apply to --mix {args.mix}: the grid holds ROWS + COLS samples")
+    if not args.mix and args.num is None:
+        raise BigtrainError("sample needs --num N (the number of samples; with --interp, the number of rows)")
+    if args.num is not None and args.num <= 0:
         raise BigtrainError(f"--num must be > 0, got {args.num}")
     check_standing_arguments(args)
     loaded = load_generation(args.run, args.checkpoint, use_ema=not args.no_ema)
@@ -296,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate samples from a run's checkpoint")
     p.add_argument("--run", help="run directory (its latest checkpoint is used)")
     p.add_argument("--checkpoint", help="a checkpoint folder (instead of the run's latest)")
-    p.add_argument("--num", type=int, required=True, help="number of samples")
+    p.add_argument("--num", type=int, default=None, help="number of samples (not with --mix)")
     p.add_argument("--out", required=True, help="FILE.npz (x uint8 N,H,W,C; y), GRID.png, or a folder of PNGs")
     p.add_argument("--truncation", type=float, default=None, help="redraw |z| > PSI (truncation trick)")
     p.add_argument("--class", dest="class_idx", type=int, default=None, help="generate only this class")

@@ -147,8 +147,13 @@ def test_truncation_in_w_noise_modes_and_style_mixing(sampled_run, tmp_path):
     assert grid.shape == (12, 1, 16, 16) and torch.equal(grid[0], torch.full_like(grid[0], -1.0))
     rows, cols = grid[[4, 8]], grid[1:4]
     assert not torch.equal(grid[5], rows[0]) and not torch.equal(grid[5], cols[0])  # a mix of both
-    out = run_cli("sample", "--run", str(sampled_run), "--num", "1", "--mix", "2,3", "--out", str(tmp_path / "mix.png"))
-    assert out.returncode == 0, out.stderr
+    out = run_cli("sample", "--run", str(sampled_run), "--mix", "2,3", "--out", str(tmp_path / "mix.png"))
+    assert out.returncode == 0, out.stderr  # the grid's size is --mix's: no --num needed
+    with_num = run_cli("sample", "--run", str(sampled_run), "--num", "4", "--mix", "2,3", "--out", str(tmp_path / "m2.png"))
+    assert with_num.returncode == 2 and "--num does not apply to --mix" in with_num.stderr
+    assert not (tmp_path / "m2.png").exists()
+    no_num = run_cli("sample", "--run", str(sampled_run), "--out", str(tmp_path / "n.png"))
+    assert no_num.returncode == 2 and "needs --num" in no_num.stderr and not (tmp_path / "n.png").exists()
     from PIL import Image
 
     assert Image.open(tmp_path / "mix.png").size == (4 * 16, 3 * 16)
