@@ -154,7 +154,7 @@ def bigtrain_side(args, over: list[str]) -> dict:
     rows, rates, img_s = log_intervals(Path(cfg.run.out_dir) / cfg.run.name, "raise --intervals")
     return {
         "img_per_s": round(img_s, 2),
-        "s_per_kimg": round(1000 / img_s, 1),
+        "s_per_kimg": round(1000 / img_s, 3),
         "interval_img_per_s": [round(r, 2) for r in rates],
         "peak_mem_mb": peak_mem_mb(rows),
         "peak_rss_mb": peak_rss_mb(),
@@ -367,7 +367,7 @@ def drive_reference(ref: dict, cfg, args) -> dict:
     img_s = statistics.median(rates[1:])
     return {
         "img_per_s": round(img_s, 2),
-        "s_per_kimg": round(1000 / img_s, 1),
+        "s_per_kimg": round(1000 / img_s, 3),
         "interval_img_per_s": [round(r, 2) for r in rates],
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_before_training_mb": before,
